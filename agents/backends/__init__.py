@@ -1,0 +1,19 @@
+"""Agent backends, chosen by settings.AGENT_BACKEND."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from agents.backends.base import Backend
+
+
+def get_backend() -> Backend:
+    if settings.AGENT_BACKEND == "openai":
+        from agents.backends.openai import OpenAIBackend
+
+        return OpenAIBackend.from_settings()
+    if settings.AGENT_BACKEND == "offline":
+        from agents.backends.offline import OfflineBackend
+
+        return OfflineBackend()
+    raise ValueError(f"unknown AGENT_BACKEND {settings.AGENT_BACKEND!r} (use 'offline' or 'openai')")

@@ -1,0 +1,87 @@
+"""The built-in offline agent: no network, real tools, clear rules.
+
+Rules, first match wins:
+1. the prompt contains an arithmetic expression  -> calculator
+2. it asks for the time or date                  -> current_time
+3. it asks to search / find / what was said      -> search_history
+4. otherwise                                     -> a short answer saying what it can do
+The answer is built from what the tools returned and streamed word by word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from django.conf import settings
+
+from agents.backends.base import AgentInput, AnswerChunk, CallTool, Step, Think, ToolOutcome, Usage
+
+# Digits joined by operators, optionally with parentheses/sqrt: "17 * 23", "(2+3)^2", "sqrt(16)".
+EXPRESSION = re.compile(r"(?:sqrt\s*)?[\(\d][\d\s\.\+\-\*/%\^×÷\(\)]*[\d\)]")
+TIME_WORDS = re.compile(r"\b(time|date|today|day is it|clock)\b", re.IGNORECASE)
+SEARCH = re.compile(
+    r"\b(?:search|find|look up|lookup|mention(?:ed)?|said about)\b(?:\s+(?:for|about|the history for))?\s+(?P<q>.+)",
+    re.IGNORECASE,
+)
+
+
+def find_expression(text: str) -> str | None:
+    for match in EXPRESSION.finditer(text):
+        candidate = match.group(0).strip()
+        if re.search(r"\d", candidate) and re.search(r"[\+\-\*/%\^×÷]|sqrt", candidate):
+            return candidate
+    return None
+
+
+class OfflineBackend:
+    name = "offline"
+
+    async def steps(self, request: AgentInput, tools: Any) -> AsyncGenerator[Step, ToolOutcome | None]:
+        prompt = request.prompt.strip()
+        expression = find_expression(prompt)
+        search = SEARCH.search(prompt)
+        if expression:
+            yield Think(f"The message asks for a calculation; I will evaluate {expression} with the calculator.")
+            outcome = yield CallTool("call_1", "calculator", {"expression": expression})
+            yield Think("The calculator returned; writing the answer.")
+            if outcome and outcome.ok:
+                answer = f"{expression} = {outcome.result['value']}"
+            else:
+                answer = f"I could not evaluate {expression}: {_error(outcome)}"
+        elif TIME_WORDS.search(prompt):
+            yield Think("The message asks for the current time; I will read the clock.")
+            outcome = yield CallTool("call_1", "current_time", {})
+            answer = (f"It is {outcome.result['utc']} (UTC), a {outcome.result['weekday']}."
+                      if outcome and outcome.ok else f"I could not read the clock: {_error(outcome)}")
+        elif search:
+            query = search.group("q").strip(" ?.!\"'")[:200] or prompt[:200]
+            yield Think(f"The message asks about earlier messages; I will search the history for {query!r}.")
+            outcome = yield CallTool("call_1", "search_history", {"query": query})
+            if outcome and outcome.ok and outcome.result["matches"]:
+                lines = [f"- {m['author']}: {m['text']}" for m in outcome.result["matches"]]
+                answer = f"I found {len(lines)} message(s) about {query!r}:\n" + "\n".join(lines)
+            elif outcome and outcome.ok:
+                answer = f"I found no messages about {query!r}."
+            else:
+                answer = f"The search failed: {_error(outcome)}"
+        else:
+            yield Think("No tool applies to this message; answering with what I can do.")
+            answer = ("I am the offline assistant. I can calculate (\"what is 17 * 23?\"), tell the time "
+                      "(\"what time is it?\") and search this conversation (\"search for invoices\").")
+        delay = settings.AGENT_OFFLINE_TOKEN_DELAY_MS / 1000
+        words = re.findall(r"\S+\s*", answer) or [answer]
+        for word in words:
+            if delay:
+                await asyncio.sleep(delay)
+            yield AnswerChunk(word)
+        yield Usage(prompt_tokens=len(prompt.split()), completion_tokens=len(words))
+
+
+def _error(outcome: ToolOutcome | None) -> str:
+    if outcome is None:
+        return "no result"
+    result = outcome.result
+    return str(result.get("error")) if isinstance(result, dict) else str(result)

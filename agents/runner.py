@@ -1,0 +1,169 @@
+"""The run supervisor: claims queued runs, executes them as tasks, heart-beats them, stops them on
+cancel, and fails runs whose runner died (worker_lost).
+
+It lives in the agent worker process (`manage.py runworker agent-runs`) or, in embedded mode and
+tests, in the server process itself (AGENT_RUNNER=inprocess). Either way the database is the
+queue; `wake()` and `cancel()` are only doorbells, and every loop also polls so a lost doorbell
+costs at most a poll interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from agents import services
+from agents.backends import get_backend
+from agents.runtime import execute_run
+from agents.tools import default_registry
+from chat.realtime.bus import publish_events
+
+logger = logging.getLogger(__name__)
+
+AGENT_RUNS_CHANNEL = "agent-runs"
+# Queued runs are also looked for this often, in case a wake-up doorbell was lost.
+POLL_INTERVAL_S = 1.0
+# Runs one runner executes at once; more wait in the queue. Runs are I/O-bound (model, database).
+MAX_CONCURRENT_RUNS = 50
+
+
+class RunSupervisor:
+    def __init__(self) -> None:
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self.backend = get_backend()
+        self.tools = default_registry()
+
+    @property
+    def started(self) -> bool:
+        return bool(self._loops)
+
+    def start(self) -> None:
+        if self._loops:
+            return
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="runs-claim"),
+            asyncio.create_task(self._heartbeat_loop(), name="runs-heartbeat"),
+            asyncio.create_task(self._reaper_loop(), name="runs-reaper"),
+        ]
+        logger.info("run supervisor %s started", self.worker_id)
+
+    async def stop(self) -> None:
+        for task in [*self._loops, *self.tasks.values()]:
+            task.cancel()
+        for task in [*self._loops, *self.tasks.values()]:
+            with contextlib.suppress(BaseException):
+                await task
+        self._loops = []
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def cancel(self, run_id: str) -> bool:
+        task = self.tasks.get(run_id)
+        if task is None:
+            return False
+        task.cancel()
+        return True
+
+    async def _claim_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=POLL_INTERVAL_S)
+            self._wake.clear()
+            try:
+                await self.claim_available()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("claiming runs failed; retrying")
+                await asyncio.sleep(POLL_INTERVAL_S)
+
+    async def claim_available(self) -> int:
+        claimed_count = 0
+        while len(self.tasks) < MAX_CONCURRENT_RUNS:
+            claimed = await database_sync_to_async(services.run_claim_next)(worker_id=self.worker_id)
+            if claimed is None:
+                break
+            claimed_count += 1
+            await publish_events(claimed.events)
+            task = asyncio.create_task(execute_run(claimed, backend=self.backend, tools=self.tools),
+                                       name=f"run-{claimed.run_id}")
+            self.tasks[claimed.run_id] = task
+            task.add_done_callback(lambda _t, rid=claimed.run_id: self._finished(rid))
+        return claimed_count
+
+    def _finished(self, run_id: str) -> None:
+        self.tasks.pop(run_id, None)
+        self._wake.set()  # the conversation's next queued run may start
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(settings.AGENT_HEARTBEAT_S)
+            try:
+                to_cancel = await database_sync_to_async(services.runs_heartbeat)(run_ids=list(self.tasks))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("heartbeat failed")
+                continue
+            for run_id in to_cancel:  # a cancel doorbell we missed
+                self.cancel(run_id)
+
+    async def _reaper_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, settings.AGENT_LOST_AFTER_S / 2))
+            try:
+                events = await database_sync_to_async(services.runs_reap_lost)(
+                    lost_after_s=settings.AGENT_LOST_AFTER_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("reaping lost runs failed")
+                continue
+            if events:
+                logger.warning("failed %d run(s) whose worker was lost", len(events))
+                await publish_events(events)
+                self._wake.set()
+
+
+_supervisors: dict[asyncio.AbstractEventLoop, RunSupervisor] = {}
+
+
+def get_supervisor() -> RunSupervisor:
+    loop = asyncio.get_running_loop()
+    supervisor = _supervisors.get(loop)
+    if supervisor is None:
+        for old in [lp for lp in _supervisors if lp.is_closed()]:
+            del _supervisors[old]
+        supervisor = _supervisors[loop] = RunSupervisor()
+    supervisor.start()
+    return supervisor
+
+
+async def wake() -> None:
+    """A run was queued (or a conversation's run ended): have a runner look at the queue."""
+    if settings.AGENT_RUNNER == "inprocess":
+        get_supervisor().wake()
+        return
+    with contextlib.suppress(Exception):  # the worker polls anyway
+        await get_channel_layer().send(AGENT_RUNS_CHANNEL, {"type": "run.wake"})
+
+
+async def cancel(run_id: str) -> None:
+    """A running run was flagged for cancellation: tell whichever runner holds it."""
+    if settings.AGENT_RUNNER == "inprocess":
+        get_supervisor().cancel(run_id)
+        return
+    with contextlib.suppress(Exception):  # the holder's heartbeat sees the flag anyway
+        await get_channel_layer().send(AGENT_RUNS_CHANNEL, {"type": "run.cancel", "run_id": run_id})

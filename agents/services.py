@@ -1,0 +1,319 @@
+"""Every write of a run's life: enqueue, claim, emit events, finish, cancel, heartbeat, reap.
+
+Runs are a durable queue in the database. The channel layer only wakes the runner; a runner that
+missed the doorbell finds queued runs on its next poll. One run at a time per conversation: a run
+is claimed only while no other run of its conversation is `running`, checked under the
+conversation's row lock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from agents.models import TERMINAL_STATUSES, AgentRun, RunStatus, ToolCall, ToolCallStatus
+from chat.models import AuthorKind, Conversation, Message
+from chat.services.conversations import ServiceError
+from chat.services.events import StoredEvent, append_event
+
+# Tool results travel inside events; keep them bounded (DESIGN §7). 4,000 characters is a
+# screenful, enough for the calculator, the clock and five search hits.
+MAX_TOOL_RESULT_CHARS = 4000
+
+
+def run_enqueue(*, conversation_id: str, trigger_message_id: uuid.UUID, requested_by_id: int, agent: str) -> uuid.UUID:
+    """Queue a run (inside the caller's transaction, next to the triggering message)."""
+    run = AgentRun.objects.create(
+        conversation_id=conversation_id,
+        trigger_message_id=trigger_message_id,
+        requested_by_id=requested_by_id,
+        agent=agent,
+    )
+    return run.id
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    run_id: str
+    conversation_id: str
+    agent: str
+    requested_by_id: int | None
+    prompt: str
+    events: list[StoredEvent] = field(default_factory=list)
+
+
+def run_claim_next(*, worker_id: str) -> ClaimedRun | None:
+    """Start the oldest queued run whose conversation has no running run; emit agent_started."""
+    candidates = list(
+        AgentRun.objects.filter(status=RunStatus.QUEUED)
+        .order_by("created_at")
+        .values_list("conversation_id", flat=True)
+        .distinct()[:50]
+    )
+    seen: set[uuid.UUID] = set()
+    for conversation_id in candidates:
+        if conversation_id in seen:
+            continue
+        seen.add(conversation_id)
+        claimed = _claim_in_conversation(conversation_id, worker_id)
+        if claimed is not None:
+            return claimed
+    return None
+
+
+@transaction.atomic
+def _claim_in_conversation(conversation_id: uuid.UUID, worker_id: str) -> ClaimedRun | None:
+    # The conversation row lock serialises claimers of one conversation across workers.
+    Conversation.objects.select_for_update().filter(id=conversation_id).first()
+    if AgentRun.objects.filter(conversation_id=conversation_id, status=RunStatus.RUNNING).exists():
+        return None
+    run = (
+        AgentRun.objects.select_related("trigger_message")
+        .filter(conversation_id=conversation_id, status=RunStatus.QUEUED)
+        .order_by("created_at")
+        .first()
+    )
+    if run is None:
+        return None
+    now = timezone.now()
+    run.status = RunStatus.RUNNING
+    run.started_at = now
+    run.heartbeat_at = now
+    run.worker_id = worker_id
+    run.save(update_fields=["status", "started_at", "heartbeat_at", "worker_id"])
+    event = append_event(
+        conversation_id=conversation_id,
+        type="agent_started",
+        run_id=run.id,
+        data={
+            "run_id": str(run.id),
+            "agent": run.agent,
+            "trigger_message_id": str(run.trigger_message_id) if run.trigger_message_id else None,
+            "queued_ms": int((now - run.created_at).total_seconds() * 1000),
+        },
+    )
+    return ClaimedRun(
+        run_id=str(run.id),
+        conversation_id=str(conversation_id),
+        agent=run.agent,
+        requested_by_id=run.requested_by_id,
+        prompt=run.trigger_message.text if run.trigger_message else "",
+        events=[event],
+    )
+
+
+def _require_running(run_id: str) -> AgentRun:
+    run = AgentRun.objects.select_for_update().get(id=run_id)
+    if run.status != RunStatus.RUNNING:
+        raise ServiceError("conflict", f"run {run_id} is {run.status}")
+    return run
+
+
+@transaction.atomic
+def run_emit(*, run_id: str, conversation_id: str, type: str, data: dict[str, Any]) -> StoredEvent:
+    """Append a non-terminal agent event (agent_thinking, agent_delta) to a running run."""
+    run = _require_running(run_id)
+    event = append_event(conversation_id=conversation_id, type=type, run_id=run_id, data={"run_id": run_id, **data})
+    if type == "agent_delta":
+        run.partial_text += data["text"]
+        AgentRun.objects.filter(id=run.id).update(partial_text=run.partial_text, partial_seq=event.seq)
+    return event
+
+
+@transaction.atomic
+def tool_call_start(*, run_id: str, conversation_id: str, call_id: str, tool: str,
+                    arguments: dict[str, Any]) -> StoredEvent:
+    _require_running(run_id)
+    ToolCall.objects.create(run_id=run_id, call_id=call_id, tool=tool, arguments=arguments, started_at=timezone.now())
+    return append_event(
+        conversation_id=conversation_id,
+        type="tool_executing",
+        run_id=run_id,
+        data={"run_id": run_id, "call_id": call_id, "tool": tool, "arguments": arguments},
+    )
+
+
+def bound_result(result: Any) -> Any:
+    """Keep a tool result inside MAX_TOOL_RESULT_CHARS; larger ones are cut and flagged."""
+    import json
+
+    encoded = json.dumps(result, default=str)
+    if len(encoded) <= MAX_TOOL_RESULT_CHARS:
+        return result
+    return {"truncated": True, "preview": encoded[:MAX_TOOL_RESULT_CHARS], "size": len(encoded)}
+
+
+@transaction.atomic
+def tool_call_finish(*, run_id: str, conversation_id: str, call_id: str, ok: bool, result: Any) -> StoredEvent:
+    _require_running(run_id)
+    call = ToolCall.objects.select_for_update().get(run_id=run_id, call_id=call_id)
+    now = timezone.now()
+    call.finished_at = now
+    call.duration_ms = int((now - call.started_at).total_seconds() * 1000)
+    call.status = ToolCallStatus.OK if ok else ToolCallStatus.ERROR
+    call.result = bound_result(result)
+    call.save(update_fields=["finished_at", "duration_ms", "status", "result"])
+    return append_event(
+        conversation_id=conversation_id,
+        type="tool_completed",
+        run_id=run_id,
+        data={
+            "run_id": run_id,
+            "call_id": call_id,
+            "tool": call.tool,
+            "ok": ok,
+            "result": call.result,
+            "duration_ms": call.duration_ms,
+        },
+    )
+
+
+@transaction.atomic
+def run_complete(*, run_id: str, conversation_id: str, text: str, usage: dict[str, Any]) -> StoredEvent:
+    """End a run with its answer: the agent message and agent_completed, in one transaction."""
+    run = _require_running(run_id)
+    now = timezone.now()
+    message = Message.objects.create(
+        conversation_id=conversation_id, author_kind=AuthorKind.AGENT, text=text or "(no answer)", run_id=run.id
+    )
+    run.status = RunStatus.COMPLETED
+    run.finished_at = now
+    run.partial_text = text
+    run.usage = usage
+    run.save(update_fields=["status", "finished_at", "partial_text", "usage"])
+    event = append_event(
+        conversation_id=conversation_id,
+        type="agent_completed",
+        run_id=run_id,
+        data={
+            "run_id": run_id,
+            "message_id": str(message.id),
+            "text": message.text,
+            "duration_ms": run.duration_ms,
+            "usage": usage,
+        },
+    )
+    Message.objects.filter(id=message.id).update(seq=event.seq)
+    return event
+
+
+@transaction.atomic
+def run_fail(*, run_id: str, conversation_id: str, code: str, message: str) -> StoredEvent | None:
+    """End a run with agent_failed. Returns None if it had already ended (exactly one terminal)."""
+    run = AgentRun.objects.select_for_update().get(id=run_id)
+    if run.status in TERMINAL_STATUSES:
+        return None
+    events_needed_start = run.status == RunStatus.QUEUED
+    now = timezone.now()
+    if events_needed_start:
+        run.started_at = now
+        _append_started(run, now)
+    run.status = RunStatus.FAILED
+    run.finished_at = now
+    run.error_code = code
+    run.error_message = message[:2000]
+    run.save(update_fields=["status", "finished_at", "error_code", "error_message", "started_at"])
+    return append_event(
+        conversation_id=conversation_id,
+        type="agent_failed",
+        run_id=run_id,
+        data={"run_id": run_id, "error": {"code": code, "message": message[:2000]}},
+    )
+
+
+def _append_started(run: AgentRun, now: Any) -> StoredEvent:
+    return append_event(
+        conversation_id=run.conversation_id,
+        type="agent_started",
+        run_id=run.id,
+        data={
+            "run_id": str(run.id),
+            "agent": run.agent,
+            "trigger_message_id": str(run.trigger_message_id) if run.trigger_message_id else None,
+            "queued_ms": int((now - run.created_at).total_seconds() * 1000),
+        },
+    )
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    run_id: str
+    status: str
+    events: list[StoredEvent]
+    conversation_id: str
+
+
+@transaction.atomic
+def run_request_cancel(*, run_id: str, by_user_id: int, by_username: str) -> CancelResult:
+    """Cancel a run. A queued run ends at once (agent_started + agent_cancelled, so every run keeps
+    PROTOCOL §4's shape); a running one is flagged and its runner stops it promptly.
+    The caller has checked that the user may cancel (`run_for_member` + role)."""
+    run = AgentRun.objects.select_for_update().get(id=run_id)
+    if run.status in TERMINAL_STATUSES:
+        raise ServiceError("conflict", f"run already {run.status}")
+    if run.status == RunStatus.QUEUED:
+        now = timezone.now()
+        started = _append_started(run, now)
+        run.status = RunStatus.CANCELLED
+        run.started_at = now
+        run.finished_at = now
+        run.cancelled_by_id = by_user_id
+        run.cancel_requested = True
+        run.save(update_fields=["status", "started_at", "finished_at", "cancelled_by", "cancel_requested"])
+        cancelled = append_event(
+            conversation_id=run.conversation_id,
+            type="agent_cancelled",
+            run_id=run.id,
+            data={"run_id": str(run.id), "by": {"id": by_user_id, "username": by_username}, "partial_text": ""},
+        )
+        return CancelResult(str(run.id), RunStatus.CANCELLED, [started, cancelled], str(run.conversation_id))
+    run.cancel_requested = True
+    run.cancelled_by_id = by_user_id
+    run.save(update_fields=["cancel_requested", "cancelled_by"])
+    return CancelResult(str(run.id), "cancelling", [], str(run.conversation_id))
+
+
+@transaction.atomic
+def run_finish_cancelled(*, run_id: str, conversation_id: str) -> StoredEvent | None:
+    """The runner stopped a running run on request: agent_cancelled with the answer so far."""
+    run = AgentRun.objects.select_for_update().select_related("cancelled_by").get(id=run_id)
+    if run.status in TERMINAL_STATUSES:
+        return None
+    run.status = RunStatus.CANCELLED
+    run.finished_at = timezone.now()
+    run.save(update_fields=["status", "finished_at"])
+    by = {"id": run.cancelled_by_id, "username": run.cancelled_by.username if run.cancelled_by else None}
+    return append_event(
+        conversation_id=conversation_id,
+        type="agent_cancelled",
+        run_id=run_id,
+        data={"run_id": run_id, "by": by, "partial_text": run.partial_text},
+    )
+
+
+def runs_heartbeat(*, run_ids: list[str]) -> list[str]:
+    """Refresh the heartbeat of the runs this runner holds; return those asked to cancel."""
+    if not run_ids:
+        return []
+    AgentRun.objects.filter(id__in=run_ids, status=RunStatus.RUNNING).update(heartbeat_at=timezone.now())
+    return [str(i) for i in AgentRun.objects.filter(id__in=run_ids, cancel_requested=True).values_list("id", flat=True)]
+
+
+def runs_reap_lost(*, lost_after_s: float) -> list[StoredEvent]:
+    """Fail every running run whose runner stopped heart-beating: agent_failed(worker_lost)."""
+    cutoff = timezone.now() - timedelta(seconds=lost_after_s)
+    lost = list(
+        AgentRun.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=cutoff).values_list("id", "conversation_id")
+    )
+    events = []
+    for run_id, conversation_id in lost:
+        event = run_fail(run_id=str(run_id), conversation_id=str(conversation_id), code="worker_lost",
+                         message="the worker running this agent stopped responding")
+        if event is not None:
+            events.append(event)
+    return events

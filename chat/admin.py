@@ -1,0 +1,110 @@
+"""Staff views of everything that happened. The event log is read-only: it is history, and every
+change to a conversation goes through a service that appends to it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html, format_html_join
+
+from chat.models import Conversation, ConversationMember, Event, Message, Notification, User, Workspace, WorkspaceMember
+from chat.services.accounts import user_deactivate
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin):
+    list_display = ("username", "email", "tier", "is_active", "is_staff", "date_joined")
+    list_filter = ("tier", "is_active", "is_staff")
+    search_fields = ("username", "email")
+    fieldsets = (*(BaseUserAdmin.fieldsets or ()), ("Subscription", {"fields": ("tier",)}))
+    actions = ["deactivate"]
+
+    @admin.action(description="Deactivate and disconnect selected users")
+    def deactivate(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        for user in queryset:
+            user_deactivate(user_id=user.id)
+        messages.success(request, f"Deactivated {queryset.count()} user(s); their sockets were closed.")
+
+
+class WorkspaceMemberInline(admin.TabularInline):
+    model = WorkspaceMember
+    extra = 0
+    autocomplete_fields = ("user",)
+
+
+@admin.register(Workspace)
+class WorkspaceAdmin(admin.ModelAdmin):
+    list_display = ("name", "personal_for", "created_at")
+    search_fields = ("name",)
+    inlines = [WorkspaceMemberInline]
+
+
+class ConversationMemberInline(admin.TabularInline):
+    model = ConversationMember
+    extra = 0
+    autocomplete_fields = ("user",)
+    readonly_fields = ("last_read_seq",)
+
+
+@admin.register(Conversation)
+class ConversationAdmin(admin.ModelAdmin):
+    list_display = ("title", "workspace", "agent", "last_seq", "created_by", "created_at")
+    list_filter = ("agent", "created_at")
+    search_fields = ("title", "id")
+    readonly_fields = ("id", "last_seq", "created_at", "transcript")
+    inlines = [ConversationMemberInline]
+
+    @admin.display(description="Transcript")
+    def transcript(self, obj: Conversation) -> str:
+        rows = Message.objects.filter(conversation=obj).select_related("author").order_by("seq")[:500]
+        return format_html(
+            '<div style="max-height:30em;overflow:auto">{}</div>',
+            format_html_join(
+                "", "<p><b>#{} {}</b>: {}</p>",
+                ((m.seq, m.author.username if m.author else "agent", m.text) for m in rows),
+            ),
+        )
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = ("short_text", "conversation", "author", "author_kind", "seq", "created_at")
+    list_filter = ("author_kind", "created_at")
+    search_fields = ("text", "client_msg_id", "conversation__title", "author__username")
+    readonly_fields = [f.name for f in Message._meta.fields]
+
+    @admin.display(description="Text")
+    def short_text(self, obj: Message) -> str:
+        return obj.text[:80]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnlyAdmin):
+    list_display = ("conversation", "seq", "type", "created_at", "run_id")
+    list_filter = ("type", "created_at")
+    search_fields = ("conversation__id", "conversation__title", "run_id")
+    ordering = ("-created_at",)
+
+
+@admin.register(Notification)
+class NotificationAdmin(ReadOnlyAdmin):
+    list_display = ("user", "seq", "created_at")
+    search_fields = ("user__username",)

@@ -1,0 +1,185 @@
+"""REST API (PROTOCOL §7): thin DRF views over the same services and selectors as the socket.
+A conversation the caller may not see is a 404 whether or not it exists."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import status
+from rest_framework.exceptions import NotFound as DRFNotFound
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import AnonRateThrottle
+from rest_framework.views import APIView
+from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
+
+from chat import selectors
+from chat.models import ConversationMember, Workspace, WorkspaceMember
+from chat.serializers import (
+    ConversationCreateSerializer,
+    EventsQuerySerializer,
+    MemberAddSerializer,
+    WorkspaceCreateSerializer,
+)
+from chat.services import conversations as conversation_services
+from chat.services.conversations import ServiceError
+
+ERROR_STATUS = {"bad_request": 400, "forbidden": 403, "not_found": 404, "conflict": 409, "too_large": 413}
+
+
+def error_response(exc: ServiceError) -> Response:
+    return Response({"error": {"code": exc.code, "message": exc.message}}, status=ERROR_STATUS.get(exc.code, 400))
+
+
+class TokenThrottle(AnonRateThrottle):
+    """Per-IP limit on the token endpoints (password guessing)."""
+
+    scope = "token"
+
+
+class TokenView(TokenObtainPairView):
+    throttle_classes = [TokenThrottle]
+
+
+class TokenRefresh(TokenRefreshView):
+    throttle_classes = [TokenThrottle]
+
+
+def conversation_json(access: selectors.Access) -> dict[str, Any]:
+    return {
+        "id": access.conversation_id,
+        "title": access.title,
+        "workspace": access.workspace_id,
+        "agent": access.agent or None,
+        "role": access.role,
+        "head_seq": access.head_seq,
+    }
+
+
+def member_access(user_id: int, conversation_id: object) -> selectors.Access:
+    try:
+        return selectors.conversation_for_member(user_id=user_id, conversation_id=conversation_id)
+    except selectors.NotFound as exc:
+        raise DRFNotFound("conversation not found") from exc
+
+
+class ConversationList(APIView):
+    def get(self, request: Request) -> Response:
+        rows = selectors.conversations_for_user(user_id=request.user.id)
+        return Response([
+            {
+                "id": str(m.conversation_id),
+                "title": m.conversation.title,
+                "workspace": str(m.conversation.workspace_id),
+                "agent": m.conversation.agent or None,
+                "role": m.role,
+                "head_seq": m.conversation.last_seq,
+            }
+            for m in rows
+        ])
+
+    def post(self, request: Request) -> Response:
+        body = ConversationCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            created = conversation_services.conversation_create(
+                creator=request.user,  # type: ignore[arg-type]
+                title=body.validated_data["title"],
+                workspace_id=body.validated_data.get("workspace"),
+                agent="assistant" if body.validated_data["agent"] else "",
+            )
+        except ServiceError as exc:
+            return error_response(exc)
+        access = member_access(request.user.id, created.conversation.id)
+        return Response(conversation_json(access), status=status.HTTP_201_CREATED)
+
+
+class ConversationDetail(APIView):
+    def get(self, request: Request, conversation_id: str) -> Response:
+        return Response(conversation_json(member_access(request.user.id, conversation_id)))
+
+
+class ConversationMembers(APIView):
+    def get(self, request: Request, conversation_id: str) -> Response:
+        access = member_access(request.user.id, conversation_id)
+        rows = ConversationMember.objects.filter(conversation_id=access.conversation_id).select_related("user")
+        return Response([{"user": {"id": m.user_id, "username": m.user.username}, "role": m.role} for m in rows])
+
+    def post(self, request: Request, conversation_id: str) -> Response:
+        access = member_access(request.user.id, conversation_id)
+        body = MemberAddSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            member = conversation_services.conversation_member_add(
+                conversation_id=access.conversation_id, actor_id=request.user.id,
+                username=body.validated_data["username"], role=body.validated_data["role"],
+            )
+        except ServiceError as exc:
+            return error_response(exc)
+        return Response({"user": {"id": member.user_id, "username": member.user.username}, "role": member.role},
+                        status=status.HTTP_201_CREATED)
+
+
+class ConversationEvents(APIView):
+    def get(self, request: Request, conversation_id: str) -> Response:
+        access = member_access(request.user.id, conversation_id)
+        query = EventsQuerySerializer(data=request.query_params)
+        if not query.is_valid():
+            raise ValidationError(query.errors)
+        events, has_more = selectors.events_before(
+            conversation_id=access.conversation_id,
+            before_seq=query.validated_data.get("before_seq"),
+            limit=query.validated_data["limit"],
+        )
+        return Response({"events": [e.frame() for e in events], "has_more": has_more})
+
+
+class WorkspaceList(APIView):
+    def get(self, request: Request) -> Response:
+        rows = WorkspaceMember.objects.filter(user_id=request.user.id).select_related("workspace")
+        return Response([{"id": str(m.workspace_id), "name": m.workspace.name, "role": m.role} for m in rows])
+
+    def post(self, request: Request) -> Response:
+        body = WorkspaceCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            workspace = conversation_services.workspace_create(owner=request.user,  # type: ignore[arg-type]
+                                                               name=body.validated_data["name"])
+        except ServiceError as exc:
+            return error_response(exc)
+        return Response({"id": str(workspace.id), "name": workspace.name, "role": "owner"},
+                        status=status.HTTP_201_CREATED)
+
+
+class WorkspaceMembers(APIView):
+    def _workspace(self, request: Request, workspace_id: str) -> Workspace:
+        try:
+            wid = selectors.parse_uuid(workspace_id)
+        except selectors.NotFound as exc:
+            raise DRFNotFound("workspace not found") from exc
+        member = WorkspaceMember.objects.select_related("workspace").filter(
+            workspace_id=wid, user_id=request.user.id).first()
+        if member is None:
+            raise DRFNotFound("workspace not found")
+        return member.workspace
+
+    def get(self, request: Request, workspace_id: str) -> Response:
+        workspace = self._workspace(request, workspace_id)
+        rows = WorkspaceMember.objects.filter(workspace=workspace).select_related("user")
+        return Response([{"user": {"id": m.user_id, "username": m.user.username}, "role": m.role} for m in rows])
+
+    def post(self, request: Request, workspace_id: str) -> Response:
+        workspace = self._workspace(request, workspace_id)
+        body = MemberAddSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            member = conversation_services.workspace_member_add(
+                workspace=workspace, actor=request.user,  # type: ignore[arg-type]
+                username=body.validated_data["username"], role=body.validated_data["role"],
+            )
+        except ServiceError as exc:
+            return error_response(exc)
+        return Response({"user": {"id": member.user_id, "username": member.user.username}, "role": member.role},
+                        status=status.HTTP_201_CREATED)
+

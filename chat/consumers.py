@@ -1,0 +1,277 @@
+"""The /ws/chat/ consumer: a thin shell around the protocol (PROTOCOL.md, docs/protocol.md).
+
+It parses and answers frames; what a command may do is decided in `chat.realtime.commands`
+and the services. Deliveries from other processes never pass through `dispatch()` (which costs
+a thread hop per call): the process hub puts pre-encoded frames straight into this socket's
+`Outbox`, whose single writer task is the only thing that sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from chat.realtime import ephemeral
+from chat.realtime.auth import AuthFailed, Identity, identity_from_token
+from chat.realtime.commands import HANDLERS
+from chat.realtime.hub import Hub, get_hub
+from chat.realtime.outbox import Outbox
+from chat.realtime.protocol import PROTOCOL, CommandError, ProtocolError, encode, parse_frame, reply_error, reply_ok
+from chat.services.events import rfc3339
+from monitoring.metrics import metrics
+
+logger = logging.getLogger(__name__)
+
+# A client that sends this many bad frames within ABUSE_WINDOW_S is closed with 4400: it is
+# broken or hostile, and answering it costs more than closing it.
+ABUSE_LIMIT = 30
+ABUSE_WINDOW_S = 10.0
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    # Fan-out does not use the consumer's own channel: one hub channel serves the whole process.
+    channel_layer_alias = "__no_per_socket_channel__"
+
+    identity: Identity
+    outbox: Outbox
+    hub: Hub
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        self.session_id = uuid.uuid4().hex
+        self.subscriptions: set[str] = set()
+        self.authenticated = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._after_reply: list[Callable[[], Any]] = []
+        self._bad_frames: deque[float] = deque()
+        self._expiry_task: asyncio.Task[None] | None = None
+        self._closing = False
+        if PROTOCOL not in self.scope.get("subprotocols", []):
+            await self.close()  # refuse the handshake: we only speak chat.v1
+            return
+        await self.accept(PROTOCOL)
+        metrics.inc("connections_opened")
+        if not self.scope.get("origin_ok", True):
+            await self._close(4403)
+            return
+        if self.scope.get("auth_error"):
+            await self._close(4401)
+            return
+        identity = self.scope.get("identity")
+        if identity is not None:
+            await self._authenticated(identity)
+        else:
+            self._tasks.append(asyncio.create_task(self._auth_deadline()))
+
+    async def _auth_deadline(self) -> None:
+        await asyncio.sleep(settings.CHAT_AUTH_TIMEOUT_S)
+        if not self.authenticated:
+            await self._close(4401)
+
+    async def _authenticated(self, identity: Identity) -> None:
+        self.identity = identity
+        self.authenticated = True
+        self.hub = get_hub()
+        self.outbox = Outbox(
+            hub=self.hub,
+            send_text=self._send_text,
+            maxsize=settings.CHAT_OUTBOUND_QUEUE,
+            user_id=identity.user_id,
+            session_id=self.session_id,
+            on_overflow=lambda: self._spawn(self._close(4408)),
+            on_user_message=self._on_user_message,
+        )
+        self._tasks.append(asyncio.create_task(self._write_loop()))
+        self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
+        self._schedule_expiry(identity.expires_at)
+        await self.hub.join_user(identity.user_id, self.outbox)
+        self.outbox.send_frame(encode({"type": "welcome", "data": self._welcome()}))
+
+    def _welcome(self) -> dict[str, Any]:
+        from django.utils import timezone
+
+        return {
+            "session_id": self.session_id,
+            "protocol": PROTOCOL,
+            "user": self.user_public() | {"tier": self.identity.tier},
+            "server_time": rfc3339(timezone.now()),
+            "heartbeat_ms": settings.CHAT_HEARTBEAT_MS,
+            "typing_ttl_ms": settings.CHAT_TYPING_TTL_MS,
+            "limits": {
+                "max_frame_bytes": settings.CHAT_MAX_FRAME_BYTES,
+                "max_text_chars": settings.CHAT_MAX_TEXT_CHARS,
+                "replay_limit": settings.CHAT_REPLAY_LIMIT,
+                "history_page_max": settings.CHAT_HISTORY_MAX,
+                "max_subscriptions": settings.CHAT_MAX_SUBSCRIPTIONS,
+                "outbound_queue": settings.CHAT_OUTBOUND_QUEUE,
+            },
+        }
+
+    def user_public(self) -> dict[str, Any]:
+        return {"id": self.identity.user_id, "username": self.identity.username}
+
+    async def _write_loop(self) -> None:
+        try:
+            await self.outbox.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("socket writer failed")
+            await self._close(1011)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = ephemeral.PRESENCE_TTL_S / 3
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):
+                await ephemeral.presence_refresh(self)
+
+    def _schedule_expiry(self, expires_at: int | None) -> None:
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+        if expires_at is None:
+            return
+
+        async def expire() -> None:
+            await asyncio.sleep(max(0.0, expires_at - time.time()))
+            await self._close(4401)
+
+        self._expiry_task = asyncio.create_task(expire())
+
+    def _on_user_message(self, message: dict[str, Any]) -> None:
+        action = message.get("action")
+        if action == "close":
+            self._spawn(self._close(int(message.get("code", 4401))))
+        elif action == "notification":
+            self.outbox.send_frame(message["f"])
+
+    def _spawn(self, coro: Any) -> None:
+        self._tasks.append(asyncio.create_task(coro))
+
+    async def _send_text(self, text: str) -> None:
+        await self.send(text_data=text)
+
+    async def _close(self, code: int) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        metrics.inc("disconnects", code=str(code))
+        with contextlib.suppress(Exception):
+            await self.close(code)
+
+    # --- inbound frames ---------------------------------------------------------------------------
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self._closing:
+            return
+        command_id: str | None = None
+        try:
+            command = parse_frame(text_data, bytes_data)
+            command_id = command.id
+            if not self.authenticated:
+                if command.type != "auth":
+                    raise ProtocolError("bad_request", "authenticate first: send an auth frame")
+                result = await self.refresh_auth(command.fields.get("token"))
+                if command_id is not None:  # after `welcome`, which the outbox already holds
+                    self.outbox.send_frame(reply_ok(command_id, result))
+                return
+            handler = HANDLERS.get(command.type)
+            if handler is None:
+                raise ProtocolError("unknown_command", f"unknown command {command.type!r}")
+            result = await handler(self, command.fields)
+            if command_id is not None:
+                self.outbox.send_frame(reply_ok(command_id, result or {}))
+            self._run_after_reply()
+        except ProtocolError as exc:
+            self._after_reply.clear()
+            if self._closing:
+                return
+            if isinstance(exc, CommandError):
+                command_id = exc.command_id
+            metrics.inc("command_errors", code=exc.code)
+            frame = reply_error(command_id, exc)
+            if self.authenticated:
+                self.outbox.send_frame(frame)
+            else:
+                await self.send(text_data=frame)
+            await self._count_bad_frame(exc)
+        except Exception:
+            self._after_reply.clear()
+            logger.exception("command failed")
+            frame = reply_error(command_id, ProtocolError("internal", "internal error"))
+            if self.authenticated:
+                self.outbox.send_frame(frame)
+            else:
+                await self.send(text_data=frame)
+
+    def after_reply(self, fn: Callable[[], Any]) -> None:
+        """Run `fn` right after this command's reply is queued (e.g. a subscribe's replay)."""
+        self._after_reply.append(fn)
+
+    def _run_after_reply(self) -> None:
+        pending, self._after_reply = self._after_reply, []
+        for fn in pending:
+            fn()
+
+    async def _count_bad_frame(self, exc: ProtocolError) -> None:
+        if exc.code not in ("bad_request", "unknown_command", "too_large"):
+            return
+        now = time.monotonic()
+        self._bad_frames.append(now)
+        while self._bad_frames and self._bad_frames[0] < now - ABUSE_WINDOW_S:
+            self._bad_frames.popleft()
+        if len(self._bad_frames) > ABUSE_LIMIT:
+            await self._close(4400)
+
+    async def refresh_auth(self, token: Any) -> dict[str, Any]:
+        if not isinstance(token, str) or not token or len(token) > 4096:
+            raise ProtocolError("bad_request", "token must be a non-empty string")
+        try:
+            identity = await database_sync_to_async(identity_from_token)(token)
+        except AuthFailed:
+            if not self.authenticated:
+                await self._close(4401)
+            raise ProtocolError("bad_request", "invalid or expired token") from None
+        if self.authenticated:
+            if identity.user_id != self.identity.user_id:
+                raise ProtocolError("forbidden", "the token belongs to another user")
+            self.identity = identity
+            self._schedule_expiry(identity.expires_at)
+        else:
+            for task in self._tasks:
+                task.cancel()
+            self._tasks.clear()
+            await self._authenticated(identity)
+        from datetime import UTC, datetime
+
+        expires = datetime.fromtimestamp(identity.expires_at or 0, UTC)
+        return {"expires_at": rfc3339(expires)}
+
+    async def drop_subscription(self, conversation_id: str) -> None:
+        if conversation_id not in self.subscriptions:
+            return
+        self.subscriptions.discard(conversation_id)
+        self.outbox.stop_stream(conversation_id)
+        await self.hub.leave(conversation_id, self.outbox)
+        with contextlib.suppress(Exception):
+            await ephemeral.presence_leave(self, conversation_id)
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+        if self.authenticated:
+            for conversation_id in list(self.subscriptions):
+                await self.drop_subscription(conversation_id)
+            await self.hub.leave_user(self.identity.user_id, self.outbox)
+        metrics.inc("connections_closed")
+        await super().websocket_disconnect(message)

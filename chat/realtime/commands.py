@@ -1,0 +1,241 @@
+"""The chat.v1 commands (PROTOCOL §3). Each handler authorises the command on its own: the
+connection being authenticated says who is asking, never what they may touch."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import OperationalError
+
+from agents import runner
+from agents import selectors as run_selectors
+from agents import services as run_services
+from chat import selectors
+from chat.realtime import ephemeral
+from chat.realtime.bus import publish_events
+from chat.realtime.protocol import ProtocolError, opt_int, req_int, req_str
+from chat.selectors import Access, NotFound
+from chat.services import conversations as conversation_services
+from chat.services import messages as message_services
+from chat.services.conversations import ServiceError
+from chat.services.events import rfc3339
+
+if TYPE_CHECKING:
+    from chat.consumers import ChatConsumer
+
+Handler = Callable[["ChatConsumer", dict[str, Any]], Awaitable[dict[str, Any] | None]]
+HANDLERS: dict[str, Handler] = {}
+
+
+def command(name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[name] = fn
+        return fn
+
+    return register
+
+
+NOT_FOUND = ProtocolError("not_found", "conversation not found")
+
+
+async def access_for(consumer: ChatConsumer, fields: dict[str, Any]) -> Access:
+    """The membership check every conversation command starts with."""
+    if "conversation" not in fields:
+        raise ProtocolError("bad_request", "conversation is required")
+    try:
+        return await database_sync_to_async(selectors.conversation_for_member)(
+            user_id=consumer.identity.user_id, conversation_id=fields["conversation"]
+        )
+    except NotFound as exc:
+        raise NOT_FOUND from exc
+
+
+def service_error(exc: ServiceError) -> ProtocolError:
+    return ProtocolError(exc.code, exc.message)
+
+
+@command("ping")
+async def ping(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, Any]:
+    return {"server_time": rfc3339_now()}
+
+
+def rfc3339_now() -> str:
+    from django.utils import timezone
+
+    return rfc3339(timezone.now())
+
+
+@command("subscribe")
+async def subscribe(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, Any]:
+    since_seq = opt_int(fields, "since_seq", minimum=0)
+    access = await access_for(consumer, fields)
+    conversation_id = access.conversation_id
+    if conversation_id not in consumer.subscriptions and len(consumer.subscriptions) >= settings.CHAT_MAX_SUBSCRIPTIONS:
+        raise ProtocolError("bad_request", f"at most {settings.CHAT_MAX_SUBSCRIPTIONS} subscriptions per socket")
+    # Join the process hub first, then read the head: an event committed in between is both
+    # at or below the head we read and delivered live, and the outbox drops the repeat.
+    await consumer.hub.join(conversation_id, consumer.outbox)
+    consumer.subscriptions.add(conversation_id)
+    head_seq, active = await database_sync_to_async(_head_and_runs)(conversation_id)
+    result: dict[str, Any] = {"conversation": conversation_id, "head_seq": head_seq, "active_runs": active}
+    start = head_seq
+    if since_seq is not None:
+        recovered = head_seq - since_seq <= settings.CHAT_REPLAY_LIMIT
+        result["recovered"] = recovered
+        if recovered:
+            start = min(since_seq, head_seq)
+    consumer.after_reply(lambda: consumer.outbox.start_stream(conversation_id, from_seq=start, up_to_seq=head_seq))
+    await ephemeral.presence_join(consumer, conversation_id)
+    return result
+
+
+def _head_and_runs(conversation_id: str) -> tuple[int, list[dict[str, Any]]]:
+    from chat.models import Conversation
+
+    head = Conversation.objects.filter(id=conversation_id).values_list("last_seq", flat=True).get()
+    return head, run_selectors.active_runs(conversation_id=conversation_id)
+
+
+@command("unsubscribe")
+async def unsubscribe(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, Any]:
+    access = await access_for(consumer, fields)
+    await consumer.drop_subscription(access.conversation_id)
+    return {"conversation": access.conversation_id}
+
+
+@command("send")
+async def send(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, Any]:
+    client_msg_id = req_str(fields, "client_msg_id", max_len=64)
+    text = req_str(fields, "text", max_len=settings.CHAT_MAX_TEXT_CHARS)
+    access = await access_for(consumer, fields)
+    try:
+        result = await database_sync_to_async(message_services.message_send)(
+            conversation_id=access.conversation_id,
+            author_id=consumer.identity.user_id,
+            username=consumer.identity.username,
+            client_msg_id=client_msg_id,
+            text=text,
+            can_write=access.can_write,
+        )
+    except ServiceError as exc:
+        raise service_error(exc) from exc
+    except OperationalError as exc:
+        raise ProtocolError("unavailable", "the database is unavailable; retry", retry_after_ms=1000) from exc
+    await publish_events(result.events)
+    if result.run_id and not result.duplicate:
+        await runner.wake()
+    reply: dict[str, Any] = {
+        "conversation": access.conversation_id,
+        "message": {"id": result.message_id, "seq": result.seq},
+        "duplicate": result.duplicate,
+    }
+    if result.run_id:
+        reply["run_id"] = result.run_id
+    return reply
+
+
+@command("history")
+async def history(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, Any]:
+    before_seq = opt_int(fields, "before_seq", minimum=1)
+    limit = opt_int(fields, "limit", minimum=1, maximum=settings.CHAT_HISTORY_MAX) or 50
+    access = await access_for(consumer, fields)
+    events, has_more = await database_sync_to_async(selectors.events_before)(
+        conversation_id=access.conversation_id, before_seq=before_seq, limit=limit
+    )
+    return {"conversation": access.conversation_id, "events": [e.frame() for e in events], "has_more": has_more}
+
+
+@command("cancel")
+async def cancel(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, Any]:
+    if "run_id" not in fields:
+        raise ProtocolError("bad_request", "run_id is required")
+    try:
+        run, access = await database_sync_to_async(run_selectors.run_for_member)(
+            user_id=consumer.identity.user_id, run_id=fields["run_id"]
+        )
+    except NotFound as exc:
+        raise ProtocolError("not_found", "run not found") from exc
+    if not access.can_write:
+        raise ProtocolError("forbidden", "your role in this conversation does not allow cancelling runs")
+    try:
+        result = await database_sync_to_async(run_services.run_request_cancel)(
+            run_id=str(run.id), by_user_id=consumer.identity.user_id, by_username=consumer.identity.username
+        )
+    except ServiceError as exc:
+        raise service_error(exc) from exc
+    await publish_events(result.events)
+    if result.status == "cancelling":
+        await runner.cancel(result.run_id)
+    else:
+        await runner.wake()  # the next queued run of this conversation may start now
+    return {"run_id": result.run_id, "status": result.status}
+
+
+@command("read")
+async def read(consumer: ChatConsumer, fields: dict[str, Any]) -> None:
+    seq = req_int(fields, "seq", minimum=0)
+    access = await access_for(consumer, fields)
+    stored = await database_sync_to_async(conversation_services.read_marker_set)(
+        conversation_id=access.conversation_id, user_id=consumer.identity.user_id, seq=seq
+    )
+    await ephemeral.broadcast(
+        consumer, access.conversation_id, "read", {"user": consumer.user_public(), "seq": stored}
+    )
+    return None
+
+
+@command("typing")
+async def typing(consumer: ChatConsumer, fields: dict[str, Any]) -> None:
+    state = fields.get("state")
+    if state not in ("start", "stop"):
+        raise ProtocolError("bad_request", "state must be 'start' or 'stop'")
+    access = await access_for(consumer, fields)
+    if not access.can_write:
+        raise ProtocolError("forbidden", "viewers cannot type")
+    await ephemeral.broadcast(
+        consumer,
+        access.conversation_id,
+        "typing",
+        {"user": consumer.user_public(), "state": state, "expires_ms": settings.CHAT_TYPING_TTL_MS},
+    )
+    return None
+
+
+@command("presence")
+async def presence(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, Any]:
+    access = await access_for(consumer, fields)
+    return {"conversation": access.conversation_id, "members": await ephemeral.members(access.conversation_id)}
+
+
+@command("sync_notifications")
+async def sync_notifications(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, Any]:
+    since_seq = req_int(fields, "since_seq", minimum=0)
+    rows, head = await database_sync_to_async(_notifications)(consumer.identity.user_id, since_seq)
+    consumer.after_reply(lambda: [consumer.outbox.send_frame(frame) for frame in rows])
+    return {"head_seq": head}
+
+
+def _notifications(user_id: int, since_seq: int) -> tuple[list[str], int]:
+    from chat.models import User
+    from chat.realtime.protocol import encode
+
+    head = User.objects.filter(id=user_id).values_list("notification_seq", flat=True).get()
+    frames = [
+        encode({"type": "notification", "seq": n.seq, "ts": rfc3339(n.created_at), "data": n.data})
+        for n in selectors.notifications_after(user_id=user_id, after_seq=since_seq)
+    ]
+    return frames, head
+
+
+@command("auth")
+async def auth(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, Any]:
+    token = req_str(fields, "token", max_len=4096)
+    return await consumer.refresh_auth(token)
+
+
+def monotonic_ms() -> int:
+    return int(time.monotonic() * 1000)

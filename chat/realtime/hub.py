@@ -1,0 +1,172 @@
+"""One channel-layer subscriber per server process (per event loop), shared by all its sockets.
+
+Fan-out cost must not grow with receivers on the channel layer: a conversation with 200 local
+sockets costs one `group_add` and one pub/sub delivery per event in this process, then 200 cheap
+in-memory queue puts of the same pre-encoded text. Each socket's `Outbox` orders and gap-fills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Any, Protocol
+
+from channels.layers import get_channel_layer
+
+from chat.realtime.bus import conversation_group, user_group
+from monitoring.metrics import metrics
+
+logger = logging.getLogger(__name__)
+
+# Recent encoded events kept per conversation in this process, so a socket that lost a doorbell or
+# subscribes a little behind is served without a database read. 256 covers several seconds of a
+# busy room; older gaps go to the log.
+RECENT_PER_CONVERSATION = 256
+
+
+class Sink(Protocol):
+    def deliver_event(self, conversation_id: str, seq: int, text: str | None) -> None: ...
+    def deliver_user(self, message: dict[str, Any]) -> None: ...
+    def send_frame(self, text: str) -> None: ...
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.layer = get_channel_layer()
+        self.channel: str | None = None
+        self.conversations: dict[str, set[Sink]] = {}
+        self.users: dict[int, set[Sink]] = {}
+        self.recent: dict[str, OrderedDict[int, str]] = {}
+        self.last_seen: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._start_lock = asyncio.Lock()
+        # Set once this process's group_add for a conversation/user has completed: a second socket
+        # joining meanwhile waits for it instead of assuming the subscription is live.
+        self._ready: dict[str, asyncio.Event] = {}
+
+    async def _ensure_started(self) -> str:
+        async with self._start_lock:
+            if self.channel is None:
+                self.channel = await self.layer.new_channel("hub.")
+                self._task = asyncio.create_task(self._run(), name="chat-hub")
+            return self.channel
+
+    async def _run(self) -> None:
+        assert self.channel is not None
+        while True:
+            try:
+                message = await self.layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("hub receive failed; retrying")
+                metrics.inc("hub_receive_errors")
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                self.dispatch(message)
+            except Exception:  # one bad message must not stop the process's fan-out
+                logger.exception("hub dispatch failed")
+
+    def dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "conv.event":
+            conversation_id, seq, text = message["c"], int(message["s"]), message.get("f")
+            if text is not None:
+                self.remember(conversation_id, seq, text)
+            if seq > self.last_seen.get(conversation_id, 0):
+                self.last_seen[conversation_id] = seq
+            for sink in tuple(self.conversations.get(conversation_id, ())):
+                sink.deliver_event(conversation_id, seq, text)
+            metrics.inc("hub_events")
+        elif kind == "conv.ephemeral":
+            exclude = message.get("x")
+            for sink in tuple(self.conversations.get(message["c"], ())):
+                if getattr(sink, "session_id", None) != exclude:
+                    sink.send_frame(message["f"])
+        elif kind == "user.event":
+            for sink in tuple(self.users.get(int(message["u"]), ())):
+                sink.deliver_user(message)
+
+    def remember(self, conversation_id: str, seq: int, text: str) -> None:
+        recent = self.recent.setdefault(conversation_id, OrderedDict())
+        recent[seq] = text
+        while len(recent) > RECENT_PER_CONVERSATION:
+            recent.popitem(last=False)
+
+    def recent_text(self, conversation_id: str, seq: int) -> str | None:
+        recent = self.recent.get(conversation_id)
+        return recent.get(seq) if recent else None
+
+    async def _group_join(self, group: str, first: bool) -> None:
+        channel = await self._ensure_started()
+        if first:
+            ready = self._ready[group] = asyncio.Event()
+            try:
+                await self.layer.group_add(group, channel)
+            finally:
+                ready.set()
+        else:
+            ready = self._ready.get(group)
+            if ready is not None:
+                await ready.wait()
+
+    async def join(self, conversation_id: str, sink: Sink) -> None:
+        sinks = self.conversations.setdefault(conversation_id, set())
+        first = not sinks
+        sinks.add(sink)
+        await self._group_join(conversation_group(conversation_id), first)
+
+    async def leave(self, conversation_id: str, sink: Sink) -> None:
+        sinks = self.conversations.get(conversation_id)
+        if not sinks or sink not in sinks:
+            return
+        sinks.discard(sink)
+        if not sinks:
+            del self.conversations[conversation_id]
+            self.recent.pop(conversation_id, None)
+            self.last_seen.pop(conversation_id, None)
+            self._ready.pop(conversation_group(conversation_id), None)
+            if self.channel is not None:
+                try:
+                    await self.layer.group_discard(conversation_group(conversation_id), self.channel)
+                except Exception:
+                    logger.warning("group_discard failed for %s", conversation_id, exc_info=True)
+
+    async def join_user(self, user_id: int, sink: Sink) -> None:
+        sinks = self.users.setdefault(user_id, set())
+        first = not sinks
+        sinks.add(sink)
+        await self._group_join(user_group(user_id), first)
+
+    async def leave_user(self, user_id: int, sink: Sink) -> None:
+        sinks = self.users.get(user_id)
+        if not sinks or sink not in sinks:
+            return
+        sinks.discard(sink)
+        if not sinks:
+            del self.users[user_id]
+            self._ready.pop(user_group(user_id), None)
+            if self.channel is not None:
+                try:
+                    await self.layer.group_discard(user_group(user_id), self.channel)
+                except Exception:
+                    logger.warning("group_discard failed for user %s", user_id, exc_info=True)
+
+    def local_users(self, conversation_id: str) -> set[int]:
+        return {getattr(s, "user_id", 0) for s in self.conversations.get(conversation_id, ())}
+
+
+_hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
+
+
+def get_hub() -> Hub:
+    """The hub of the running event loop (one per server process in production)."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        for old in [lp for lp in _hubs if lp.is_closed()]:
+            del _hubs[old]
+        hub = _hubs[loop] = Hub()
+    return hub

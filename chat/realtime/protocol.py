@@ -1,0 +1,131 @@
+"""chat.v1 frame parsing and validation (PROTOCOL §2-§3). Pure functions, no I/O."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+
+PROTOCOL = "chat.v1"
+MAX_ID_CHARS = 64
+# JSON nesting deeper than this is refused before anything looks at it; no command needs more than 3.
+MAX_DEPTH = 16
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after_ms = retry_after_ms
+
+    def as_dict(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.retry_after_ms is not None:
+            err["retry_after_ms"] = self.retry_after_ms
+        return err
+
+
+@dataclass(frozen=True)
+class Command:
+    type: str
+    id: str | None
+    fields: dict[str, Any]
+
+
+def _depth(value: Any, limit: int) -> int:
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def parse_frame(text: str | None, binary: bytes | None) -> Command:
+    """Turn one client frame into a Command, or raise ProtocolError with the frame's `id` unknown."""
+    if binary is not None:
+        raise ProtocolError("bad_request", "binary frames are not accepted; send UTF-8 JSON text")
+    if text is None:
+        raise ProtocolError("bad_request", "empty frame")
+    if len(text) > settings.CHAT_MAX_FRAME_BYTES or len(text.encode("utf-8", "surrogatepass")) > settings.CHAT_MAX_FRAME_BYTES:
+        raise ProtocolError("too_large", f"frame exceeds {settings.CHAT_MAX_FRAME_BYTES} bytes")
+    try:
+        payload = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError("bad_request", "frame is not valid JSON") from exc
+    if not isinstance(payload, dict):
+        raise ProtocolError("bad_request", "frame must be a JSON object")
+    if _depth(payload, MAX_DEPTH) > MAX_DEPTH:
+        raise ProtocolError("bad_request", "frame is nested too deeply")
+    command_id = payload.get("id")
+    if command_id is not None and (not isinstance(command_id, str) or not 0 < len(command_id) <= MAX_ID_CHARS):
+        raise ProtocolError("bad_request", f"id must be a string of 1-{MAX_ID_CHARS} characters")
+    kind = payload.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise CommandError(command_id, "bad_request", "type must be a non-empty string")
+    fields = {k: v for k, v in payload.items() if k not in ("type", "id")}
+    return Command(kind, command_id, fields)
+
+
+class CommandError(ProtocolError):
+    """A ProtocolError for a frame whose `id` is known, so it is answered with a reply."""
+
+    def __init__(self, command_id: str | None, code: str, message: str, retry_after_ms: int | None = None) -> None:
+        super().__init__(code, message, retry_after_ms)
+        self.command_id = command_id
+
+
+# --- field readers: each raises ProtocolError("bad_request") with a message naming the field ----
+
+def req_str(fields: dict[str, Any], name: str, *, max_len: int, allow_empty: bool = False) -> str:
+    value = fields.get(name)
+    if not isinstance(value, str):
+        raise ProtocolError("bad_request", f"{name} must be a string")
+    if not allow_empty and not value:
+        raise ProtocolError("bad_request", f"{name} must not be empty")
+    if len(value) > max_len:
+        raise ProtocolError("too_large" if name == "text" else "bad_request",
+                            f"{name} must be at most {max_len} characters")
+    return value
+
+
+def opt_int(fields: dict[str, Any], name: str, *, minimum: int = 0, maximum: int | None = None) -> int | None:
+    value = fields.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError("bad_request", f"{name} must be an integer")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise ProtocolError("bad_request", f"{name} must be {bound}")
+    return value
+
+
+def req_int(fields: dict[str, Any], name: str, *, minimum: int = 0, maximum: int | None = None) -> int:
+    value = opt_int(fields, name, minimum=minimum, maximum=maximum)
+    if value is None:
+        raise ProtocolError("bad_request", f"{name} is required")
+    return value
+
+
+def encode(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+def reply_ok(command_id: str, result: dict[str, Any]) -> str:
+    return encode({"type": "reply", "id": command_id, "ok": True, **result})
+
+
+def reply_error(command_id: str | None, error: ProtocolError) -> str:
+    if command_id is None:
+        return encode({"type": "error", "error": error.as_dict()})
+    return encode({"type": "reply", "id": command_id, "ok": False, "error": error.as_dict()})

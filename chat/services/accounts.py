@@ -1,0 +1,31 @@
+"""Account actions that reach live sockets: logout and deactivation close all of a user's sockets
+on every server process (PROTOCOL §1)."""
+
+from __future__ import annotations
+
+from asgiref.sync import async_to_sync
+from django.contrib.auth.signals import user_logged_out
+from django.dispatch import receiver
+from django.http import HttpRequest
+
+from chat.models import User
+from chat.realtime.bus import publish_to_user
+
+CLOSE_LOGGED_OUT = 4401
+CLOSE_DISABLED = 4403
+
+
+def user_sockets_close(*, user_id: int, code: int) -> None:
+    async_to_sync(publish_to_user)(user_id, {"action": "close", "code": code})
+
+
+def user_deactivate(*, user_id: int) -> None:
+    User.objects.filter(id=user_id).update(is_active=False)
+    user_sockets_close(user_id=user_id, code=CLOSE_DISABLED)
+
+
+@receiver(user_logged_out)
+def _close_sockets_on_logout(sender: object, request: HttpRequest, user: User | None, **kwargs: object) -> None:
+    # Django's own logout hook (not domain logic of ours): the session is gone, so are its sockets.
+    if user is not None:
+        user_sockets_close(user_id=user.id, code=CLOSE_LOGGED_OUT)

@@ -1,0 +1,141 @@
+"""Users, workspaces, conversations and their members."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from django.db import IntegrityError, transaction
+
+from chat.models import (
+    Conversation,
+    ConversationMember,
+    Role,
+    Tier,
+    User,
+    Workspace,
+    WorkspaceMember,
+)
+
+
+class ServiceError(Exception):
+    """A refused write. `code` is a PROTOCOL §2 error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@transaction.atomic
+def user_create(*, username: str, password: str, tier: str = Tier.FREE, email: str = "",
+                is_staff: bool = False, is_superuser: bool = False) -> User:
+    """A user and their personal workspace, where their conversations go by default."""
+    if tier not in Tier.values:
+        raise ServiceError("bad_request", f"unknown tier {tier!r}")
+    user = User(username=username, email=email, tier=tier, is_staff=is_staff, is_superuser=is_superuser)
+    user.set_password(password)
+    user.save()
+    personal_workspace_for(user=user)
+    return user
+
+
+def personal_workspace_for(*, user: User) -> Workspace:
+    workspace, created = Workspace.objects.get_or_create(
+        personal_for=user, defaults={"name": f"{user.username}'s workspace"}
+    )
+    if created:
+        WorkspaceMember.objects.create(workspace=workspace, user=user, role=Role.OWNER)
+    return workspace
+
+
+@transaction.atomic
+def workspace_create(*, owner: User, name: str) -> Workspace:
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise ServiceError("bad_request", "name must be 1-200 characters")
+    workspace = Workspace.objects.create(name=name)
+    WorkspaceMember.objects.create(workspace=workspace, user=owner, role=Role.OWNER)
+    return workspace
+
+
+@transaction.atomic
+def workspace_member_add(*, workspace: Workspace, actor: User, username: str, role: str) -> WorkspaceMember:
+    actor_role = WorkspaceMember.objects.filter(workspace=workspace, user=actor).values_list("role", flat=True).first()
+    if actor_role != Role.OWNER:
+        raise ServiceError("forbidden", "only a workspace owner may add members")
+    if role not in (Role.MEMBER, Role.VIEWER):
+        raise ServiceError("bad_request", "role must be 'member' or 'viewer'")
+    user = User.objects.filter(username=username, is_active=True).first()
+    if user is None:
+        raise ServiceError("not_found", "no such user")
+    member, _ = WorkspaceMember.objects.update_or_create(
+        workspace=workspace, user=user, defaults={"role": role}
+    )
+    return member
+
+
+@dataclass(frozen=True)
+class CreatedConversation:
+    conversation: Conversation
+    role: str
+
+
+@transaction.atomic
+def conversation_create(*, creator: User, title: str, workspace_id: uuid.UUID | str | None = None,
+                        agent: str = "assistant") -> CreatedConversation:
+    """A conversation in a workspace where the creator may write; the creator becomes its owner."""
+    title = title.strip()
+    if not title or len(title) > 200:
+        raise ServiceError("bad_request", "title must be 1-200 characters")
+    if workspace_id is None:
+        workspace = personal_workspace_for(user=creator)
+    else:
+        membership = (
+            WorkspaceMember.objects.select_related("workspace")
+            .filter(workspace_id=workspace_id, user=creator)
+            .first()
+        )
+        if membership is None:
+            raise ServiceError("not_found", "workspace not found")
+        if membership.role == Role.VIEWER:
+            raise ServiceError("forbidden", "viewers cannot create conversations")
+        workspace = membership.workspace
+    conversation = Conversation.objects.create(workspace=workspace, title=title, agent=agent, created_by=creator)
+    ConversationMember.objects.create(conversation=conversation, user=creator, role=Role.OWNER)
+    return CreatedConversation(conversation, Role.OWNER)
+
+
+@transaction.atomic
+def conversation_member_add(*, conversation_id: str, actor_id: int, username: str, role: str) -> ConversationMember:
+    """Add (or change the role of) a member. Only the conversation's owner may."""
+    from chat.selectors import conversation_for_member
+
+    access = conversation_for_member(user_id=actor_id, conversation_id=conversation_id)
+    if not access.is_owner:
+        raise ServiceError("forbidden", "only the conversation owner may add members")
+    if role not in (Role.MEMBER, Role.VIEWER):
+        raise ServiceError("bad_request", "role must be 'member' or 'viewer'")
+    user = User.objects.filter(username=username, is_active=True).first()
+    if user is None:
+        raise ServiceError("not_found", "no such user")
+    try:
+        member, _ = ConversationMember.objects.update_or_create(
+            conversation_id=access.conversation_id, user=user, defaults={"role": role}
+        )
+    except IntegrityError as exc:  # pragma: no cover - raced with itself
+        raise ServiceError("conflict", "membership changed concurrently") from exc
+    return member
+
+
+@transaction.atomic
+def read_marker_set(*, conversation_id: str, user_id: int, seq: int) -> int:
+    """Move the caller's read marker forward (never back, never past the head). Returns it."""
+    conv_head = Conversation.objects.filter(id=conversation_id).values_list("last_seq", flat=True).get()
+    seq = max(0, min(seq, conv_head))
+    member = ConversationMember.objects.select_for_update().get(conversation_id=conversation_id, user_id=user_id)
+    if seq > member.last_read_seq:
+        member.last_read_seq = seq
+        member.save(update_fields=["last_read_seq"])
+    return member.last_read_seq
+

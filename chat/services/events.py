@@ -1,0 +1,82 @@
+"""The per-conversation event log: gap-free seq under a row lock (DESIGN §2)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from chat.models import Conversation, Event
+
+
+def rfc3339(ts: datetime) -> str:
+    return ts.astimezone(timezone.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """A committed (or about to be committed) durable event, in its wire shape."""
+
+    conversation_id: str
+    seq: int
+    type: str
+    ts: str
+    data: dict[str, Any]
+    _encoded: list[str] = field(default_factory=list, compare=False, repr=False)
+
+    def frame(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "conversation": self.conversation_id,
+            "seq": self.seq,
+            "ts": self.ts,
+            "data": self.data,
+        }
+
+    def encoded(self) -> str:
+        """The frame as JSON text, encoded once however many sockets receive it."""
+        if not self._encoded:
+            self._encoded.append(json.dumps(self.frame(), separators=(",", ":"), ensure_ascii=False))
+        return self._encoded[0]
+
+    @classmethod
+    def from_row(cls, row: Event) -> StoredEvent:
+        return cls(str(row.conversation_id), row.seq, row.type, rfc3339(row.created_at), row.data)
+
+
+def append_event(
+    *,
+    conversation_id: uuid.UUID | str,
+    type: str,
+    data: dict[str, Any],
+    run_id: uuid.UUID | str | None = None,
+) -> StoredEvent:
+    """Append one durable event and return it. Must run inside the caller's transaction.
+
+    The conversation row is locked (`SELECT … FOR UPDATE`) for the rest of that transaction, so
+    two writers of one conversation take seq N and N+1 in commit order: no holes, no reordering.
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("append_event must be called inside transaction.atomic()")
+    # UPDATE … RETURNING takes the row lock and the next seq in one round trip.
+    updated = (
+        Conversation.objects.filter(id=conversation_id)
+        .update(last_seq=F("last_seq") + 1)
+    )
+    if updated != 1:
+        raise Conversation.DoesNotExist(str(conversation_id))
+    seq = Conversation.objects.filter(id=conversation_id).values_list("last_seq", flat=True).get()
+    now = timezone.now()
+    row = Event.objects.create(
+        conversation_id=conversation_id, seq=seq, type=type, data=data, created_at=now, run_id=run_id
+    )
+    from monitoring.recorder import record_event  # monitoring observes the one write path
+
+    record_event(type=type, data=data, at=now, conversation_id=str(conversation_id))
+    return StoredEvent(str(conversation_id), row.seq, type, rfc3339(now), data)

@@ -1,0 +1,31 @@
+"""ASGI entry point: HTTP to Django, /ws/chat/ to the chat consumer, `agent-runs` to the run worker."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.sessions import SessionMiddlewareStack  # noqa: E402
+from django.urls import path  # noqa: E402
+
+from agents.worker import AGENT_RUNS_CHANNEL, RunWorkerConsumer  # noqa: E402
+from chat.consumers import ChatConsumer  # noqa: E402
+from chat.realtime.auth import ChatAuthMiddleware  # noqa: E402
+
+websocket_urlpatterns = [path("ws/chat/", ChatConsumer.as_asgi())]
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        # Origin is checked inside (a foreign origin is closed with 4403 per PROTOCOL §1, which a
+        # handshake rejection could not express), then session cookie or Bearer token.
+        "websocket": SessionMiddlewareStack(ChatAuthMiddleware(URLRouter(websocket_urlpatterns))),
+        "channel": ChannelNameRouter({AGENT_RUNS_CHANNEL: RunWorkerConsumer.as_asgi()}),
+    }
+)

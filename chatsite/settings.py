@@ -1,0 +1,199 @@
+"""One env-driven settings module.
+
+With no environment variables the app runs embedded (SQLite, in-memory channel layer, agent runs
+in-process) so it can be tried on a laptop. With DATABASE_URL and REDIS_URL it runs on PostgreSQL
+(psycopg 3, pooled) and channels-redis. Every variable is listed in the README.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw else default
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+DEBUG = env_bool("DEBUG", False)
+# The fallback key is only for the embedded mode; a deployment sets SECRET_KEY.
+SECRET_KEY = os.environ.get("SECRET_KEY") or "embedded-insecure-key-set-SECRET_KEY-in-production"
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+# Origins allowed to open the socket (besides ALLOWED_HOSTS on any port); full origins like
+# "https://app.example.com". Cross-origin browsers authenticate with the `auth` frame.
+CHAT_ALLOWED_ORIGINS = env_list("CHAT_ALLOWED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",  # first, so `runserver` is the ASGI one
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "chat",
+    "agents",  # before `channels`: its `runworker` adds the run supervisor to channels' worker
+    "monitoring",
+    "channels",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "chatsite.urls"
+ASGI_APPLICATION = "chatsite.asgi.application"
+AUTH_USER_MODEL = "chat.User"
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+if DATABASE_URL:
+    _db = dj_database_url.parse(DATABASE_URL, conn_max_age=0)
+    if _db["ENGINE"] == "django.db.backends.postgresql":
+        # Under ASGI every sync_to_async call may land on another thread: keep CONN_MAX_AGE=0 and
+        # let psycopg's pool keep the connections warm instead.
+        _db["CONN_MAX_AGE"] = 0
+        _db.setdefault("OPTIONS", {})["pool"] = {
+            "min_size": env_int("DB_POOL_MIN", 2),
+            "max_size": env_int("DB_POOL_MAX", 20),
+            "timeout": 10,
+        }
+        _db.setdefault("TEST", {})["NAME"] = os.environ.get("TEST_DATABASE_NAME") or None
+    DATABASES = {"default": _db}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("SQLITE_PATH", str(BASE_DIR / "db.sqlite3")),
+            # The embedded mode writes from several threads; wait for the lock instead of failing.
+            "OPTIONS": {"timeout": 20},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Channel layer -----------------------------------------------------------------------------
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    # Pub/sub layer: the plain RedisChannelLayer drops group messages for full channels and stalls on
+    # its connection-pool limit under concurrent senders (see docs/operations.md). Our layer traffic is
+    # only doorbells, and every durable event is re-read from the log on a gap, so at-most-once is fine.
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("CHANNEL_PREFIX", "chat")},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- Auth / REST -----------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_THROTTLE_RATES": {"token": os.environ.get("TOKEN_THROTTLE_RATE", "30/min")},
+}
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(seconds=env_int("JWT_ACCESS_LIFETIME_S", 15 * 60)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(seconds=env_int("JWT_REFRESH_LIFETIME_S", 7 * 24 * 3600)),
+    "SIGNING_KEY": os.environ.get("JWT_SIGNING_KEY") or SECRET_KEY,
+    "UPDATE_LAST_LOGIN": False,
+}
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- Agents ------------------------------------------------------------------------------------
+# "offline": the built-in rule-based agent with real tools (no network).
+# "openai": any OpenAI-compatible chat-completions server (Ollama, vLLM, llama.cpp, hosted APIs).
+AGENT_BACKEND = os.environ.get("AGENT_BACKEND", "offline")
+AGENT_LLM_BASE_URL = os.environ.get("AGENT_LLM_BASE_URL", "http://127.0.0.1:11434/v1")
+AGENT_LLM_MODEL = os.environ.get("AGENT_LLM_MODEL", "llama3.1")
+AGENT_LLM_API_KEY = os.environ.get("AGENT_LLM_API_KEY", "")
+AGENT_LLM_TIMEOUT_S = float(os.environ.get("AGENT_LLM_TIMEOUT_S", "60"))
+# "inprocess": runs execute in the server process (embedded mode, tests);
+# "worker": runs execute in `manage.py runworker agent-runs` (the default whenever Redis is configured).
+AGENT_RUNNER = os.environ.get("AGENT_RUNNER") or ("worker" if REDIS_URL else "inprocess")
+# A running run whose heartbeat is older than this is failed with worker_lost (PROTOCOL §4: ≤ 30 s).
+AGENT_HEARTBEAT_S = float(os.environ.get("AGENT_HEARTBEAT_S", "5"))
+AGENT_LOST_AFTER_S = float(os.environ.get("AGENT_LOST_AFTER_S", "20"))
+# Answer chunks are coalesced into one agent_delta per window (LibreChat/Centrifugo batch 25-50 ms).
+AGENT_DELTA_COALESCE_MS = env_int("AGENT_DELTA_COALESCE_MS", 40)
+# Pace of the offline agent's answer stream, so streaming is visible to a person (0 in tests).
+AGENT_OFFLINE_TOKEN_DELAY_MS = env_int("AGENT_OFFLINE_TOKEN_DELAY_MS", 30)
+
+# --- Realtime limits (PROTOCOL §2/§3; issue 4 moves them per tier) -------------------------------
+CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 64 * 1024)
+CHAT_REPLAY_LIMIT = env_int("CHAT_REPLAY_LIMIT", 500)
+CHAT_HISTORY_MAX = 100
+CHAT_AUTH_TIMEOUT_S = float(os.environ.get("CHAT_AUTH_TIMEOUT_S", "5"))
+CHAT_HEARTBEAT_MS = env_int("CHAT_HEARTBEAT_MS", 25_000)
+CHAT_TYPING_TTL_MS = env_int("CHAT_TYPING_TTL_MS", 6_000)
+# Outbound frames queued per socket before it is closed as a slow consumer (4408). 2,000 frames
+# is several seconds of a busy room; a client further behind is better served by resuming.
+CHAT_OUTBOUND_QUEUE = env_int("CHAT_OUTBOUND_QUEUE", 2_000)
+CHAT_MAX_TEXT_CHARS = env_int("CHAT_MAX_TEXT_CHARS", 16_000)
+CHAT_MAX_SUBSCRIPTIONS = env_int("CHAT_MAX_SUBSCRIPTIONS", 100)
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"django.channels.server": {"level": "WARNING"}},
+}

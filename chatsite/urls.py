@@ -1,0 +1,25 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from chat import api, views
+from monitoring import views as monitoring_views
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("c/<str:conversation_id>/", views.conversation, name="conversation"),
+    path("login/", auth_views.LoginView.as_view(template_name="chat/login.html"), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+    path("api/auth/token/", api.TokenView.as_view(), name="token"),
+    path("api/auth/token/refresh/", api.TokenRefresh.as_view(), name="token-refresh"),
+    path("api/conversations/", api.ConversationList.as_view()),
+    path("api/conversations/<str:conversation_id>/", api.ConversationDetail.as_view()),
+    path("api/conversations/<str:conversation_id>/members/", api.ConversationMembers.as_view()),
+    path("api/conversations/<str:conversation_id>/events/", api.ConversationEvents.as_view()),
+    path("api/workspaces/", api.WorkspaceList.as_view()),
+    path("api/workspaces/<str:workspace_id>/members/", api.WorkspaceMembers.as_view()),
+    path("healthz", monitoring_views.healthz),
+    path("readyz", monitoring_views.readyz),
+    path("metrics", monitoring_views.metrics_view),
+]
