@@ -1,0 +1,44 @@
+# The two commands of the README: `make run` (app with demo data) and `make test` (the whole suite).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PGHOST ?= 127.0.0.1
+TEST_ENV := DATABASE_URL=postgres://postgres@$(PGHOST):5432/chat REDIS_URL=redis://127.0.0.1:6379/0 \
+	CHANNEL_PREFIX=chattest$$$$
+
+.PHONY: install run run-embedded test lint worker
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+test: install
+	$(TEST_ENV) $(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy .
+
+RUN_ENV := DATABASE_URL=$${DATABASE_URL:-postgres://postgres@$(PGHOST):5432/chat} \
+	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0}
+PORT ?= 8000
+
+# The production layout on this machine: PostgreSQL, Redis, uvicorn and the agent worker.
+run: install
+	@psql -h $(PGHOST) -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='chat'" | grep -q 1 \
+		|| createdb -h $(PGHOST) -U postgres chat
+	$(RUN_ENV) $(BIN)/python manage.py migrate --noinput
+	$(RUN_ENV) $(BIN)/python manage.py seed_demo
+	@echo "Open http://127.0.0.1:$(PORT)/ and log in as alice / demo-password (admin: /admin/, admin / demo-password)"
+	$(RUN_ENV) $(BIN)/python manage.py serve --port $(PORT)
+
+# Laptop mode: no services needed (SQLite, in-memory channel layer, agents in-process).
+run-embedded: install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py seed_demo
+	@echo "Open http://127.0.0.1:$(PORT)/ and log in as alice / demo-password"
+	$(BIN)/python manage.py serve --port $(PORT)

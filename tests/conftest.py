@@ -1,0 +1,58 @@
+"""Shared fixtures. Tests run against the real PostgreSQL and Redis of this machine and fail
+loudly (never skip) when either is missing. `make test` sets DATABASE_URL and REDIS_URL."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+_counter = itertools.count()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    engine = settings.DATABASES["default"]["ENGINE"]
+    if engine != "django.db.backends.postgresql":
+        raise pytest.UsageError(
+            "The test suite runs against real PostgreSQL and Redis: set DATABASE_URL and REDIS_URL "
+            "(or run `make test`, which sets them). Refusing to run on " + engine
+        )
+    if not settings.REDIS_URL:
+        raise pytest.UsageError("REDIS_URL is not set: the test suite needs the real Redis (run `make test`).")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _require_redis() -> None:
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis at {settings.REDIS_URL} is not reachable: {exc}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _fast_agents(settings: Any) -> None:
+    # The offline agent paces its words for people; tests do not need the pacing.
+    settings.AGENT_OFFLINE_TOKEN_DELAY_MS = 0
+    settings.AGENT_RUNNER = "inprocess"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{os.getpid()}x{next(_counter)}x{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def make_user(db: Any) -> Iterator[Any]:
+    from chat.services.conversations import user_create
+
+    def make(tier: str = "free", **kwargs: Any) -> Any:
+        return user_create(username=unique("u"), password="pw-" + uuid.uuid4().hex, tier=tier, **kwargs)
+
+    yield make

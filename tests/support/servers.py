@@ -1,0 +1,153 @@
+"""Start the real stack the way the README does (`manage.py serve`: ASGI server process(es) and the
+agent worker) on a fresh PostgreSQL database and a private Redis channel prefix, for e2e tests and
+benchmarks. Everything listens on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[2]
+PG_ADMIN_URL = os.environ.get("PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_port_block(n: int) -> int:
+    """A first port such that port..port+n-1 are all free (best effort)."""
+    for _ in range(50):
+        base = free_port()
+        ok = True
+        for p in range(base, base + n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port block")
+
+
+@dataclass
+class Stack:
+    host: str
+    ports: list[int]
+    env: dict[str, str]
+    database: str
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    extra: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.ports[0]}"
+
+    def ws_url(self, index: int = 0) -> str:
+        return f"ws://{self.host}:{self.ports[index]}/ws/chat/"
+
+    def http_url(self, index: int = 0) -> str:
+        return f"http://{self.host}:{self.ports[index]}"
+
+    def manage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=check,
+                              capture_output=True, text=True, timeout=120)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        for proc in [self.proc, *self.extra]:
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in [self.proc, *self.extra]:
+            if proc is not None:
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=5)
+
+
+def create_database() -> str:
+    name = f"chat_e2e_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def drop_database(name: str) -> None:
+    with contextlib.suppress(Exception), psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def start_stack(*, processes: int = 1, server: str = "uvicorn", env_overrides: dict[str, str] | None = None,
+                seed: bool = True, log_dir: Path | None = None, ready_timeout: float = 60) -> Stack:
+    database = create_database()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.update({
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
+        "REDIS_URL": REDIS_URL,
+        "CHANNEL_PREFIX": f"e2e{uuid.uuid4().hex[:8]}",
+        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+        "SECRET_KEY": "e2e-" + uuid.uuid4().hex,
+        "AGENT_RUNNER": "worker",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(env_overrides or {})
+    port = free_port_block(processes)
+    stack = Stack("127.0.0.1", [port + i for i in range(processes)], env, database)
+    stack.manage("migrate", "--noinput")
+    if seed:
+        stack.manage("seed_demo")
+    log_dir = log_dir or Path(os.environ.get("E2E_LOG_DIR", "/tmp"))
+    stack.log_path = log_dir / f"{database}.log"
+    log = stack.log_path.open("wb")
+    stack.proc = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(port), "--processes", str(processes),
+         "--server", server],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    deadline = time.monotonic() + ready_timeout
+    for index in range(processes):
+        while True:
+            if stack.proc.poll() is not None:
+                raise RuntimeError(f"stack exited early:\n{stack.log()[-3000:]}")
+            try:
+                if httpx.get(stack.http_url(index) + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                stack.stop()
+                raise RuntimeError(f"stack not ready in {ready_timeout}s:\n{stack.log()[-3000:]}")
+            time.sleep(0.2)
+    return stack
+
+
+@contextlib.contextmanager
+def running_stack(**kwargs: object) -> Iterator[Stack]:
+    stack = start_stack(**kwargs)  # type: ignore[arg-type]
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        drop_database(stack.database)
