@@ -20,8 +20,17 @@ class ToolCallInline(admin.TabularInline):
 
 @admin.register(AgentRun)
 class AgentRunAdmin(admin.ModelAdmin):
-    list_display = ("id", "conversation", "agent", "status", "created_at", "started_at", "finished_at",
-                    "error_code", "worker_id")
+    list_display = (
+        "id",
+        "conversation",
+        "agent",
+        "status",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "error_code",
+        "worker_id",
+    )
     list_filter = ("status", "agent", "error_code")
     search_fields = ("id", "conversation__title", "conversation__id")
     readonly_fields = [f.name for f in AgentRun._meta.fields]
@@ -40,8 +49,9 @@ class AgentRunAdmin(admin.ModelAdmin):
 
         count = 0
         for run in queryset.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]):
-            result = run_request_cancel(run_id=str(run.id), by_user_id=request.user.id,
-                                        by_username=request.user.get_username())
+            result = run_request_cancel(
+                run_id=str(run.id), by_user_id=request.user.id, by_username=request.user.get_username()
+            )
             async_to_sync(publish_events)(result.events)
             if result.status == "cancelling":
                 async_to_sync(runner.cancel)(result.run_id)

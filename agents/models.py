@@ -25,9 +25,7 @@ class AgentRun(models.Model):
     trigger_message = models.ForeignKey(
         "chat.Message", null=True, on_delete=models.SET_NULL, related_name="triggered_runs"
     )
-    requested_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
-    )
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     agent = models.CharField(max_length=64)
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -97,8 +97,9 @@ class RunSupervisor:
                 break
             claimed_count += 1
             await publish_events(claimed.events)
-            task = asyncio.create_task(execute_run(claimed, backend=self.backend, tools=self.tools),
-                                       name=f"run-{claimed.run_id}")
+            task = asyncio.create_task(
+                execute_run(claimed, backend=self.backend, tools=self.tools), name=f"run-{claimed.run_id}"
+            )
             self.tasks[claimed.run_id] = task
             task.add_done_callback(lambda _t, rid=claimed.run_id: self._finished(rid))
         return claimed_count
@@ -124,8 +125,7 @@ class RunSupervisor:
         while True:
             await asyncio.sleep(min(5.0, settings.AGENT_LOST_AFTER_S / 2))
             try:
-                events = await database_sync_to_async(services.runs_reap_lost)(
-                    lost_after_s=settings.AGENT_LOST_AFTER_S)
+                events = await database_sync_to_async(services.runs_reap_lost)(lost_after_s=settings.AGENT_LOST_AFTER_S)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -14,7 +14,16 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from agents import services
-from agents.backends.base import AgentInput, AnswerChunk, Backend, BackendError, CallTool, Think, ToolOutcome, Usage
+from agents.backends.base import (
+    AgentInput,
+    AnswerChunk,
+    Backend,
+    BackendError,
+    CallTool,
+    Think,
+    ToolOutcome,
+    Usage,
+)
 from agents.services import ClaimedRun
 from agents.tools import ToolContext, ToolRegistry
 from chat.realtime.bus import publish_events
@@ -70,7 +79,9 @@ class Emitter:
                 return
             text, self._pending = self._pending, ""
             event = await database_sync_to_async(services.run_emit)(
-                run_id=self.run.run_id, conversation_id=self.run.conversation_id, type="agent_delta",
+                run_id=self.run.run_id,
+                conversation_id=self.run.conversation_id,
+                type="agent_delta",
                 data={"text": text},
             )
         await self._publish(event)
@@ -78,15 +89,21 @@ class Emitter:
     async def tool_start(self, step: CallTool) -> None:
         await self.flush()
         event = await database_sync_to_async(services.tool_call_start)(
-            run_id=self.run.run_id, conversation_id=self.run.conversation_id, call_id=step.call_id,
-            tool=step.tool, arguments=step.arguments,
+            run_id=self.run.run_id,
+            conversation_id=self.run.conversation_id,
+            call_id=step.call_id,
+            tool=step.tool,
+            arguments=step.arguments,
         )
         await self._publish(event)
 
     async def tool_finish(self, step: CallTool, outcome: ToolOutcome) -> None:
         event = await database_sync_to_async(services.tool_call_finish)(
-            run_id=self.run.run_id, conversation_id=self.run.conversation_id, call_id=step.call_id,
-            ok=outcome.ok, result=outcome.result,
+            run_id=self.run.run_id,
+            conversation_id=self.run.conversation_id,
+            call_id=step.call_id,
+            ok=outcome.ok,
+            result=outcome.result,
         )
         await self._publish(event)
 
@@ -94,11 +111,13 @@ class Emitter:
 def _load_history(conversation_id: str, limit: int = 20) -> list[dict[str, str]]:
     from chat.models import AuthorKind, Message
 
-    rows = list(Message.objects.filter(conversation_id=conversation_id).order_by("-created_at")
-                .values_list("author_kind", "text")[: limit + 1])
+    rows = list(
+        Message.objects.filter(conversation_id=conversation_id)
+        .order_by("-created_at")
+        .values_list("author_kind", "text")[: limit + 1]
+    )
     rows.reverse()
-    return [{"role": "assistant" if kind == AuthorKind.AGENT else "user", "content": text}
-            for kind, text in rows[:-1]]
+    return [{"role": "assistant" if kind == AuthorKind.AGENT else "user", "content": text} for kind, text in rows[:-1]]
 
 
 async def execute_run(run: ClaimedRun, *, backend: Backend, tools: ToolRegistry) -> None:
@@ -149,6 +168,7 @@ async def execute_run(run: ClaimedRun, *, backend: Backend, tools: ToolRegistry)
 
 async def _end(emitter: Emitter, how: str, code: str = "", message: str = "") -> None:
     run = emitter.run
+
     # Shielded: the terminal event must be written even while this task is being cancelled.
     async def finish() -> None:
         try:
@@ -157,10 +177,12 @@ async def _end(emitter: Emitter, how: str, code: str = "", message: str = "") ->
             logger.warning("could not flush the last answer chunk of run %s", run.run_id, exc_info=True)
         if how == "cancelled":
             event = await database_sync_to_async(services.run_finish_cancelled)(
-                run_id=run.run_id, conversation_id=run.conversation_id)
+                run_id=run.run_id, conversation_id=run.conversation_id
+            )
         else:
             event = await database_sync_to_async(services.run_fail)(
-                run_id=run.run_id, conversation_id=run.conversation_id, code=code, message=message)
+                run_id=run.run_id, conversation_id=run.conversation_id, code=code, message=message
+            )
         if event is not None:
             await publish_events([event])
 

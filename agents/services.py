@@ -126,8 +126,9 @@ def run_emit(*, run_id: str, conversation_id: str, type: str, data: dict[str, An
 
 
 @transaction.atomic
-def tool_call_start(*, run_id: str, conversation_id: str, call_id: str, tool: str,
-                    arguments: dict[str, Any]) -> StoredEvent:
+def tool_call_start(
+    *, run_id: str, conversation_id: str, call_id: str, tool: str, arguments: dict[str, Any]
+) -> StoredEvent:
     _require_running(run_id)
     ToolCall.objects.create(run_id=run_id, call_id=call_id, tool=tool, arguments=arguments, started_at=timezone.now())
     return append_event(
@@ -281,7 +282,7 @@ def run_request_cancel(*, run_id: str, by_user_id: int, by_username: str) -> Can
 @transaction.atomic
 def run_finish_cancelled(*, run_id: str, conversation_id: str) -> StoredEvent | None:
     """The runner stopped a running run on request: agent_cancelled with the answer so far."""
-    run = AgentRun.objects.select_for_update().select_related("cancelled_by").get(id=run_id)
+    run = AgentRun.objects.select_for_update(of=("self",)).select_related("cancelled_by").get(id=run_id)
     if run.status in TERMINAL_STATUSES:
         return None
     run.status = RunStatus.CANCELLED
@@ -312,8 +313,12 @@ def runs_reap_lost(*, lost_after_s: float) -> list[StoredEvent]:
     )
     events = []
     for run_id, conversation_id in lost:
-        event = run_fail(run_id=str(run_id), conversation_id=str(conversation_id), code="worker_lost",
-                         message="the worker running this agent stopped responding")
+        event = run_fail(
+            run_id=str(run_id),
+            conversation_id=str(conversation_id),
+            code="worker_lost",
+            message="the worker running this agent stopped responding",
+        )
         if event is not None:
             events.append(event)
     return events

@@ -40,8 +40,10 @@ class Tool:
     timeout_s: float = 10.0
 
     def openai_spec(self) -> dict[str, Any]:
-        return {"type": "function", "function": {"name": self.name, "description": self.description,
-                                                 "parameters": self.schema}}
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.schema},
+        }
 
 
 class ToolRegistry:
@@ -84,8 +86,13 @@ class ToolError(Exception):
 
 # --- calculator: arithmetic over an AST whitelist (no eval) --------------------------------------
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
 }
 _UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _FUNCS: dict[str, Callable[..., Any]] = {"sqrt": math.sqrt, "abs": abs, "round": round}
@@ -124,8 +131,13 @@ def calculate(expression: str) -> int | float:
             return value
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
             return _UNARY[type(node.op)](ev(node.operand))
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS
-                and not node.keywords and len(node.args) <= 2):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCS
+            and not node.keywords
+            and len(node.args) <= 2
+        ):
             try:
                 return _FUNCS[node.func.id](*[ev(a) for a in node.args])
             except ValueError as exc:
@@ -160,23 +172,41 @@ async def _search_history(ctx: ToolContext, args: dict[str, Any]) -> dict[str, A
 
 def default_registry() -> ToolRegistry:
     registry = ToolRegistry()
-    registry.register(Tool(
-        "calculator", "Evaluate an arithmetic expression (+ - * / // % ** sqrt abs round).",
-        {"type": "object", "properties": {"expression": {"type": "string", "minLength": 1,
-                                                           "maxLength": MAX_EXPRESSION_CHARS}},
-         "required": ["expression"], "additionalProperties": False},
-        _calculator,
-    ))
-    registry.register(Tool(
-        "current_time", "The current date and time in UTC.",
-        {"type": "object", "properties": {}, "additionalProperties": False},
-        _current_time,
-    ))
-    registry.register(Tool(
-        "search_history", "Search this conversation's messages that the asking user may read.",
-        {"type": "object", "properties": {"query": {"type": "string", "minLength": 1, "maxLength": 200},
-                                          "limit": {"type": "integer", "minimum": 1, "maximum": 20}},
-         "required": ["query"], "additionalProperties": False},
-        _search_history,
-    ))
+    registry.register(
+        Tool(
+            "calculator",
+            "Evaluate an arithmetic expression (+ - * / // % ** sqrt abs round).",
+            {
+                "type": "object",
+                "properties": {"expression": {"type": "string", "minLength": 1, "maxLength": MAX_EXPRESSION_CHARS}},
+                "required": ["expression"],
+                "additionalProperties": False,
+            },
+            _calculator,
+        )
+    )
+    registry.register(
+        Tool(
+            "current_time",
+            "The current date and time in UTC.",
+            {"type": "object", "properties": {}, "additionalProperties": False},
+            _current_time,
+        )
+    )
+    registry.register(
+        Tool(
+            "search_history",
+            "Search this conversation's messages that the asking user may read.",
+            {
+                "type": "object",
+                "properties": {
+                    "query": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": 20},
+                },
+                "required": ["query"],
+                "additionalProperties": False,
+            },
+            _search_history,
+        )
+    )
     return registry

@@ -11,7 +11,16 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
-from chat.models import Conversation, ConversationMember, Event, Message, Notification, User, Workspace, WorkspaceMember
+from chat.models import (
+    Conversation,
+    ConversationMember,
+    Event,
+    Message,
+    Notification,
+    User,
+    Workspace,
+    WorkspaceMember,
+)
 from chat.services.accounts import user_deactivate
 
 
@@ -64,7 +73,8 @@ class ConversationAdmin(admin.ModelAdmin):
         return format_html(
             '<div style="max-height:30em;overflow:auto">{}</div>',
             format_html_join(
-                "", "<p><b>#{} {}</b>: {}</p>",
+                "",
+                "<p><b>#{} {}</b>: {}</p>",
                 ((m.seq, m.author.username if m.author else "agent", m.text) for m in rows),
             ),
         )

@@ -67,17 +67,19 @@ def member_access(user_id: int, conversation_id: object) -> selectors.Access:
 class ConversationList(APIView):
     def get(self, request: Request) -> Response:
         rows = selectors.conversations_for_user(user_id=request.user.id)
-        return Response([
-            {
-                "id": str(m.conversation_id),
-                "title": m.conversation.title,
-                "workspace": str(m.conversation.workspace_id),
-                "agent": m.conversation.agent or None,
-                "role": m.role,
-                "head_seq": m.conversation.last_seq,
-            }
-            for m in rows
-        ])
+        return Response(
+            [
+                {
+                    "id": str(m.conversation_id),
+                    "title": m.conversation.title,
+                    "workspace": str(m.conversation.workspace_id),
+                    "agent": m.conversation.agent or None,
+                    "role": m.role,
+                    "head_seq": m.conversation.last_seq,
+                }
+                for m in rows
+            ]
+        )
 
     def post(self, request: Request) -> Response:
         body = ConversationCreateSerializer(data=request.data)
@@ -112,13 +114,17 @@ class ConversationMembers(APIView):
         body.is_valid(raise_exception=True)
         try:
             member = conversation_services.conversation_member_add(
-                conversation_id=access.conversation_id, actor_id=request.user.id,
-                username=body.validated_data["username"], role=body.validated_data["role"],
+                conversation_id=access.conversation_id,
+                actor_id=request.user.id,
+                username=body.validated_data["username"],
+                role=body.validated_data["role"],
             )
         except ServiceError as exc:
             return error_response(exc)
-        return Response({"user": {"id": member.user_id, "username": member.user.username}, "role": member.role},
-                        status=status.HTTP_201_CREATED)
+        return Response(
+            {"user": {"id": member.user_id, "username": member.user.username}, "role": member.role},
+            status=status.HTTP_201_CREATED,
+        )
 
 
 class ConversationEvents(APIView):
@@ -144,12 +150,15 @@ class WorkspaceList(APIView):
         body = WorkspaceCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         try:
-            workspace = conversation_services.workspace_create(owner=request.user,  # type: ignore[arg-type]
-                                                               name=body.validated_data["name"])
+            workspace = conversation_services.workspace_create(
+                owner=request.user,  # type: ignore[arg-type]
+                name=body.validated_data["name"],
+            )
         except ServiceError as exc:
             return error_response(exc)
-        return Response({"id": str(workspace.id), "name": workspace.name, "role": "owner"},
-                        status=status.HTTP_201_CREATED)
+        return Response(
+            {"id": str(workspace.id), "name": workspace.name, "role": "owner"}, status=status.HTTP_201_CREATED
+        )
 
 
 class WorkspaceMembers(APIView):
@@ -158,8 +167,11 @@ class WorkspaceMembers(APIView):
             wid = selectors.parse_uuid(workspace_id)
         except selectors.NotFound as exc:
             raise DRFNotFound("workspace not found") from exc
-        member = WorkspaceMember.objects.select_related("workspace").filter(
-            workspace_id=wid, user_id=request.user.id).first()
+        member = (
+            WorkspaceMember.objects.select_related("workspace")
+            .filter(workspace_id=wid, user_id=request.user.id)
+            .first()
+        )
         if member is None:
             raise DRFNotFound("workspace not found")
         return member.workspace
@@ -175,11 +187,14 @@ class WorkspaceMembers(APIView):
         body.is_valid(raise_exception=True)
         try:
             member = conversation_services.workspace_member_add(
-                workspace=workspace, actor=request.user,  # type: ignore[arg-type]
-                username=body.validated_data["username"], role=body.validated_data["role"],
+                workspace=workspace,
+                actor=request.user,  # type: ignore[arg-type]
+                username=body.validated_data["username"],
+                role=body.validated_data["role"],
             )
         except ServiceError as exc:
             return error_response(exc)
-        return Response({"user": {"id": member.user_id, "username": member.user.username}, "role": member.role},
-                        status=status.HTTP_201_CREATED)
-
+        return Response(
+            {"user": {"id": member.user_id, "username": member.user.username}, "role": member.role},
+            status=status.HTTP_201_CREATED,
+        )

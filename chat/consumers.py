@@ -26,7 +26,15 @@ from chat.realtime.auth import AuthFailed, Identity, identity_from_token
 from chat.realtime.commands import HANDLERS
 from chat.realtime.hub import Hub, get_hub
 from chat.realtime.outbox import Outbox
-from chat.realtime.protocol import PROTOCOL, CommandError, ProtocolError, encode, parse_frame, reply_error, reply_ok
+from chat.realtime.protocol import (
+    PROTOCOL,
+    CommandError,
+    ProtocolError,
+    encode,
+    parse_frame,
+    reply_error,
+    reply_ok,
+)
 from chat.services.events import rfc3339
 from monitoring.metrics import metrics
 

@@ -76,9 +76,7 @@ class ConversationMember(models.Model):
     joined_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["conversation", "user"], name="uniq_conversation_member")
-        ]
+        constraints = [models.UniqueConstraint(fields=["conversation", "user"], name="uniq_conversation_member")]
         indexes = [models.Index(fields=["user", "conversation"])]
 
     def __str__(self) -> str:
@@ -98,9 +96,7 @@ class Message(models.Model):
     # The sender's idempotency key, unique per (conversation, author); empty for agent answers.
     client_msg_id = models.CharField(max_length=64, blank=True, default="")
     text = models.TextField()
-    run = models.ForeignKey(
-        "agents.AgentRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
+    run = models.ForeignKey("agents.AgentRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     seq = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 
-from chat.models import Conversation, ConversationMember, Event, Message, Notification, Role
+from chat.models import ConversationMember, Event, Message, Notification, Role
 from chat.services.events import StoredEvent
 
 
@@ -85,8 +85,9 @@ def member_user_ids(*, conversation_id: str) -> list[int]:
     return list(ConversationMember.objects.filter(conversation_id=conversation_id).values_list("user_id", flat=True))
 
 
-def events_after(*, conversation_id: str, after_seq: int, up_to_seq: int | None = None,
-                 limit: int = 1000) -> list[StoredEvent]:
+def events_after(
+    *, conversation_id: str, after_seq: int, up_to_seq: int | None = None, limit: int = 1000
+) -> list[StoredEvent]:
     """Events with after_seq < seq (≤ up_to_seq), oldest first. Caller has checked access."""
     qs = Event.objects.filter(conversation_id=conversation_id, seq__gt=after_seq)
     if up_to_seq is not None:
@@ -110,8 +111,9 @@ def notifications_after(*, user_id: int, after_seq: int, limit: int = 500) -> li
     return list(Notification.objects.filter(user_id=user_id, seq__gt=after_seq).order_by("seq")[:limit])
 
 
-def search_messages(*, user_id: int, query: str, conversation_id: str | None = None,
-                    limit: int = 5) -> list[dict[str, Any]]:
+def search_messages(
+    *, user_id: int, query: str, conversation_id: str | None = None, limit: int = 5
+) -> list[dict[str, Any]]:
     """Messages matching `query` in conversations the user is a member of (only those)."""
     visible = ConversationMember.objects.filter(user_id=user_id).values("conversation_id")
     qs = Message.objects.filter(conversation_id__in=visible)

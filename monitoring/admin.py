@@ -8,8 +8,16 @@ from monitoring.models import RunEventRecord
 
 @admin.register(RunEventRecord)
 class RunEventRecordAdmin(admin.ModelAdmin):
-    list_display = ("run_id", "complete", "missing", "terminal_event", "terminal_count", "event_count",
-                    "agent_started_at", "agent_completed_at")
+    list_display = (
+        "run_id",
+        "complete",
+        "missing",
+        "terminal_event",
+        "terminal_count",
+        "event_count",
+        "agent_started_at",
+        "agent_completed_at",
+    )
     list_filter = ("terminal_event",)
     search_fields = ("run_id", "conversation_id")
     readonly_fields = [f.name for f in RunEventRecord._meta.fields]

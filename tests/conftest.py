@@ -55,4 +55,31 @@ def make_user(db: Any) -> Iterator[Any]:
     def make(tier: str = "free", **kwargs: Any) -> Any:
         return user_create(username=unique("u"), password="pw-" + uuid.uuid4().hex, tier=tier, **kwargs)
 
-    yield make
+    return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_db_pools(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """psycopg's pool keeps connections open; close them before the test database is dropped."""
+    yield
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        for conn in connections.all():
+            close_pool = getattr(conn, "close_pool", None)
+            if close_pool is not None:
+                close_pool()
+
+
+@pytest.fixture(autouse=True)
+async def _stop_run_supervisor() -> Any:
+    """An in-process run supervisor belongs to its test's event loop; stop it with the test so no
+    background poll outlives the test (and its database)."""
+    yield
+    import asyncio
+
+    from agents.runner import _supervisors
+
+    supervisor = _supervisors.pop(asyncio.get_running_loop(), None)
+    if supervisor is not None:
+        await supervisor.stop()

@@ -54,8 +54,11 @@ class OfflineBackend:
         elif TIME_WORDS.search(prompt):
             yield Think("The message asks for the current time; I will read the clock.")
             outcome = yield CallTool("call_1", "current_time", {})
-            answer = (f"It is {outcome.result['utc']} (UTC), a {outcome.result['weekday']}."
-                      if outcome and outcome.ok else f"I could not read the clock: {_error(outcome)}")
+            answer = (
+                f"It is {outcome.result['utc']} (UTC), a {outcome.result['weekday']}."
+                if outcome and outcome.ok
+                else f"I could not read the clock: {_error(outcome)}"
+            )
         elif search:
             query = search.group("q").strip(" ?.!\"'")[:200] or prompt[:200]
             yield Think(f"The message asks about earlier messages; I will search the history for {query!r}.")
@@ -69,8 +72,10 @@ class OfflineBackend:
                 answer = f"The search failed: {_error(outcome)}"
         else:
             yield Think("No tool applies to this message; answering with what I can do.")
-            answer = ("I am the offline assistant. I can calculate (\"what is 17 * 23?\"), tell the time "
-                      "(\"what time is it?\") and search this conversation (\"search for invoices\").")
+            answer = (
+                'I am the offline assistant. I can calculate ("what is 17 * 23?"), tell the time '
+                '("what time is it?") and search this conversation ("search for invoices").'
+            )
         delay = settings.AGENT_OFFLINE_TOKEN_DELAY_MS / 1000
         words = re.findall(r"\S+\s*", answer) or [answer]
         for word in words:

@@ -87,7 +87,9 @@ class ChatAuthMiddleware:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         authorization = _header(scope, b"authorization")
         if QUERY_TOKEN_KEYS & {k.lower() for k in query}:
-            scope["auth_error"] = "tokens in the query string are refused; use the Authorization header or an auth frame"
+            scope["auth_error"] = (
+                "tokens in the query string are refused; use the Authorization header or an auth frame"
+            )
         elif authorization is not None:
             scheme, _, raw = authorization.partition(" ")
             if scheme.lower() != "bearer" or not raw.strip():

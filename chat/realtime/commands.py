@@ -182,9 +182,7 @@ async def read(consumer: ChatConsumer, fields: dict[str, Any]) -> None:
     stored = await database_sync_to_async(conversation_services.read_marker_set)(
         conversation_id=access.conversation_id, user_id=consumer.identity.user_id, seq=seq
     )
-    await ephemeral.broadcast(
-        consumer, access.conversation_id, "read", {"user": consumer.user_public(), "seq": stored}
-    )
+    await ephemeral.broadcast(consumer, access.conversation_id, "read", {"user": consumer.user_public(), "seq": stored})
     return None
 
 

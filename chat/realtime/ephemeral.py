@@ -25,12 +25,17 @@ if TYPE_CHECKING:
 PRESENCE_TTL_S = 90.0
 
 
-async def broadcast(consumer: ChatConsumer, conversation_id: str, kind: str, data: dict[str, Any],
-                    *, include_self: bool = False) -> None:
+async def broadcast(
+    consumer: ChatConsumer, conversation_id: str, kind: str, data: dict[str, Any], *, include_self: bool = False
+) -> None:
     frame = encode({"type": kind, "conversation": conversation_id, "data": data})
     layer = get_channel_layer()
-    message = {"type": "conv.ephemeral", "c": conversation_id, "f": frame,
-               "x": None if include_self else consumer.session_id}
+    message = {
+        "type": "conv.ephemeral",
+        "c": conversation_id,
+        "f": frame,
+        "x": None if include_self else consumer.session_id,
+    }
     await layer.group_send(conversation_group(conversation_id), message)
 
 
@@ -116,8 +121,9 @@ def store() -> _MemoryPresence | _RedisPresence:
 async def presence_join(consumer: ChatConsumer, conversation_id: str) -> None:
     count = await store().add(conversation_id, consumer.identity.user_id, consumer.session_id, time.time())
     if count == 1:
-        await broadcast(consumer, conversation_id, "presence",
-                        {"joined": [consumer.user_public()], "left": []}, include_self=False)
+        await broadcast(
+            consumer, conversation_id, "presence", {"joined": [consumer.user_public()], "left": []}, include_self=False
+        )
 
 
 async def presence_refresh(consumer: ChatConsumer) -> None:
@@ -128,8 +134,9 @@ async def presence_refresh(consumer: ChatConsumer) -> None:
 async def presence_leave(consumer: ChatConsumer, conversation_id: str) -> None:
     count = await store().remove(conversation_id, consumer.identity.user_id, consumer.session_id, time.time())
     if count == 0:
-        await broadcast(consumer, conversation_id, "presence",
-                        {"joined": [], "left": [consumer.user_public()]}, include_self=False)
+        await broadcast(
+            consumer, conversation_id, "presence", {"joined": [], "left": [consumer.user_public()]}, include_self=False
+        )
 
 
 async def members(conversation_id: str) -> list[dict[str, Any]]:
@@ -142,11 +149,13 @@ async def members(conversation_id: str) -> list[dict[str, Any]]:
     out = []
     for user_id, username in rows:
         last = seen.get(str(user_id))
-        out.append({
-            "user": {"id": user_id, "username": username},
-            "online": user_id in online,
-            "last_seen": None if user_id in online or last is None else rfc3339(datetime.fromtimestamp(last, UTC)),
-        })
+        out.append(
+            {
+                "user": {"id": user_id, "username": username},
+                "online": user_id in online,
+                "last_seen": None if user_id in online or last is None else rfc3339(datetime.fromtimestamp(last, UTC)),
+            }
+        )
     return out
 
 
@@ -155,5 +164,6 @@ def _member_rows(conversation_id: str) -> list[tuple[int, str]]:
 
     return list(
         ConversationMember.objects.filter(conversation_id=conversation_id)
-        .values_list("user_id", "user__username").order_by("user__username")
+        .values_list("user_id", "user__username")
+        .order_by("user__username")
     )

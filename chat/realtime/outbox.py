@@ -31,14 +31,24 @@ class SlowConsumer(Exception):
 
 @database_sync_to_async
 def _load_events(conversation_id: str, after_seq: int, up_to_seq: int) -> list[tuple[int, str]]:
-    events = selectors.events_after(conversation_id=conversation_id, after_seq=after_seq, up_to_seq=up_to_seq,
-                                    limit=up_to_seq - after_seq)
+    events = selectors.events_after(
+        conversation_id=conversation_id, after_seq=after_seq, up_to_seq=up_to_seq, limit=up_to_seq - after_seq
+    )
     return [(e.seq, e.encoded()) for e in events]
 
 
 class Outbox:
-    def __init__(self, *, hub: Hub, send_text: SendText, maxsize: int, user_id: int, session_id: str,
-                 on_overflow: Callable[[], None], on_user_message: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        *,
+        hub: Hub,
+        send_text: SendText,
+        maxsize: int,
+        user_id: int,
+        session_id: str,
+        on_overflow: Callable[[], None],
+        on_user_message: Callable[[dict[str, Any]], None],
+    ) -> None:
         self.hub = hub
         self.user_id = user_id
         self.session_id = session_id

@@ -56,7 +56,10 @@ def parse_frame(text: str | None, binary: bytes | None) -> Command:
         raise ProtocolError("bad_request", "binary frames are not accepted; send UTF-8 JSON text")
     if text is None:
         raise ProtocolError("bad_request", "empty frame")
-    if len(text) > settings.CHAT_MAX_FRAME_BYTES or len(text.encode("utf-8", "surrogatepass")) > settings.CHAT_MAX_FRAME_BYTES:
+    if (
+        len(text) > settings.CHAT_MAX_FRAME_BYTES
+        or len(text.encode("utf-8", "surrogatepass")) > settings.CHAT_MAX_FRAME_BYTES
+    ):
         raise ProtocolError("too_large", f"frame exceeds {settings.CHAT_MAX_FRAME_BYTES} bytes")
     try:
         payload = json.loads(text)
@@ -86,6 +89,7 @@ class CommandError(ProtocolError):
 
 # --- field readers: each raises ProtocolError("bad_request") with a message naming the field ----
 
+
 def req_str(fields: dict[str, Any], name: str, *, max_len: int, allow_empty: bool = False) -> str:
     value = fields.get(name)
     if not isinstance(value, str):
@@ -93,8 +97,9 @@ def req_str(fields: dict[str, Any], name: str, *, max_len: int, allow_empty: boo
     if not allow_empty and not value:
         raise ProtocolError("bad_request", f"{name} must not be empty")
     if len(value) > max_len:
-        raise ProtocolError("too_large" if name == "text" else "bad_request",
-                            f"{name} must be at most {max_len} characters")
+        raise ProtocolError(
+            "too_large" if name == "text" else "bad_request", f"{name} must be at most {max_len} characters"
+        )
     return value
 
 

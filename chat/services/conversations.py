@@ -28,8 +28,15 @@ class ServiceError(Exception):
 
 
 @transaction.atomic
-def user_create(*, username: str, password: str, tier: str = Tier.FREE, email: str = "",
-                is_staff: bool = False, is_superuser: bool = False) -> User:
+def user_create(
+    *,
+    username: str,
+    password: str,
+    tier: str = Tier.FREE,
+    email: str = "",
+    is_staff: bool = False,
+    is_superuser: bool = False,
+) -> User:
     """A user and their personal workspace, where their conversations go by default."""
     if tier not in Tier.values:
         raise ServiceError("bad_request", f"unknown tier {tier!r}")
@@ -69,9 +76,7 @@ def workspace_member_add(*, workspace: Workspace, actor: User, username: str, ro
     user = User.objects.filter(username=username, is_active=True).first()
     if user is None:
         raise ServiceError("not_found", "no such user")
-    member, _ = WorkspaceMember.objects.update_or_create(
-        workspace=workspace, user=user, defaults={"role": role}
-    )
+    member, _ = WorkspaceMember.objects.update_or_create(workspace=workspace, user=user, defaults={"role": role})
     return member
 
 
@@ -82,8 +87,9 @@ class CreatedConversation:
 
 
 @transaction.atomic
-def conversation_create(*, creator: User, title: str, workspace_id: uuid.UUID | str | None = None,
-                        agent: str = "assistant") -> CreatedConversation:
+def conversation_create(
+    *, creator: User, title: str, workspace_id: uuid.UUID | str | None = None, agent: str = "assistant"
+) -> CreatedConversation:
     """A conversation in a workspace where the creator may write; the creator becomes its owner."""
     title = title.strip()
     if not title or len(title) > 200:
@@ -92,9 +98,7 @@ def conversation_create(*, creator: User, title: str, workspace_id: uuid.UUID | 
         workspace = personal_workspace_for(user=creator)
     else:
         membership = (
-            WorkspaceMember.objects.select_related("workspace")
-            .filter(workspace_id=workspace_id, user=creator)
-            .first()
+            WorkspaceMember.objects.select_related("workspace").filter(workspace_id=workspace_id, user=creator).first()
         )
         if membership is None:
             raise ServiceError("not_found", "workspace not found")
@@ -138,4 +142,3 @@ def read_marker_set(*, conversation_id: str, user_id: int, seq: int) -> int:
         member.last_read_seq = seq
         member.save(update_fields=["last_read_seq"])
     return member.last_read_seq
-

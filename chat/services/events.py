@@ -65,10 +65,7 @@ def append_event(
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("append_event must be called inside transaction.atomic()")
     # UPDATE … RETURNING takes the row lock and the next seq in one round trip.
-    updated = (
-        Conversation.objects.filter(id=conversation_id)
-        .update(last_seq=F("last_seq") + 1)
-    )
+    updated = Conversation.objects.filter(id=conversation_id).update(last_seq=F("last_seq") + 1)
     if updated != 1:
         raise Conversation.DoesNotExist(str(conversation_id))
     seq = Conversation.objects.filter(id=conversation_id).values_list("last_seq", flat=True).get()

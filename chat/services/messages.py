@@ -32,8 +32,9 @@ def message_event_data(message: Message, *, username: str) -> dict[str, object]:
     }
 
 
-def message_send(*, conversation_id: str, author_id: int, username: str, client_msg_id: str,
-                 text: str, can_write: bool) -> SendResult:
+def message_send(
+    *, conversation_id: str, author_id: int, username: str, client_msg_id: str, text: str, can_write: bool
+) -> SendResult:
     """Store a user's message and its `message` event, and queue an agent run if the conversation
     has an agent. A repeat of the same client_msg_id returns the first message and starts nothing.
 
@@ -95,6 +96,9 @@ def _store(conversation_id: str, author_id: int, username: str, client_msg_id: s
     Message.objects.filter(id=message.id).update(seq=event.seq)
     run_id = None
     if agent:
-        run_id = str(run_enqueue(conversation_id=conversation_id, trigger_message_id=message.id,
-                                 requested_by_id=author_id, agent=agent))
+        run_id = str(
+            run_enqueue(
+                conversation_id=conversation_id, trigger_message_id=message.id, requested_by_id=author_id, agent=agent
+            )
+        )
     return SendResult(str(message.id), event.seq, False, run_id, [event])

@@ -68,8 +68,15 @@ class Stack:
         return f"http://{self.host}:{self.ports[index]}"
 
     def manage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=check,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
@@ -99,19 +106,28 @@ def drop_database(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def start_stack(*, processes: int = 1, server: str = "uvicorn", env_overrides: dict[str, str] | None = None,
-                seed: bool = True, log_dir: Path | None = None, ready_timeout: float = 60) -> Stack:
+def start_stack(
+    *,
+    processes: int = 1,
+    server: str = "uvicorn",
+    env_overrides: dict[str, str] | None = None,
+    seed: bool = True,
+    log_dir: Path | None = None,
+    ready_timeout: float = 60,
+) -> Stack:
     database = create_database()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env.update({
-        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
-        "REDIS_URL": REDIS_URL,
-        "CHANNEL_PREFIX": f"e2e{uuid.uuid4().hex[:8]}",
-        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-        "SECRET_KEY": "e2e-" + uuid.uuid4().hex,
-        "AGENT_RUNNER": "worker",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
+            "REDIS_URL": REDIS_URL,
+            "CHANNEL_PREFIX": f"e2e{uuid.uuid4().hex[:8]}",
+            "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+            "SECRET_KEY": "e2e-" + uuid.uuid4().hex,
+            "AGENT_RUNNER": "worker",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(env_overrides or {})
     port = free_port_block(processes)
     stack = Stack("127.0.0.1", [port + i for i in range(processes)], env, database)
@@ -122,9 +138,12 @@ def start_stack(*, processes: int = 1, server: str = "uvicorn", env_overrides: d
     stack.log_path = log_dir / f"{database}.log"
     log = stack.log_path.open("wb")
     stack.proc = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--port", str(port), "--processes", str(processes),
-         "--server", server],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "manage.py", "serve", "--port", str(port), "--processes", str(processes), "--server", server],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     deadline = time.monotonic() + ready_timeout
     for index in range(processes):

@@ -27,14 +27,21 @@ class Client:
         self._ids = 0
 
     @classmethod
-    async def connect(cls, user: Any | None = None, *, headers: list[tuple[bytes, bytes]] | None = None,
-                      path: str = "/ws/chat/", subprotocols: list[str] | None = None) -> tuple[Client, Any, Any]:
+    async def connect(
+        cls,
+        user: Any | None = None,
+        *,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        path: str = "/ws/chat/",
+        subprotocols: list[str] | None = None,
+    ) -> tuple[Client, Any, Any]:
         hdrs = list(headers or [])
         if user is not None:
             token = await database_sync_to_async(access_token)(user)
             hdrs.append((b"authorization", f"Bearer {token}".encode()))
-        comm = WebsocketCommunicator(application, path, headers=hdrs,
-                                     subprotocols=subprotocols if subprotocols is not None else ["chat.v1"])
+        comm = WebsocketCommunicator(
+            application, path, headers=hdrs, subprotocols=subprotocols if subprotocols is not None else ["chat.v1"]
+        )
         connected, subprotocol = await comm.connect(timeout=5)
         return cls(comm), connected, subprotocol
 
@@ -63,9 +70,21 @@ class Client:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"condition not met within {timeout}s; frames so far: {self.frames[-10:]}")
-            frame = await self.recv(timeout=remaining)
+            try:
+                frame = await self.recv(timeout=remaining)
+            except TimeoutError:
+                raise AssertionError(
+                    f"condition not met within {timeout}s; last frames: {self.frames[-10:]}"
+                ) from None
             if predicate(frame):
                 return frame
+
+    async def seen_or_until(self, predicate: Any, timeout: float = 10) -> dict[str, Any]:
+        """Like `until`, but a matching frame already received (e.g. while awaiting a reply) counts."""
+        for frame in self.frames:
+            if predicate(frame):
+                return frame
+        return await self.until(predicate, timeout)
 
     def events(self, conversation: str) -> list[dict[str, Any]]:
         return [f for f in self.frames if f.get("conversation") == conversation and "seq" in f]

@@ -22,14 +22,20 @@ class Command(BaseCommand):
             user = User.objects.filter(username=username).first()
             users[username] = user or user_create(username=username, password=DEMO_PASSWORD, tier=tier)
         if not User.objects.filter(username="admin").exists():
-            user_create(username="admin", password=DEMO_PASSWORD, tier=Tier.ENTERPRISE, is_staff=True,
-                        is_superuser=True)
+            user_create(
+                username="admin", password=DEMO_PASSWORD, tier=Tier.ENTERPRISE, is_staff=True, is_superuser=True
+            )
         if not Conversation.objects.filter(title="Demo: ask the assistant", created_by=users["alice"]).exists():
             created = conversation_create(creator=users["alice"], title="Demo: ask the assistant")
-            conversation_member_add(conversation_id=str(created.conversation.id), actor_id=users["alice"].id,
-                                    username="bob", role="member")
-            conversation_member_add(conversation_id=str(created.conversation.id), actor_id=users["alice"].id,
-                                    username="carol", role="viewer")
+            conversation_member_add(
+                conversation_id=str(created.conversation.id), actor_id=users["alice"].id, username="bob", role="member"
+            )
+            conversation_member_add(
+                conversation_id=str(created.conversation.id),
+                actor_id=users["alice"].id,
+                username="carol",
+                role="viewer",
+            )
         self.stdout.write(
             "Demo users: alice (pro), bob (free), carol (enterprise, viewer in the demo conversation), "
             f"admin (staff) — password for all: {DEMO_PASSWORD}"

@@ -22,9 +22,23 @@ from django.core.management.base import BaseCommand, CommandError
 
 def server_argv(server: str, host: str, port: int) -> list[str]:
     if server == "uvicorn":
-        return [sys.executable, "-m", "uvicorn", "chatsite.asgi:application", "--host", host, "--port", str(port),
-                "--ws", "websockets-sansio", "--no-access-log", "--lifespan", "off",
-                "--ws-max-size", str(settings.CHAT_MAX_FRAME_BYTES + 1024)]
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "chatsite.asgi:application",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--ws",
+            "websockets-sansio",
+            "--no-access-log",
+            "--lifespan",
+            "off",
+            "--ws-max-size",
+            str(settings.CHAT_MAX_FRAME_BYTES + 1024),
+        ]
     if server == "daphne":
         return [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "chatsite.asgi:application"]
     raise CommandError(f"unknown server {server!r}")
@@ -36,23 +50,28 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
-        parser.add_argument("--processes", type=int, default=1,
-                            help="server processes, on consecutive ports from --port")
+        parser.add_argument(
+            "--processes", type=int, default=1, help="server processes, on consecutive ports from --port"
+        )
         parser.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn")
         parser.add_argument("--no-worker", action="store_true", help="do not start the agent worker")
 
     def handle(self, *args: Any, **options: Any) -> None:
         env = dict(os.environ)
-        procs: list[subprocess.Popen[bytes]] = []
-        for i in range(options["processes"]):
-            argv = server_argv(options["server"], options["host"], options["port"] + i)
-            procs.append(subprocess.Popen(argv, env=env))
+        argvs: list[list[str]] = [
+            server_argv(options["server"], options["host"], options["port"] + i) for i in range(options["processes"])
+        ]
         if settings.AGENT_RUNNER == "worker" and not options["no_worker"]:
-            procs.append(subprocess.Popen([sys.executable, "manage.py", "runworker", "agent-runs"], env=env))
+            argvs.append([sys.executable, "manage.py", "runworker", "agent-runs"])
         elif settings.AGENT_RUNNER == "inprocess" and options["processes"] > 1:
             raise CommandError("AGENT_RUNNER=inprocess with several processes would run agents in each")
+        procs: list[subprocess.Popen[bytes]] = [subprocess.Popen(argv, env=env) for argv in argvs]
+        restarts = [0] * len(procs)
+        stopping = False
 
         def stop(*_: Any) -> None:
+            nonlocal stopping
+            stopping = True
             for proc in procs:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
@@ -67,11 +86,21 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         ports = ", ".join(str(options["port"] + i) for i in range(options["processes"]))
-        self.stdout.write(f"serving on {options['host']} port(s) {ports} with {options['server']}"
-                          f"; agent runner: {settings.AGENT_RUNNER}")
-        while True:
-            for proc in procs:
-                if proc.poll() is not None:
-                    self.stderr.write(f"process {proc.args!r} exited with {proc.returncode}; stopping")
-                    stop()
-            time.sleep(0.5)
+        self.stdout.write(
+            f"serving on {options['host']} port(s) {ports} with {options['server']}"
+            f"; agent runner: {settings.AGENT_RUNNER}"
+        )
+        self.stdout.flush()
+        while not stopping:
+            for i, proc in enumerate(procs):
+                if proc.poll() is not None and not stopping:
+                    # A crashed server or worker is replaced, not left dead: clients reconnect and
+                    # resume, and a new worker's reaper fails the runs the dead one held.
+                    restarts[i] += 1
+                    delay = min(10.0, 0.5 * 2 ** min(restarts[i], 5))
+                    self.stderr.write(
+                        f"process {' '.join(argvs[i][1:4])} exited with {proc.returncode}; restarting in {delay:.1f}s"
+                    )
+                    time.sleep(delay)
+                    procs[i] = subprocess.Popen(argvs[i], env=env)
+            time.sleep(0.2)
