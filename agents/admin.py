@@ -50,7 +50,7 @@ class AgentRunAdmin(admin.ModelAdmin):
         count = 0
         for run in queryset.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]):
             result = run_request_cancel(
-                run_id=str(run.id), by_user_id=request.user.id, by_username=request.user.get_username()
+                run_id=str(run.id), by_user_id=int(request.user.pk or 0), by_username=request.user.get_username()
             )
             async_to_sync(publish_events)(result.events)
             if result.status == "cancelling":

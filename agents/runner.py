@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -101,10 +102,10 @@ class RunSupervisor:
                 execute_run(claimed, backend=self.backend, tools=self.tools), name=f"run-{claimed.run_id}"
             )
             self.tasks[claimed.run_id] = task
-            task.add_done_callback(lambda _t, rid=claimed.run_id: self._finished(rid))
+            task.add_done_callback(functools.partial(self._finished, claimed.run_id))
         return claimed_count
 
-    def _finished(self, run_id: str) -> None:
+    def _finished(self, run_id: str, _task: asyncio.Task[None]) -> None:
         self.tasks.pop(run_id, None)
         self._wake.set()  # the conversation's next queued run may start
 

@@ -107,7 +107,7 @@ def _claim_in_conversation(conversation_id: uuid.UUID, worker_id: str) -> Claime
     )
 
 
-def _require_running(run_id: str) -> AgentRun:
+def _require_running(run_id: str | uuid.UUID) -> AgentRun:
     run = AgentRun.objects.select_for_update().get(id=run_id)
     if run.status != RunStatus.RUNNING:
         raise ServiceError("conflict", f"run {run_id} is {run.status}")
@@ -152,7 +152,7 @@ def bound_result(result: Any) -> Any:
 @transaction.atomic
 def tool_call_finish(*, run_id: str, conversation_id: str, call_id: str, ok: bool, result: Any) -> StoredEvent:
     _require_running(run_id)
-    call = ToolCall.objects.select_for_update().get(run_id=run_id, call_id=call_id)
+    call = ToolCall.objects.select_for_update().get(run_id=uuid.UUID(run_id), call_id=call_id)
     now = timezone.now()
     call.finished_at = now
     call.duration_ms = int((now - call.started_at).total_seconds() * 1000)

@@ -46,6 +46,11 @@ class TokenRefresh(TokenRefreshView):
     throttle_classes = [TokenThrottle]
 
 
+def uid(request: Request) -> int:
+    """The authenticated caller's id (every view here requires authentication)."""
+    return int(request.user.pk)  # type: ignore[arg-type]
+
+
 def conversation_json(access: selectors.Access) -> dict[str, Any]:
     return {
         "id": access.conversation_id,
@@ -66,7 +71,7 @@ def member_access(user_id: int, conversation_id: object) -> selectors.Access:
 
 class ConversationList(APIView):
     def get(self, request: Request) -> Response:
-        rows = selectors.conversations_for_user(user_id=request.user.id)
+        rows = selectors.conversations_for_user(user_id=uid(request))
         return Response(
             [
                 {
@@ -93,29 +98,29 @@ class ConversationList(APIView):
             )
         except ServiceError as exc:
             return error_response(exc)
-        access = member_access(request.user.id, created.conversation.id)
+        access = member_access(uid(request), created.conversation.id)
         return Response(conversation_json(access), status=status.HTTP_201_CREATED)
 
 
 class ConversationDetail(APIView):
     def get(self, request: Request, conversation_id: str) -> Response:
-        return Response(conversation_json(member_access(request.user.id, conversation_id)))
+        return Response(conversation_json(member_access(uid(request), conversation_id)))
 
 
 class ConversationMembers(APIView):
     def get(self, request: Request, conversation_id: str) -> Response:
-        access = member_access(request.user.id, conversation_id)
+        access = member_access(uid(request), conversation_id)
         rows = ConversationMember.objects.filter(conversation_id=access.conversation_id).select_related("user")
         return Response([{"user": {"id": m.user_id, "username": m.user.username}, "role": m.role} for m in rows])
 
     def post(self, request: Request, conversation_id: str) -> Response:
-        access = member_access(request.user.id, conversation_id)
+        access = member_access(uid(request), conversation_id)
         body = MemberAddSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         try:
             member = conversation_services.conversation_member_add(
                 conversation_id=access.conversation_id,
-                actor_id=request.user.id,
+                actor_id=uid(request),
                 username=body.validated_data["username"],
                 role=body.validated_data["role"],
             )
@@ -129,7 +134,7 @@ class ConversationMembers(APIView):
 
 class ConversationEvents(APIView):
     def get(self, request: Request, conversation_id: str) -> Response:
-        access = member_access(request.user.id, conversation_id)
+        access = member_access(uid(request), conversation_id)
         query = EventsQuerySerializer(data=request.query_params)
         if not query.is_valid():
             raise ValidationError(query.errors)
@@ -143,7 +148,7 @@ class ConversationEvents(APIView):
 
 class WorkspaceList(APIView):
     def get(self, request: Request) -> Response:
-        rows = WorkspaceMember.objects.filter(user_id=request.user.id).select_related("workspace")
+        rows = WorkspaceMember.objects.filter(user_id=uid(request)).select_related("workspace")
         return Response([{"id": str(m.workspace_id), "name": m.workspace.name, "role": m.role} for m in rows])
 
     def post(self, request: Request) -> Response:
@@ -169,7 +174,7 @@ class WorkspaceMembers(APIView):
             raise DRFNotFound("workspace not found") from exc
         member = (
             WorkspaceMember.objects.select_related("workspace")
-            .filter(workspace_id=wid, user_id=request.user.id)
+            .filter(workspace_id=wid, user_id=uid(request))
             .first()
         )
         if member is None:

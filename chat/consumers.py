@@ -194,9 +194,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             handler = HANDLERS.get(command.type)
             if handler is None:
                 raise ProtocolError("unknown_command", f"unknown command {command.type!r}")
-            result = await handler(self, command.fields)
+            outcome = await handler(self, command.fields)
             if command_id is not None:
-                self.outbox.send_frame(reply_ok(command_id, result or {}))
+                self.outbox.send_frame(reply_ok(command_id, outcome or {}))
             self._run_after_reply()
         except ProtocolError as exc:
             self._after_reply.clear()

@@ -11,14 +11,14 @@ from chat import selectors
 
 @login_required
 def index(request: HttpRequest) -> HttpResponse:
-    rows = selectors.conversations_for_user(user_id=request.user.id)
+    rows = selectors.conversations_for_user(user_id=int(request.user.pk or 0))
     return render(request, "chat/index.html", {"memberships": rows})
 
 
 @login_required
 def conversation(request: HttpRequest, conversation_id: str) -> HttpResponse:
     try:
-        access = selectors.conversation_for_member(user_id=request.user.id, conversation_id=conversation_id)
+        access = selectors.conversation_for_member(user_id=int(request.user.pk or 0), conversation_id=conversation_id)
     except selectors.NotFound as exc:
         raise Http404("conversation not found") from exc
     return render(request, "chat/conversation.html", {"access": access})

@@ -45,7 +45,7 @@ def identity_from_token(raw: str) -> Identity:
         token = AccessToken(raw)  # type: ignore[arg-type]
     except TokenError as exc:
         raise AuthFailed("invalid or expired token") from exc
-    user_id = token.get(settings.SIMPLE_JWT.get("USER_ID_CLAIM", "user_id"))
+    user_id = token.get(str(settings.SIMPLE_JWT.get("USER_ID_CLAIM", "user_id")))
     user = User.objects.filter(id=user_id).only("id", "username", "tier", "is_active").first()
     if user is None or not user.is_active:
         raise AuthFailed("unknown or inactive user")

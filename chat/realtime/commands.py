@@ -213,7 +213,11 @@ async def presence(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, 
 async def sync_notifications(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, Any]:
     since_seq = req_int(fields, "since_seq", minimum=0)
     rows, head = await database_sync_to_async(_notifications)(consumer.identity.user_id, since_seq)
-    consumer.after_reply(lambda: [consumer.outbox.send_frame(frame) for frame in rows])
+    def push() -> None:
+        for frame in rows:
+            consumer.outbox.send_frame(frame)
+
+    consumer.after_reply(push)
     return {"head_seq": head}
 
 

@@ -108,9 +108,9 @@ class Hub:
             finally:
                 ready.set()
         else:
-            ready = self._ready.get(group)
-            if ready is not None:
-                await ready.wait()
+            pending = self._ready.get(group)
+            if pending is not None:
+                await pending.wait()
 
     async def join(self, conversation_id: str, sink: Sink) -> None:
         sinks = self.conversations.setdefault(conversation_id, set())

@@ -76,7 +76,7 @@ def _existing(conversation_id: str, author_id: int, client_msg_id: str) -> SendR
     from agents.models import AgentRun
 
     run_id = AgentRun.objects.filter(trigger_message_id=row["id"]).values_list("id", flat=True).first()
-    return SendResult(str(row["id"]), row["seq"], True, str(run_id) if run_id else None)
+    return SendResult(str(row["id"]), int(row["seq"] or 0), True, str(run_id) if run_id else None)
 
 
 def _store(conversation_id: str, author_id: int, username: str, client_msg_id: str, text: str) -> SendResult:

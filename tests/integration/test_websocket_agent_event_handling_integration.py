@@ -29,10 +29,12 @@ def assert_lifecycle(events: list[dict[str, Any]], terminal: str) -> None:
     assert [t for t in types if t in TERMINAL] == [terminal]
     assert types[-1] == terminal
     for call_id in {e["data"]["call_id"] for e in events if e["type"] == "tool_executing"}:
-        started = next(i for i, e in enumerate(events) if e["type"] == "tool_executing"
-                       and e["data"]["call_id"] == call_id)
-        done = next(i for i, e in enumerate(events) if e["type"] == "tool_completed"
-                    and e["data"]["call_id"] == call_id)
+        started = next(
+            i for i, e in enumerate(events) if e["type"] == "tool_executing" and e["data"]["call_id"] == call_id
+        )
+        done = next(
+            i for i, e in enumerate(events) if e["type"] == "tool_completed" and e["data"]["call_id"] == call_id
+        )
         assert started < done
 
 
@@ -51,7 +53,9 @@ async def test_prompts_sent_during_a_run_are_queued_and_run_one_at_a_time(make_u
     first = await client.command("send", conversation=conv, client_msg_id="p1", text="what is 2 + 2?")
     second = await client.command("send", conversation=conv, client_msg_id="p2", text="what is 3 * 3?")
     assert first["run_id"] != second["run_id"]
-    await client.seen_or_until(lambda f: f.get("type") in TERMINAL and f["data"]["run_id"] == second["run_id"], timeout=20)
+    await client.seen_or_until(
+        lambda f: f.get("type") in TERMINAL and f["data"]["run_id"] == second["run_id"], timeout=20
+    )
     events = client.events(conv)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     first_events = run_events(client, conv, first["run_id"])
@@ -78,7 +82,9 @@ async def test_cancel_stops_a_running_run_promptly_with_partial_text(make_user: 
     cancelled = await client.seen_or_until(lambda f: f.get("type") in TERMINAL, timeout=2)
     assert cancelled["type"] == "agent_cancelled"
     assert cancelled["data"]["by"]["id"] == user.id
-    streamed = "".join(e["data"]["text"] for e in run_events(client, conv, sent["run_id"]) if e["type"] == "agent_delta")
+    streamed = "".join(
+        e["data"]["text"] for e in run_events(client, conv, sent["run_id"]) if e["type"] == "agent_delta"
+    )
     assert cancelled["data"]["partial_text"] == streamed
     run = await database_sync_to_async(AgentRun.objects.get)(id=sent["run_id"])
     assert run.status == RunStatus.CANCELLED
@@ -110,7 +116,9 @@ async def test_disconnect_does_not_cancel_the_run(make_user: Any, settings: Any)
     await client.seen_or_until(lambda f: f.get("type") == "agent_started")
     await client.close()
     back = await subscribed(user, conv)
-    done = await back.seen_or_until(lambda f: f.get("type") in TERMINAL and f["data"]["run_id"] == sent["run_id"], timeout=15)
+    done = await back.seen_or_until(
+        lambda f: f.get("type") in TERMINAL and f["data"]["run_id"] == sent["run_id"], timeout=15
+    )
     assert done["type"] == "agent_completed"
     assert "42" in done["data"]["text"]
     assert_lifecycle(run_events(back, conv, sent["run_id"]), "agent_completed")

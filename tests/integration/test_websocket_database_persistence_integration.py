@@ -22,8 +22,14 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 def send_many(conv: str, user: Any, prefix: str, count: int) -> None:
     try:
         for i in range(count):
-            message_send(conversation_id=conv, author_id=user.id, username=user.username,
-                         client_msg_id=f"{prefix}{i}", text=f"{prefix} {i}", can_write=True)
+            message_send(
+                conversation_id=conv,
+                author_id=user.id,
+                username=user.username,
+                client_msg_id=f"{prefix}{i}",
+                text=f"{prefix} {i}",
+                can_write=True,
+            )
     finally:
         connection.close()
 
@@ -42,8 +48,11 @@ def test_concurrent_writers_get_gap_free_unique_seqs(make_user: Any) -> None:
     assert seqs == list(range(1, 151))
     # Each writer's own messages keep their order in the log.
     for t in range(6):
-        texts = list(Event.objects.filter(conversation_id=conv, data__text__startswith=f"w{t}- ")
-                     .order_by("seq").values_list("data__text", flat=True))
+        texts = list(
+            Event.objects.filter(conversation_id=conv, data__text__startswith=f"w{t}- ")
+            .order_by("seq")
+            .values_list("data__text", flat=True)
+        )
         assert texts == [f"w{t}- {i}" for i in range(25)]
 
 

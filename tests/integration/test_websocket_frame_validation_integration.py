@@ -61,8 +61,9 @@ async def test_oversized_frame_is_too_large_and_nothing_is_stored(make_user: Any
     client, user = await connected(make_user)
     conv = await factories.conversation(user, agent="")
     text = "x" * (64 * 1024)
-    await client.send_raw(json.dumps({"type": "send", "id": "big", "conversation": conv,
-                                      "client_msg_id": "big", "text": text}))
+    await client.send_raw(
+        json.dumps({"type": "send", "id": "big", "conversation": conv, "client_msg_id": "big", "text": text})
+    )
     frame = await client.recv()
     assert frame["type"] == "error"
     assert frame["error"]["code"] == "too_large"
@@ -83,8 +84,9 @@ async def test_oversized_frame_is_too_large_and_nothing_is_stored(make_user: Any
         ({"client_msg_id": "m", "text": "y" * 16_001}, "too_large"),
     ],
 )
-async def test_send_with_bad_fields_is_refused_with_no_side_effect(make_user: Any, fields: dict[str, Any],
-                                                                    code: str) -> None:
+async def test_send_with_bad_fields_is_refused_with_no_side_effect(
+    make_user: Any, fields: dict[str, Any], code: str
+) -> None:
     client, user = await connected(make_user)
     conv = await factories.conversation(user)
     reply = await client.command("send", conversation=conv, **fields)

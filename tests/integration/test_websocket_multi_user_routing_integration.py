@@ -58,7 +58,9 @@ async def test_non_member_gets_not_found_on_every_command_same_as_nonexistent(ma
     assert hidden_run["error"]["code"] == "not_found"
 
     # Nothing the stranger did was stored, and no frame of the conversation reached them.
-    events = await database_sync_to_async(list)(Event.objects.filter(conversation_id=conv).values_list("type", flat=True))
+    events = await database_sync_to_async(list)(
+        Event.objects.filter(conversation_id=conv).values_list("type", flat=True)
+    )
     assert "message" in events
     assert all(e.get("data", {}).get("text") != "let me in" for e in owner_client.frames)
     assert not [f for f in client.frames if f.get("conversation") == conv and f.get("type") != "reply"]

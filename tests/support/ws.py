@@ -73,9 +73,7 @@ class Client:
             try:
                 frame = await self.recv(timeout=remaining)
             except TimeoutError:
-                raise AssertionError(
-                    f"condition not met within {timeout}s; last frames: {self.frames[-10:]}"
-                ) from None
+                raise AssertionError(f"condition not met within {timeout}s; last frames: {self.frames[-10:]}") from None
             if predicate(frame):
                 return frame
 
