@@ -32,8 +32,8 @@ class Sink(Protocol):
 
 
 class Hub:
-    def __init__(self) -> None:
-        self.layer = get_channel_layer()
+    def __init__(self, layer: Any = None) -> None:
+        self.layer = layer if layer is not None else get_channel_layer()
         self.channel: str | None = None
         self.conversations: dict[str, set[Sink]] = {}
         self.users: dict[int, set[Sink]] = {}

@@ -1,0 +1,120 @@
+"""Tools: the safe calculator (no eval), schema validation of arguments, the offline agent's rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agents.backends.base import AgentInput, AnswerChunk, CallTool, Think, ToolOutcome, Usage
+from agents.backends.offline import OfflineBackend, find_expression
+from agents.tools import ToolContext, ToolError, calculate, default_registry
+
+
+@pytest.mark.parametrize(
+    ("expression", "value"),
+    [
+        ("17 * 23", 391),
+        ("2 + 3 * 4", 14),
+        ("(2 + 3) ^ 2", 25),
+        ("7 / 2", 3.5),
+        ("sqrt(16)", 4),
+        ("-3 + 1", -2),
+        ("10 // 3", 3),
+        ("2 ** 10", 1024),
+        ("6 × 7", 42),
+    ],
+)
+def test_calculator_evaluates_arithmetic(expression: str, value: float) -> None:
+    assert calculate(expression) == value
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "__import__('os').system('id')",
+        "open('/etc/passwd')",
+        "1 / 0",
+        "9 ** 9 ** 9",
+        "x + 1",
+        "[1, 2]",
+        "10.0 ** 400",
+        "1" * 201,
+        "(lambda: 1)()",
+        "True + 1",
+    ],
+)
+def test_calculator_refuses_anything_else(expression: str) -> None:
+    with pytest.raises(ToolError):
+        calculate(expression)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("what is 17 * 23?", "17 * 23"),
+        ("compute (2+3)^2 please", "(2+3)^2"),
+        ("hello there", None),
+        ("I have 3 cats", None),
+    ],
+)
+def test_expression_detection(text: str, expected: str | None) -> None:
+    assert find_expression(text) == expected
+
+
+async def test_registry_validates_arguments_against_the_schema() -> None:
+    registry = default_registry()
+    ctx = ToolContext(user_id=None, conversation_id="c")
+    ok = await registry.call("calculator", {"expression": "1 + 1"}, ctx)
+    assert ok == ToolOutcome(True, {"expression": "1 + 1", "value": 2})
+    missing = await registry.call("calculator", {}, ctx)
+    assert missing.ok is False
+    assert "invalid arguments" in missing.result["error"]
+    extra = await registry.call("calculator", {"expression": "1", "shell": "rm"}, ctx)
+    assert extra.ok is False
+    unknown = await registry.call("rm_rf", {}, ctx)
+    assert unknown.ok is False
+    assert "unknown tool" in unknown.result["error"]
+    refused = await registry.call("calculator", {"expression": "1/0"}, ctx)
+    assert refused == ToolOutcome(False, {"error": "division by zero"})
+
+
+async def drive(prompt: str, outcomes: dict[str, ToolOutcome]) -> list[Any]:
+    steps: list[Any] = []
+    gen = OfflineBackend().steps(AgentInput("r", "c", 1, prompt), default_registry())
+    outcome = None
+    try:
+        while True:
+            step = await gen.asend(outcome)
+            outcome = outcomes.get(step.tool) if isinstance(step, CallTool) else None
+            steps.append(step)
+    except StopAsyncIteration:
+        return steps
+
+
+async def test_offline_agent_calculates_with_the_tool_result(settings: Any) -> None:
+    settings.AGENT_OFFLINE_TOKEN_DELAY_MS = 0
+    steps = await drive("what is 17 * 23?", {"calculator": ToolOutcome(True, {"value": 391})})
+    assert isinstance(steps[0], Think)
+    assert steps[1] == CallTool("call_1", "calculator", {"expression": "17 * 23"})
+    answer = "".join(s.text for s in steps if isinstance(s, AnswerChunk))
+    assert answer == "17 * 23 = 391"
+    assert isinstance(steps[-1], Usage)
+
+
+async def test_offline_agent_reports_tool_failure_honestly(settings: Any) -> None:
+    settings.AGENT_OFFLINE_TOKEN_DELAY_MS = 0
+    steps = await drive("what is 1 / 0?", {"calculator": ToolOutcome(False, {"error": "division by zero"})})
+    answer = "".join(s.text for s in steps if isinstance(s, AnswerChunk))
+    assert answer == "I could not evaluate 1 / 0: division by zero"
+
+
+async def test_offline_agent_picks_time_and_search_tools(settings: Any) -> None:
+    settings.AGENT_OFFLINE_TOKEN_DELAY_MS = 0
+    time_steps = await drive("what time is it?", {"current_time": ToolOutcome(True, {"utc": "T", "weekday": "Monday"})})
+    assert [s.tool for s in time_steps if isinstance(s, CallTool)] == ["current_time"]
+    search_steps = await drive("search for invoices", {"search_history": ToolOutcome(True, {"matches": []})})
+    calls = [s for s in search_steps if isinstance(s, CallTool)]
+    assert calls == [CallTool("call_1", "search_history", {"query": "invoices"})]
+    help_steps = await drive("hello there", {})
+    assert not [s for s in help_steps if isinstance(s, CallTool)]

@@ -1,0 +1,165 @@
+"""The process hub and the per-socket outbox: one channel-layer subscription per process, each
+event encoded once, per-socket ordering with duplicate drop and gap fill, slow-consumer overflow."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from channels.layers import InMemoryChannelLayer
+
+from chat.realtime.hub import Hub as _Hub
+from chat.realtime.outbox import Outbox
+
+
+def Hub() -> _Hub:  # noqa: N802 - reads like the class it builds
+    """A hub on a private in-memory layer: these tests are about the hub, not Redis."""
+    return _Hub(layer=InMemoryChannelLayer())
+
+
+def frame(conv: str, seq: int) -> str:
+    return json.dumps({"type": "message", "conversation": conv, "seq": seq, "data": {"n": seq}})
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.overflowed = 0
+
+    async def send(self, text: str) -> None:
+        self.sent.append(text)
+
+    def seqs(self) -> list[int]:
+        return [json.loads(t)["seq"] for t in self.sent if "seq" in json.loads(t)]
+
+
+def outbox_for(hub: _Hub, recorder: Recorder, maxsize: int = 100) -> Outbox:
+    def overflow() -> None:
+        recorder.overflowed += 1
+
+    return Outbox(
+        hub=hub,
+        send_text=recorder.send,
+        maxsize=maxsize,
+        user_id=1,
+        session_id="s",
+        on_overflow=overflow,
+        on_user_message=lambda m: None,
+    )
+
+
+async def drain(outbox: Outbox) -> None:
+    task = asyncio.create_task(outbox.run())
+    for _ in range(1000):
+        if outbox.pending() == 0:
+            break
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    task.cancel()
+
+
+async def test_one_layer_subscription_per_conversation_per_process() -> None:
+    hub = Hub()
+    recorders = [Recorder() for _ in range(50)]
+    boxes = [outbox_for(hub, r) for r in recorders]
+    for box in boxes:
+        await hub.join("c1", box)
+    assert len(hub.layer.groups) == 1  # the in-memory layer: one group, one member (the hub's channel)
+    assert list(hub.layer.groups["conv.c1"]) == [hub.channel]
+    for box in boxes[:49]:
+        await hub.leave("c1", box)
+    assert "conv.c1" in hub.layer.groups
+    await hub.leave("c1", boxes[49])
+    assert "conv.c1" not in hub.layer.groups
+
+
+async def test_the_same_encoded_text_object_goes_to_every_socket() -> None:
+    hub = Hub()
+    recorders = [Recorder() for _ in range(3)]
+    boxes = [outbox_for(hub, r) for r in recorders]
+    for box in boxes:
+        await hub.join("c", box)
+        box.start_stream("c", from_seq=0, up_to_seq=0)
+    text = frame("c", 1)
+    hub.dispatch({"type": "conv.event", "c": "c", "s": 1, "f": text})
+    for box in boxes:
+        await drain(box)
+    assert all(r.sent[0] is text for r in recorders)
+
+
+async def test_outbox_drops_duplicates_and_old_events() -> None:
+    hub = Hub()
+    rec = Recorder()
+    box = outbox_for(hub, rec)
+    box.start_stream("c", from_seq=0, up_to_seq=0)
+    for seq in (1, 2, 2, 1, 3):
+        hub.remember("c", seq, frame("c", seq))
+        box.deliver_event("c", seq, frame("c", seq))
+    await drain(box)
+    assert rec.seqs() == [1, 2, 3]
+
+
+async def test_outbox_fills_a_gap_from_the_hubs_recent_events_in_order() -> None:
+    hub = Hub()
+    rec = Recorder()
+    box = outbox_for(hub, rec)
+    box.start_stream("c", from_seq=0, up_to_seq=0)
+    for seq in (1, 2, 3, 4):
+        hub.remember("c", seq, frame("c", seq))
+    box.deliver_event("c", 1, frame("c", 1))
+    box.deliver_event("c", 4, frame("c", 4))  # the doorbells for 2 and 3 were lost
+    await drain(box)
+    assert rec.seqs() == [1, 2, 3, 4]
+
+
+async def test_events_for_unsubscribed_conversations_are_not_sent() -> None:
+    hub = Hub()
+    rec = Recorder()
+    box = outbox_for(hub, rec)
+    box.deliver_event("other", 1, frame("other", 1))
+    box.start_stream("c", from_seq=0, up_to_seq=0)
+    box.stop_stream("c")
+    box.deliver_event("c", 1, frame("c", 1))
+    await drain(box)
+    assert rec.sent == []
+
+
+async def test_start_stream_catches_up_to_what_the_hub_already_dispatched() -> None:
+    hub = Hub()
+    rec = Recorder()
+    box = outbox_for(hub, rec)
+    for seq in (1, 2, 3):
+        hub.dispatch({"type": "conv.event", "c": "c", "s": seq, "f": frame("c", seq)})
+    # The subscribe read head_seq=1, but events 2 and 3 were dispatched before the stream started.
+    box.send_frame('{"type":"reply","id":"s","ok":true}')
+    box.start_stream("c", from_seq=0, up_to_seq=1)
+    await drain(box)
+    assert json.loads(rec.sent[0])["type"] == "reply"
+    assert rec.seqs() == [1, 2, 3]
+
+
+async def test_a_full_queue_reports_a_slow_consumer_once_and_stops_queueing() -> None:
+    hub = Hub()
+    rec = Recorder()
+    box = outbox_for(hub, rec, maxsize=5)
+    box.start_stream("c", from_seq=0, up_to_seq=0)
+    for seq in range(1, 20):
+        box.deliver_event("c", seq, frame("c", seq))
+    assert rec.overflowed == 1
+    assert box.overflowed is True
+    assert box.pending() == 5
+
+
+async def test_ephemeral_frames_skip_the_originating_session() -> None:
+    hub = Hub()
+    mine, theirs = Recorder(), Recorder()
+    box_mine, box_theirs = outbox_for(hub, mine), outbox_for(hub, theirs)
+    box_theirs.session_id = "other"
+    await hub.join("c", box_mine)
+    await hub.join("c", box_theirs)
+    hub.dispatch({"type": "conv.ephemeral", "c": "c", "f": '{"type":"typing"}', "x": "s"})
+    await drain(box_mine)
+    await drain(box_theirs)
+    assert mine.sent == []
+    assert theirs.sent == ['{"type":"typing"}']
