@@ -6,7 +6,7 @@ PGHOST ?= 127.0.0.1
 TEST_ENV := DB_POOL_MIN=0 DATABASE_URL=postgres://postgres@$(PGHOST):5432/chat REDIS_URL=redis://127.0.0.1:6379/0 \
 	CHANNEL_PREFIX=chattest$$$$
 
-.PHONY: install run run-embedded test lint worker
+.PHONY: install run run-embedded test lint browser
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,7 +16,13 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-test: install
+# The browser e2e tests drive Debian's Chromium (Playwright's own download does not work here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: install browser
 	$(TEST_ENV) $(BIN)/python -m pytest -q
 
 lint: install
