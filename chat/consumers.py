@@ -101,6 +101,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self._tasks.append(asyncio.create_task(self._write_loop()))
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
         self._schedule_expiry(identity.expires_at)
+        if settings.AGENT_RUNNER == "inprocess":
+            from agents.runner import get_supervisor
+
+            get_supervisor()  # embedded mode: runs queued before a restart start without a new prompt
         await self.hub.join_user(identity.user_id, self.outbox)
         self.outbox.send_frame(encode({"type": "welcome", "data": self._welcome()}))
 
