@@ -213,6 +213,7 @@ async def presence(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, 
 async def sync_notifications(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, Any]:
     since_seq = req_int(fields, "since_seq", minimum=0)
     rows, head = await database_sync_to_async(_notifications)(consumer.identity.user_id, since_seq)
+
     def push() -> None:
         for frame in rows:
             consumer.outbox.send_frame(frame)
@@ -223,13 +224,10 @@ async def sync_notifications(consumer: ChatConsumer, fields: dict[str, Any]) -> 
 
 def _notifications(user_id: int, since_seq: int) -> tuple[list[str], int]:
     from chat.models import User
-    from chat.realtime.protocol import encode
+    from chat.services.notifications import notification_frame
 
     head = User.objects.filter(id=user_id).values_list("notification_seq", flat=True).get()
-    frames = [
-        encode({"type": "notification", "seq": n.seq, "ts": rfc3339(n.created_at), "data": n.data})
-        for n in selectors.notifications_after(user_id=user_id, after_seq=since_seq)
-    ]
+    frames = [notification_frame(n) for n in selectors.notifications_after(user_id=user_id, after_seq=since_seq)]
     return frames, head
 
 

@@ -124,11 +124,23 @@ def conversation_member_add(*, conversation_id: str, actor_id: int, username: st
     if user is None:
         raise ServiceError("not_found", "no such user")
     try:
-        member, _ = ConversationMember.objects.update_or_create(
+        member, created = ConversationMember.objects.update_or_create(
             conversation_id=access.conversation_id, user=user, defaults={"role": role}
         )
     except IntegrityError as exc:  # pragma: no cover - raced with itself
         raise ServiceError("conflict", "membership changed concurrently") from exc
+    from chat.services.notifications import notification_create
+
+    notification_create(
+        user_id=user.id,
+        data={
+            "kind": "conversation_added" if created else "role_changed",
+            "conversation": access.conversation_id,
+            "title": access.title,
+            "role": role,
+            "by": actor_id,
+        },
+    )
     return member
 
 

@@ -1,0 +1,60 @@
+"""User notifications: stored with a per-user gap-free seq, pushed live to every socket of that
+user only, and replayed by `sync_notifications`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+
+from chat.services.conversations import conversation_member_add
+from tests.support import factories
+from tests.support.ws import Client
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+async def test_being_added_to_a_conversation_notifies_every_socket_of_that_user_only(make_user: Any) -> None:
+    alice = await database_sync_to_async(make_user)()
+    bob = await database_sync_to_async(make_user)()
+    carol = await database_sync_to_async(make_user)()
+    conv = await factories.conversation(alice)
+    bob_tabs = [(await Client.connect(bob))[0] for _ in range(2)]
+    carol_client, _, _ = await Client.connect(carol)
+    for client in [*bob_tabs, carol_client]:
+        await client.recv()
+    await database_sync_to_async(conversation_member_add)(
+        conversation_id=conv, actor_id=alice.id, username=bob.username, role="member"
+    )
+    for tab in bob_tabs:
+        note = await tab.seen_or_until(lambda f: f.get("type") == "notification")
+        assert note["seq"] == 1
+        assert note["data"]["kind"] == "conversation_added"
+        assert note["data"]["conversation"] == conv
+        assert note["data"]["role"] == "member"
+    assert (await carol_client.command("ping"))["ok"] is True
+    assert not [f for f in carol_client.frames if f.get("type") == "notification"]
+    for client in [*bob_tabs, carol_client]:
+        await client.close()
+
+
+async def test_sync_notifications_replays_what_was_missed(make_user: Any) -> None:
+    alice = await database_sync_to_async(make_user)()
+    bob = await database_sync_to_async(make_user)()
+    convs = [await factories.conversation(alice, agent="") for _ in range(3)]
+    for conv in convs:
+        await database_sync_to_async(conversation_member_add)(
+            conversation_id=conv, actor_id=alice.id, username=bob.username, role="viewer"
+        )
+    client, _, _ = await Client.connect(bob)
+    await client.recv()
+    reply = await client.command("sync_notifications", since_seq=1)
+    assert reply["head_seq"] == 3
+    missed = [await client.recv(), await client.recv()]
+    assert [n["seq"] for n in missed] == [2, 3]
+    assert [n["data"]["conversation"] for n in missed] == convs[1:]
+    assert (await client.command("sync_notifications", since_seq=3))["head_seq"] == 3
+    assert (await client.command("ping"))["ok"] is True
+    assert [f["seq"] for f in client.frames if f.get("type") == "notification"] == [2, 3]
+    await client.close()
