@@ -113,10 +113,21 @@ class Hub:
                 await pending.wait()
 
     async def join(self, conversation_id: str, sink: Sink) -> None:
-        sinks = self.conversations.setdefault(conversation_id, set())
+        await self._join(self.conversations, conversation_id, conversation_group(conversation_id), sink)
+
+    async def _join(self, registry: dict[Any, set[Sink]], key: Any, group: str, sink: Sink) -> None:
+        sinks = registry.setdefault(key, set())
         first = not sinks
         sinks.add(sink)
-        await self._group_join(conversation_group(conversation_id), first)
+        try:
+            await self._group_join(group, first)
+        except BaseException:
+            # Not subscribed after all: forget the sink so the next join retries the group_add.
+            sinks.discard(sink)
+            if not sinks:
+                registry.pop(key, None)
+                self._ready.pop(group, None)
+            raise
 
     async def leave(self, conversation_id: str, sink: Sink) -> None:
         sinks = self.conversations.get(conversation_id)
@@ -135,10 +146,7 @@ class Hub:
                     logger.warning("group_discard failed for %s", conversation_id, exc_info=True)
 
     async def join_user(self, user_id: int, sink: Sink) -> None:
-        sinks = self.users.setdefault(user_id, set())
-        first = not sinks
-        sinks.add(sink)
-        await self._group_join(user_group(user_id), first)
+        await self._join(self.users, user_id, user_group(user_id), sink)
 
     async def leave_user(self, user_id: int, sink: Sink) -> None:
         sinks = self.users.get(user_id)

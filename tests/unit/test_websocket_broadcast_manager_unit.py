@@ -162,3 +162,30 @@ async def test_ephemeral_frames_skip_the_originating_session() -> None:
     await drain(box_theirs)
     assert mine.sent == []
     assert theirs.sent == ['{"type":"typing"}']
+
+
+class FlakyLayer(InMemoryChannelLayer):
+    """group_add fails once, as it would while Redis restarts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    async def group_add(self, group: str, channel: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("redis restarting")
+        await super().group_add(group, channel)
+
+
+async def test_a_failed_group_add_is_retried_by_the_next_join() -> None:
+    import pytest
+
+    hub = _Hub(layer=FlakyLayer())
+    box = outbox_for(hub, Recorder())
+    with pytest.raises(ConnectionError):
+        await hub.join("c", box)
+    assert "c" not in hub.conversations
+    await hub.join("c", box)
+    assert hub.conversations["c"] == {box}
+    assert list(hub.layer.groups["conv.c"]) == [hub.channel]
