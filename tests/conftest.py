@@ -66,6 +66,7 @@ def _close_db_pools(django_db_setup: Any, django_db_blocker: Any) -> Iterator[No
 
     with django_db_blocker.unblock():
         for conn in connections.all():
+            conn.close()  # give this thread's connection back first, or the pool cannot close it
             close_pool = getattr(conn, "close_pool", None)
             if close_pool is not None:
                 close_pool()
