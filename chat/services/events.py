@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from chat.models import Conversation, Event
@@ -59,21 +58,25 @@ def append_event(
 ) -> StoredEvent:
     """Append one durable event and return it. Must run inside the caller's transaction.
 
-    The conversation row is locked (`SELECT … FOR UPDATE`) for the rest of that transaction, so
+    The UPDATE of the conversation's `last_seq` row-locks it for the rest of that transaction, so
     two writers of one conversation take seq N and N+1 in commit order: no holes, no reordering.
     """
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("append_event must be called inside transaction.atomic()")
-    # UPDATE … RETURNING takes the row lock and the next seq in one round trip.
-    updated = Conversation.objects.filter(id=conversation_id).update(last_seq=F("last_seq") + 1)
-    if updated != 1:
+    # UPDATE … RETURNING takes the row lock and the next seq in one round trip (PostgreSQL, and
+    # SQLite ≥ 3.35 in embedded mode).
+    table = Conversation._meta.db_table
+    connection = transaction.get_connection()
+    pk = Conversation._meta.pk.get_db_prep_value(conversation_id, connection)  # type: ignore[union-attr]
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table} SET last_seq = last_seq + 1 WHERE id = %s RETURNING last_seq", [pk])
+        row = cursor.fetchone()
+    if row is None:
         raise Conversation.DoesNotExist(str(conversation_id))
-    seq = Conversation.objects.filter(id=conversation_id).values_list("last_seq", flat=True).get()
+    seq = int(row[0])
     now = timezone.now()
-    row = Event.objects.create(
-        conversation_id=conversation_id, seq=seq, type=type, data=data, created_at=now, run_id=run_id
-    )
+    Event.objects.create(conversation_id=conversation_id, seq=seq, type=type, data=data, created_at=now, run_id=run_id)
     from monitoring.recorder import record_event  # monitoring observes the one write path
 
     record_event(type=type, data=data, at=now, conversation_id=str(conversation_id))
-    return StoredEvent(str(conversation_id), row.seq, type, rfc3339(now), data)
+    return StoredEvent(str(conversation_id), seq, type, rfc3339(now), data)
