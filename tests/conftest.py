@@ -72,7 +72,18 @@ def _close_db_pools(django_db_setup: Any, django_db_blocker: Any) -> Iterator[No
                 close_pool()
 
 
-@pytest.fixture(autouse=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Only coroutine tests own an event loop that can hold a run supervisor; a sync test (e.g. one
+    # driving Playwright's sync API, which runs its own loop on this thread) must not get the async
+    # teardown fixture at all.
+    import inspect
+
+    for item in items:
+        if inspect.iscoroutinefunction(getattr(item, "function", None)):
+            item.add_marker(pytest.mark.usefixtures("_stop_run_supervisor"))
+
+
+@pytest.fixture
 async def _stop_run_supervisor() -> Any:
     """An in-process run supervisor belongs to its test's event loop; stop it with the test so no
     background poll outlives the test (and its database)."""

@@ -20,7 +20,7 @@ from django.conf import settings
 from agents.backends.base import AgentInput, AnswerChunk, CallTool, Step, Think, ToolOutcome, Usage
 
 # Digits joined by operators, optionally with parentheses/sqrt: "17 * 23", "(2+3)^2", "sqrt(16)".
-EXPRESSION = re.compile(r"(?:sqrt\s*)?[\(\d][\d\s\.\+\-\*/%\^×÷\(\)]*[\d\)]")
+EXPRESSION = re.compile(r"(?:sqrt\s*)?[\(\d](?:[\d\s\.\+\-\*/%\^×÷\(\)]|sqrt)*[\d\)]")
 TIME_WORDS = re.compile(r"\b(time|date|today|day is it|clock)\b", re.IGNORECASE)
 SEARCH = re.compile(
     r"\b(?:search|find|look up|lookup|mention(?:ed)?|said about)\b(?:\s+(?:for|about|the history for))?\s+(?P<q>.+)",
