@@ -59,12 +59,13 @@ class RunSupervisor:
         ]
         logger.info("run supervisor %s started", self.worker_id)
 
-    async def stop(self) -> None:
-        for task in [*self._loops, *self.tasks.values()]:
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Cancel the loops and the runs (each run writes agent_cancelled). Bounded in time."""
+        tasks = [*self._loops, *self.tasks.values()]
+        for task in tasks:
             task.cancel()
-        for task in [*self._loops, *self.tasks.values()]:
-            with contextlib.suppress(BaseException):
-                await task
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
         self._loops = []
 
     def wake(self) -> None:
@@ -79,8 +80,11 @@ class RunSupervisor:
 
     async def _claim_loop(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel() that lands just
+            # as the wake event fires, and stop() would then wait on this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=POLL_INTERVAL_S)
+                async with asyncio.timeout(POLL_INTERVAL_S):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.claim_available()

@@ -72,7 +72,8 @@ class ToolRegistry:
         except jsonschema.ValidationError as exc:
             return ToolOutcome(False, {"error": f"invalid arguments: {exc.message}"})
         try:
-            result = await asyncio.wait_for(tool.fn(ctx, arguments), timeout=tool.timeout_s)
+            async with asyncio.timeout(tool.timeout_s):  # not wait_for: it can swallow a cancel on 3.11
+                result = await tool.fn(ctx, arguments)
         except TimeoutError:
             return ToolOutcome(False, {"error": f"{name} timed out after {tool.timeout_s:g}s"})
         except ToolError as exc:

@@ -45,7 +45,8 @@ async def readyz(request: HttpRequest) -> JsonResponse:
     for name, check in (("database", lambda: database_sync_to_async(_db_ok)()), ("channel_layer", _layer_ok)):
         started = time.monotonic()
         try:
-            await asyncio.wait_for(check(), timeout=CHECK_TIMEOUT_S)
+            async with asyncio.timeout(CHECK_TIMEOUT_S):
+                await check()
             checks[name] = {"ok": True}
         except Exception as exc:
             checks[name] = {"ok": False, "error": type(exc).__name__}

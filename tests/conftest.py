@@ -70,6 +70,19 @@ def _close_db_pools(django_db_setup: Any, django_db_blocker: Any) -> Iterator[No
             close_pool = getattr(conn, "close_pool", None)
             if close_pool is not None:
                 close_pool()
+        # A connection a worker thread of some finished test still holds would block DROP DATABASE;
+        # the test run is over, so end those sessions rather than leave the test database behind.
+        import psycopg
+
+        name = connections["default"].settings_dict["NAME"]
+        admin = {**connections["default"].get_connection_params(), "dbname": "postgres"}
+        admin.pop("cursor_factory", None)
+        admin.pop("context", None)
+        with psycopg.connect(**admin, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                [name],
+            )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -80,17 +93,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
     for item in items:
         if inspect.iscoroutinefunction(getattr(item, "function", None)):
-            item.add_marker(pytest.mark.usefixtures("_stop_run_supervisor"))
+            item.add_marker(pytest.mark.usefixtures("_async_test_cleanup"))
 
 
 @pytest.fixture
-async def _stop_run_supervisor() -> Any:
-    """An in-process run supervisor belongs to its test's event loop; stop it with the test so no
-    background poll outlives the test (and its database)."""
+async def _async_test_cleanup() -> Any:
+    """Close the test's sockets (even after a failed assertion) and stop the in-process run
+    supervisor of its event loop, so nothing outlives the test (and its database)."""
     yield
     import asyncio
+    import contextlib
 
     from agents.runner import _supervisors
+    from tests.support.ws import OPEN_CLIENTS
+
+    while OPEN_CLIENTS:
+        with contextlib.suppress(Exception):
+            await OPEN_CLIENTS.pop().comm.disconnect(timeout=2)
 
     supervisor = _supervisors.pop(asyncio.get_running_loop(), None)
     if supervisor is not None:

@@ -18,8 +18,12 @@ def access_token(user: Any) -> str:
     return str(AccessToken.for_user(user))
 
 
+OPEN_CLIENTS: list[Client] = []
+
+
 class Client:
-    """A protocol client over a communicator: sends commands, collects frames in order."""
+    """A protocol client over a communicator: sends commands, collects frames in order.
+    Every client is closed at the end of its test even when an assertion failed first."""
 
     def __init__(self, communicator: WebsocketCommunicator) -> None:
         self.comm = communicator
@@ -43,7 +47,9 @@ class Client:
             application, path, headers=hdrs, subprotocols=subprotocols if subprotocols is not None else ["chat.v1"]
         )
         connected, subprotocol = await comm.connect(timeout=5)
-        return cls(comm), connected, subprotocol
+        client = cls(comm)
+        OPEN_CLIENTS.append(client)
+        return client, connected, subprotocol
 
     async def recv(self, timeout: float = 5) -> dict[str, Any]:
         raw = await self.comm.receive_output(timeout)
