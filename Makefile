@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PGHOST ?= 127.0.0.1
-TEST_ENV := DB_POOL_MIN=0 DATABASE_URL=postgres://postgres@$(PGHOST):5432/chat REDIS_URL=redis://127.0.0.1:6379/0 \
+TEST_ENV := DB_POOL_MIN=0 TEST_DATABASE_NAME=test_chat_$$$$ DATABASE_URL=postgres://postgres@$(PGHOST):5432/chat REDIS_URL=redis://127.0.0.1:6379/0 \
 	CHANNEL_PREFIX=chattest$$$$
 
 .PHONY: install run run-embedded test lint browser
