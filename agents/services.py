@@ -86,17 +86,7 @@ def _claim_in_conversation(conversation_id: uuid.UUID, worker_id: str) -> Claime
     run.heartbeat_at = now
     run.worker_id = worker_id
     run.save(update_fields=["status", "started_at", "heartbeat_at", "worker_id"])
-    event = append_event(
-        conversation_id=conversation_id,
-        type="agent_started",
-        run_id=run.id,
-        data={
-            "run_id": str(run.id),
-            "agent": run.agent,
-            "trigger_message_id": str(run.trigger_message_id) if run.trigger_message_id else None,
-            "queued_ms": int((now - run.created_at).total_seconds() * 1000),
-        },
-    )
+    event = _append_started(run, now)
     return ClaimedRun(
         run_id=str(run.id),
         conversation_id=str(conversation_id),

@@ -62,6 +62,10 @@ def conversation_json(access: selectors.Access) -> dict[str, Any]:
     }
 
 
+def member_json(member: ConversationMember | WorkspaceMember) -> dict[str, Any]:
+    return {"user": {"id": member.user_id, "username": member.user.username}, "role": member.role}
+
+
 def member_access(user_id: int, conversation_id: object) -> selectors.Access:
     try:
         return selectors.conversation_for_member(user_id=user_id, conversation_id=conversation_id)
@@ -111,7 +115,7 @@ class ConversationMembers(APIView):
     def get(self, request: Request, conversation_id: str) -> Response:
         access = member_access(uid(request), conversation_id)
         rows = ConversationMember.objects.filter(conversation_id=access.conversation_id).select_related("user")
-        return Response([{"user": {"id": m.user_id, "username": m.user.username}, "role": m.role} for m in rows])
+        return Response([member_json(m) for m in rows])
 
     def post(self, request: Request, conversation_id: str) -> Response:
         access = member_access(uid(request), conversation_id)
@@ -126,10 +130,7 @@ class ConversationMembers(APIView):
             )
         except ServiceError as exc:
             return error_response(exc)
-        return Response(
-            {"user": {"id": member.user_id, "username": member.user.username}, "role": member.role},
-            status=status.HTTP_201_CREATED,
-        )
+        return Response(member_json(member), status=status.HTTP_201_CREATED)
 
 
 class ConversationEvents(APIView):
@@ -184,7 +185,7 @@ class WorkspaceMembers(APIView):
     def get(self, request: Request, workspace_id: str) -> Response:
         workspace = self._workspace(request, workspace_id)
         rows = WorkspaceMember.objects.filter(workspace=workspace).select_related("user")
-        return Response([{"user": {"id": m.user_id, "username": m.user.username}, "role": m.role} for m in rows])
+        return Response([member_json(m) for m in rows])
 
     def post(self, request: Request, workspace_id: str) -> Response:
         workspace = self._workspace(request, workspace_id)
@@ -199,7 +200,4 @@ class WorkspaceMembers(APIView):
             )
         except ServiceError as exc:
             return error_response(exc)
-        return Response(
-            {"user": {"id": member.user_id, "username": member.user.username}, "role": member.role},
-            status=status.HTTP_201_CREATED,
-        )
+        return Response(member_json(member), status=status.HTTP_201_CREATED)
