@@ -136,6 +136,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.outbox.run()
         except asyncio.CancelledError:
             raise
+        except OSError:
+            # The client went away with frames still queued (uvicorn's ClientDisconnected is an
+            # OSError): a normal end, not a server error; websocket_disconnect cleans up.
+            metrics.inc("writes_after_disconnect")
         except Exception:
             logger.exception("socket writer failed")
             await self._close(1011)

@@ -18,7 +18,6 @@ if settings.SERVE_STATIC:
     django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
 
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.sessions import SessionMiddlewareStack  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from agents.worker import AGENT_RUNS_CHANNEL, RunWorkerConsumer  # noqa: E402
@@ -30,9 +29,9 @@ websocket_urlpatterns = [path("ws/chat/", ChatConsumer.as_asgi())]
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        # Origin is checked inside (a foreign origin is closed with 4403 per PROTOCOL §1, which a
-        # handshake rejection could not express), then session cookie or Bearer token.
-        "websocket": SessionMiddlewareStack(ChatAuthMiddleware(URLRouter(websocket_urlpatterns))),
+        # Origin, then session cookie or Bearer token (chat/realtime/auth.py). A foreign origin is
+        # closed with 4403 per PROTOCOL §1, which a handshake rejection could not express.
+        "websocket": ChatAuthMiddleware(URLRouter(websocket_urlpatterns)),
         "channel": ChannelNameRouter({AGENT_RUNS_CHANNEL: RunWorkerConsumer.as_asgi()}),
     }
 )

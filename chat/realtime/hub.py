@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from channels.layers import get_channel_layer
 
 from chat.realtime.bus import conversation_group, user_group
+from chat.realtime.replay import load_events
 from monitoring.metrics import metrics
 
 logger = logging.getLogger(__name__)
@@ -23,6 +25,12 @@ logger = logging.getLogger(__name__)
 # subscribes a little behind is served without a database read. 256 covers several seconds of a
 # busy room; older gaps go to the log.
 RECENT_PER_CONVERSATION = 256
+# A doorbell that arrives ahead of its predecessor waits this long for it before the hub reads
+# the missing events from the log. Several processes publishing to one conversation reorder
+# doorbells by a few milliseconds; 50 ms absorbs that without a read and costs little latency.
+REORDER_WAIT_S = 0.05
+
+LoadEvents = Callable[[str, int, int], Awaitable[list[tuple[int, str]]]]
 
 
 class Sink(Protocol):
@@ -32,8 +40,15 @@ class Sink(Protocol):
 
 
 class Hub:
-    def __init__(self, layer: Any = None) -> None:
+    def __init__(self, layer: Any = None, load: LoadEvents = load_events) -> None:
         self.layer = layer if layer is not None else get_channel_layer()
+        self._load = load
+        # Per conversation: the next seq to hand to sockets, doorbells that came early, and the
+        # task that waits for (or reads) the missing ones. Sockets thus get events in order and a
+        # gap costs one log read per process, not one per socket.
+        self.next_seq: dict[str, int] = {}
+        self.early: dict[str, dict[int, str | None]] = {}
+        self._gap_tasks: dict[str, asyncio.Task[None]] = {}
         self.channel: str | None = None
         self.conversations: dict[str, set[Sink]] = {}
         self.users: dict[int, set[Sink]] = {}
@@ -75,10 +90,7 @@ class Hub:
             conversation_id, seq, text = message["c"], int(message["s"]), message.get("f")
             if text is not None:
                 self.remember(conversation_id, seq, text)
-            if seq > self.last_seen.get(conversation_id, 0):
-                self.last_seen[conversation_id] = seq
-            for sink in tuple(self.conversations.get(conversation_id, ())):
-                sink.deliver_event(conversation_id, seq, text)
+            self.arrive(conversation_id, seq, text)
             metrics.inc("hub_events")
         elif kind == "conv.ephemeral":
             exclude = message.get("x")
@@ -88,6 +100,68 @@ class Hub:
         elif kind == "user.event":
             for sink in tuple(self.users.get(int(message["u"]), ())):
                 sink.deliver_user(message)
+
+    def arrive(self, conversation_id: str, seq: int, text: str | None) -> None:
+        """Hand events to local sockets in seq order, holding early ones until the gap closes."""
+        if conversation_id not in self.conversations:
+            return
+        expected = self.next_seq.setdefault(conversation_id, seq)
+        if seq < expected:
+            metrics.inc("hub_late_doorbells")
+            return
+        if seq > expected:
+            self.early.setdefault(conversation_id, {})[seq] = text
+            if conversation_id not in self._gap_tasks:
+                self._gap_tasks[conversation_id] = asyncio.create_task(self._close_gap(conversation_id))
+            return
+        self._fan_out(conversation_id, seq, text)
+        self._drain_early(conversation_id)
+
+    def _fan_out(self, conversation_id: str, seq: int, text: str | None) -> None:
+        self.next_seq[conversation_id] = seq + 1
+        self.last_seen[conversation_id] = seq
+        for sink in tuple(self.conversations.get(conversation_id, ())):
+            sink.deliver_event(conversation_id, seq, text)
+
+    def _drain_early(self, conversation_id: str) -> None:
+        early = self.early.get(conversation_id)
+        while early and self.next_seq[conversation_id] in early:
+            seq = self.next_seq[conversation_id]
+            self._fan_out(conversation_id, seq, early.pop(seq))
+        if not early:
+            self.early.pop(conversation_id, None)
+            task = self._gap_tasks.pop(conversation_id, None)
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+
+    async def _close_gap(self, conversation_id: str) -> None:
+        try:
+            await asyncio.sleep(REORDER_WAIT_S)
+            early = self.early.get(conversation_id)
+            if not early or conversation_id not in self.next_seq:
+                return
+            first_early = min(early)
+            metrics.inc("hub_gap_reads")
+            try:
+                rows = await self._load(conversation_id, self.next_seq[conversation_id] - 1, first_early - 1)
+            except Exception:
+                # Sockets fill the gap themselves (outbox); the hub just stops waiting.
+                logger.warning("hub gap read failed for %s", conversation_id, exc_info=True)
+                rows = []
+            for seq, text in rows:
+                if seq >= self.next_seq.get(conversation_id, seq + 1):
+                    self.remember(conversation_id, seq, text)
+                    self._fan_out(conversation_id, seq, text)
+            if conversation_id in self.next_seq:
+                # Whatever the log lacks below the early doorbell was compacted: skip past it.
+                self.next_seq[conversation_id] = max(self.next_seq[conversation_id], first_early)
+                self._drain_early(conversation_id)
+        finally:
+            if self._gap_tasks.get(conversation_id) is asyncio.current_task():
+                self._gap_tasks.pop(conversation_id, None)
+            if self.early.get(conversation_id) and conversation_id not in self._gap_tasks:
+                # Another gap further on (doorbells that arrived during the read): wait for it too.
+                self._gap_tasks[conversation_id] = asyncio.create_task(self._close_gap(conversation_id))
 
     def remember(self, conversation_id: str, seq: int, text: str) -> None:
         recent = self.recent.setdefault(conversation_id, OrderedDict())
@@ -138,6 +212,11 @@ class Hub:
             del self.conversations[conversation_id]
             self.recent.pop(conversation_id, None)
             self.last_seen.pop(conversation_id, None)
+            self.next_seq.pop(conversation_id, None)
+            self.early.pop(conversation_id, None)
+            gap_task = self._gap_tasks.pop(conversation_id, None)
+            if gap_task is not None:
+                gap_task.cancel()
             self._ready.pop(conversation_group(conversation_id), None)
             if self.channel is not None:
                 try:

@@ -14,10 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from channels.db import database_sync_to_async
-
-from chat import selectors
 from chat.realtime.hub import Hub
+from chat.realtime.replay import load_events
 from monitoring.metrics import metrics
 
 logger = logging.getLogger(__name__)
@@ -27,14 +25,6 @@ SendText = Callable[[str], Awaitable[None]]
 
 class SlowConsumer(Exception):
     pass
-
-
-@database_sync_to_async
-def _load_events(conversation_id: str, after_seq: int, up_to_seq: int) -> list[tuple[int, str]]:
-    events = selectors.events_after(
-        conversation_id=conversation_id, after_seq=after_seq, up_to_seq=up_to_seq, limit=up_to_seq - after_seq
-    )
-    return [(e.seq, e.encoded()) for e in events]
 
 
 class Outbox:
@@ -125,7 +115,7 @@ class Outbox:
         if text is None:
             text = self.hub.recent_text(conversation_id, seq)
         if text is None:
-            rows = await _load_events(conversation_id, seq - 1, seq)
+            rows = await load_events(conversation_id, seq - 1, seq)
             if not rows:
                 return
             text = rows[0][1]
@@ -144,7 +134,7 @@ class Outbox:
             self.positions[conversation_id] = position
         if position < up_to_seq:
             metrics.inc("log_reads")
-            for seq, text in await _load_events(conversation_id, position, up_to_seq):
+            for seq, text in await load_events(conversation_id, position, up_to_seq):
                 if seq <= self.positions[conversation_id]:
                     continue
                 await self._send(text)

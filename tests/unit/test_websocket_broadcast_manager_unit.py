@@ -12,9 +12,21 @@ from chat.realtime.hub import Hub as _Hub
 from chat.realtime.outbox import Outbox
 
 
-def Hub() -> _Hub:  # noqa: N802 - reads like the class it builds
+class LogStub:
+    """Stands in for the event log at the edge (the database is tested in integration tests)."""
+
+    def __init__(self, events: dict[int, str] | None = None) -> None:
+        self.events = events or {}
+        self.calls: list[tuple[str, int, int]] = []
+
+    async def __call__(self, conversation_id: str, after: int, up_to: int) -> list[tuple[int, str]]:
+        self.calls.append((conversation_id, after, up_to))
+        return [(s, t) for s, t in sorted(self.events.items()) if after < s <= up_to]
+
+
+def Hub(log: LogStub | None = None) -> _Hub:  # noqa: N802 - reads like the class it builds
     """A hub on a private in-memory layer: these tests are about the hub, not Redis."""
-    return _Hub(layer=InMemoryChannelLayer())
+    return _Hub(layer=InMemoryChannelLayer(), load=log or LogStub())
 
 
 def frame(conv: str, seq: int) -> str:
@@ -128,6 +140,7 @@ async def test_start_stream_catches_up_to_what_the_hub_already_dispatched() -> N
     hub = Hub()
     rec = Recorder()
     box = outbox_for(hub, rec)
+    await hub.join("c", box)
     for seq in (1, 2, 3):
         hub.dispatch({"type": "conv.event", "c": "c", "s": seq, "f": frame("c", seq)})
     # The subscribe read head_seq=1, but events 2 and 3 were dispatched before the stream started.
@@ -189,3 +202,46 @@ async def test_a_failed_group_add_is_retried_by_the_next_join() -> None:
     await hub.join("c", box)
     assert hub.conversations["c"] == {box}
     assert list(hub.layer.groups["conv.c"]) == [hub.channel]
+
+
+async def until_sent(recorders: list[Recorder], count: int, boxes: list[Outbox]) -> None:
+    tasks = [asyncio.create_task(b.run()) for b in boxes]
+    try:
+        for _ in range(2000):
+            if all(len(r.seqs()) >= count for r in recorders):
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"not delivered: {[r.seqs() for r in recorders]}")
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def test_doorbells_out_of_order_are_delivered_in_order_without_a_log_read() -> None:
+    log = LogStub()
+    hub = Hub(log)
+    recorders = [Recorder() for _ in range(20)]
+    boxes = [outbox_for(hub, r) for r in recorders]
+    for box in boxes:
+        await hub.join("c", box)
+        box.start_stream("c", from_seq=0, up_to_seq=0)
+    for seq in (1, 3, 2, 5, 4):
+        hub.dispatch({"type": "conv.event", "c": "c", "s": seq, "f": frame("c", seq)})
+    await until_sent(recorders, 5, boxes)
+    assert all(r.seqs() == [1, 2, 3, 4, 5] for r in recorders)
+    assert log.calls == []
+
+
+async def test_a_real_gap_is_read_from_the_log_once_per_process_not_per_socket() -> None:
+    log = LogStub({2: frame("c", 2), 3: frame("c", 3)})
+    hub = Hub(log)
+    recorders = [Recorder() for _ in range(50)]
+    boxes = [outbox_for(hub, r) for r in recorders]
+    for box in boxes:
+        await hub.join("c", box)
+        box.start_stream("c", from_seq=0, up_to_seq=0)
+    hub.dispatch({"type": "conv.event", "c": "c", "s": 1, "f": frame("c", 1)})
+    hub.dispatch({"type": "conv.event", "c": "c", "s": 4, "f": frame("c", 4)})  # 2 and 3 never rang
+    await until_sent(recorders, 4, boxes)
+    assert all(r.seqs() == [1, 2, 3, 4] for r in recorders)
+    assert log.calls == [("c", 1, 3)]
