@@ -3,8 +3,8 @@ agent worker, supervised together (Ctrl-C stops all). Used by `make run`, the e2
 benchmarks, so they all measure what a deployment runs.
 
 The ASGI server is uvicorn with the sans-I/O websockets implementation by default: measured on
-this 2-core machine it costs ~5x less CPU per delivered frame than daphne (DESIGN "facts",
-docs/operations.md). `--server daphne` runs daphne instead.
+this 2-core machine with tests/benchmarks/fanout.py it costs about half of daphne's CPU per
+delivered frame (tests/benchmarks/README.md). `--server daphne` runs daphne instead.
 """
 
 from __future__ import annotations
