@@ -118,6 +118,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Channel layer -----------------------------------------------------------------------------
 REDIS_URL = os.environ.get("REDIS_URL", "")
+# Namespaces every Redis key and channel of this deployment (several deployments or test runs
+# can share one Redis).
+CHANNEL_PREFIX = os.environ.get("CHANNEL_PREFIX", "chat")
 if REDIS_URL:
     # Pub/sub layer: the plain RedisChannelLayer drops group messages for full channels and stalls on
     # its connection-pool limit under concurrent senders (see docs/operations.md). Our layer traffic is
@@ -125,7 +128,7 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("CHANNEL_PREFIX", "chat")},
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": CHANNEL_PREFIX},
         }
     }
 else:
@@ -181,6 +184,11 @@ CHAT_TYPING_TTL_MS = env_int("CHAT_TYPING_TTL_MS", 6_000)
 CHAT_OUTBOUND_QUEUE = env_int("CHAT_OUTBOUND_QUEUE", 2_000)
 CHAT_MAX_TEXT_CHARS = env_int("CHAT_MAX_TEXT_CHARS", 16_000)
 CHAT_MAX_SUBSCRIPTIONS = env_int("CHAT_MAX_SUBSCRIPTIONS", 100)
+# Hot buffer of recent events per conversation and per user (chat/realtime/buffer.py). 1,000
+# events covers twice the replay limit, so any recoverable replay can be served from it; 15
+# minutes covers a laptop lid closed over a meeting. Older replays read the log.
+CHAT_BUFFER_MAX_EVENTS = env_int("CHAT_BUFFER_MAX_EVENTS", 1000)
+CHAT_BUFFER_MAX_AGE_S = float(os.environ.get("CHAT_BUFFER_MAX_AGE_S", "900"))
 
 STATIC_URL = "static/"
 # Serve /static/ from the ASGI app (single-machine layout); set SERVE_STATIC=0 behind a CDN/proxy.

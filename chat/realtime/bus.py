@@ -13,6 +13,7 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
+from chat.realtime.buffer import conversation_stream, get_buffer
 from chat.services.events import StoredEvent
 from monitoring.metrics import metrics
 
@@ -31,6 +32,9 @@ def user_group(user_id: int) -> str:
 
 
 async def publish_events(events: Sequence[StoredEvent]) -> None:
+    """Buffer, then ring. The buffer is written first so that a receiver whose doorbell shows a
+    gap finds the missing events there rather than in the log."""
+    await _buffer_events(events)
     layer = get_channel_layer()
     if layer is None:
         return
@@ -44,6 +48,18 @@ async def publish_events(events: Sequence[StoredEvent]) -> None:
         except Exception:  # the event is durable; subscribers fill the gap from the log
             metrics.inc("doorbell_failures")
             logger.warning("doorbell for %s#%s not delivered", event.conversation_id, event.seq, exc_info=True)
+
+
+async def _buffer_events(events: Sequence[StoredEvent]) -> None:
+    by_stream: dict[str, list[tuple[int, str]]] = {}
+    for event in events:
+        by_stream.setdefault(conversation_stream(event.conversation_id), []).append((event.seq, event.encoded()))
+    for stream, entries in by_stream.items():
+        try:
+            await get_buffer().append(stream, entries)
+        except Exception:  # the log has them; a replay will read it instead
+            metrics.inc("buffer_errors")
+            logger.warning("buffer append failed for %s", stream, exc_info=True)
 
 
 async def publish_to_user(user_id: int, message: dict[str, Any]) -> None:

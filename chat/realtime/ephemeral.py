@@ -17,6 +17,7 @@ from django.conf import settings
 
 from chat.realtime.bus import conversation_group
 from chat.realtime.protocol import encode
+from chat.realtime.redis_client import redis_client
 
 if TYPE_CHECKING:
     from chat.consumers import ChatConsumer
@@ -64,25 +65,16 @@ class _MemoryPresence:
 
 
 class _RedisPresence:
-    def __init__(self, url: str) -> None:
-        import redis.asyncio as aioredis
-
+    def __init__(self, url: str, prefix: str) -> None:
         self.url = url
-        self._clients: dict[Any, Any] = {}
-        self._factory = aioredis.from_url
+        self.prefix = prefix
 
     def _r(self) -> Any:
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = self._clients[loop] = self._factory(self.url, decode_responses=True)
-        return client
+        return redis_client(self.url)
 
     async def add(self, conv: str, user_id: int, session: str, now: float) -> int:
         r = self._r()
-        key = f"presence:{conv}"
+        key = f"{self.prefix}:presence:{conv}"
         pipe = r.pipeline()
         pipe.zadd(key, {f"{user_id}:{session}": now + PRESENCE_TTL_S})
         pipe.zremrangebyscore(key, "-inf", now)
@@ -94,17 +86,17 @@ class _RedisPresence:
     async def remove(self, conv: str, user_id: int, session: str, now: float) -> int:
         r = self._r()
         pipe = r.pipeline()
-        pipe.zrem(f"presence:{conv}", f"{user_id}:{session}")
-        pipe.hset(f"presence_seen:{conv}", str(user_id), now)
-        pipe.expire(f"presence_seen:{conv}", 7 * 24 * 3600)
-        pipe.zrangebyscore(f"presence:{conv}", now, "+inf")
+        pipe.zrem(f"{self.prefix}:presence:{conv}", f"{user_id}:{session}")
+        pipe.hset(f"{self.prefix}:presence_seen:{conv}", str(user_id), now)
+        pipe.expire(f"{self.prefix}:presence_seen:{conv}", 7 * 24 * 3600)
+        pipe.zrangebyscore(f"{self.prefix}:presence:{conv}", now, "+inf")
         *_, members = await pipe.execute()
         return sum(1 for m in members if m.startswith(f"{user_id}:"))
 
     async def online(self, conv: str, now: float) -> tuple[set[int], dict[str, float]]:
         r = self._r()
-        members = await r.zrangebyscore(f"presence:{conv}", now, "+inf")
-        seen = await r.hgetall(f"presence_seen:{conv}")
+        members = await r.zrangebyscore(f"{self.prefix}:presence:{conv}", now, "+inf")
+        seen = await r.hgetall(f"{self.prefix}:presence_seen:{conv}")
         return {int(m.split(":", 1)[0]) for m in members}, {k: float(v) for k, v in seen.items()}
 
 
@@ -114,7 +106,9 @@ _store: _MemoryPresence | _RedisPresence | None = None
 def store() -> _MemoryPresence | _RedisPresence:
     global _store
     if _store is None:
-        _store = _RedisPresence(settings.REDIS_URL) if settings.REDIS_URL else _MemoryPresence()
+        _store = (
+            _RedisPresence(settings.REDIS_URL, settings.CHANNEL_PREFIX) if settings.REDIS_URL else _MemoryPresence()
+        )
     return _store
 
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from chat.realtime.hub import Hub
-from chat.realtime.replay import load_events
+from chat.realtime.replay import load_events, load_from_log
 from monitoring.metrics import metrics
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class Outbox:
         if text is None:
             text = self.hub.recent_text(conversation_id, seq)
         if text is None:
-            rows = await load_events(conversation_id, seq - 1, seq)
+            rows = await load_from_log(conversation_id, seq - 1, seq)
             if not rows:
                 return
             text = rows[0][1]
@@ -133,7 +133,6 @@ class Outbox:
             position += 1
             self.positions[conversation_id] = position
         if position < up_to_seq:
-            metrics.inc("log_reads")
             for seq, text in await load_events(conversation_id, position, up_to_seq):
                 if seq <= self.positions[conversation_id]:
                     continue

@@ -1,0 +1,147 @@
+"""The hot buffer: recent durable events per conversation and per user, in front of the log.
+
+Redis in production (one sorted set per stream, scored by seq, so appends from several processes
+may arrive in any order), an in-memory twin in embedded mode. Bounded by count (oldest dropped
+first) and by age (entries older than the limit are not served, and an idle stream's key
+expires). A read answers only when it can return the *whole* requested range; otherwise the
+caller goes to the log — the buffer is an optimisation, never a source of gaps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from django.conf import settings
+
+from chat.realtime.redis_client import redis_client
+from monitoring.metrics import metrics
+
+Clock = Callable[[], float]
+
+
+class Buffer(Protocol):
+    async def append(self, stream: str, entries: Sequence[tuple[int, str]]) -> None: ...
+    async def read(self, stream: str, after_seq: int, up_to_seq: int) -> list[tuple[int, str]] | None: ...
+
+
+def conversation_stream(conversation_id: str) -> str:
+    return f"c:{conversation_id}"
+
+
+def user_stream(user_id: int) -> str:
+    return f"u:{user_id}"
+
+
+def _complete(rows: list[tuple[int, str]], after_seq: int, up_to_seq: int) -> bool:
+    return len(rows) == up_to_seq - after_seq and all(seq == after_seq + 1 + i for i, (seq, _) in enumerate(rows))
+
+
+class MemoryBuffer:
+    """The embedded-mode twin: same bounds, same answers, one process."""
+
+    def __init__(self, *, max_events: int, max_age_s: float, clock: Clock = time.time) -> None:
+        self.max_events = max_events
+        self.max_age_s = max_age_s
+        self.clock = clock
+        self._streams: dict[str, OrderedDict[int, tuple[float, str]]] = {}
+        self._lock = asyncio.Lock()
+
+    async def append(self, stream: str, entries: Sequence[tuple[int, str]]) -> None:
+        now = self.clock()
+        async with self._lock:
+            buf = self._streams.setdefault(stream, OrderedDict())
+            for seq, text in entries:
+                buf[seq] = (now, text)
+            if any(seq < last for seq, last in zip(list(buf)[1:], list(buf), strict=False)):
+                self._streams[stream] = buf = OrderedDict(sorted(buf.items()))
+            while len(buf) > self.max_events:
+                buf.popitem(last=False)
+            self._expire(stream, now)
+
+    def _expire(self, stream: str, now: float) -> None:
+        buf = self._streams.get(stream)
+        while buf and next(iter(buf.values()))[0] < now - self.max_age_s:
+            buf.popitem(last=False)
+        if buf is not None and not buf:
+            del self._streams[stream]
+
+    async def read(self, stream: str, after_seq: int, up_to_seq: int) -> list[tuple[int, str]] | None:
+        self._expire(stream, self.clock())
+        buf = self._streams.get(stream, OrderedDict())
+        rows = [(seq, buf[seq][1]) for seq in range(after_seq + 1, up_to_seq + 1) if seq in buf]
+        return rows if _complete(rows, after_seq, up_to_seq) else None
+
+    def streams(self) -> int:
+        return len(self._streams)
+
+
+class RedisBuffer:
+    """Sorted set per stream: score = seq, member = "<written at, ms>|<frame>"."""
+
+    def __init__(self, url: str, *, max_events: int, max_age_s: float, prefix: str, clock: Clock = time.time) -> None:
+        self.url = url
+        self.max_events = max_events
+        self.max_age_s = max_age_s
+        self.prefix = prefix
+        self.clock = clock
+
+    def _redis(self) -> Any:
+        return redis_client(self.url)
+
+    def key(self, stream: str) -> str:
+        return f"{self.prefix}:buf:{stream}"
+
+    async def append(self, stream: str, entries: Sequence[tuple[int, str]]) -> None:
+        if not entries:
+            return
+        stamp = int(self.clock() * 1000)
+        key = self.key(stream)
+        pipe = self._redis().pipeline(transaction=False)
+        pipe.zadd(key, {f"{stamp}|{text}": seq for seq, text in entries})
+        pipe.zremrangebyrank(key, 0, -(self.max_events + 1))  # keep the newest max_events
+        pipe.expire(key, int(self.max_age_s) + 1)  # an idle stream disappears on its own
+        await pipe.execute()
+
+    async def read(self, stream: str, after_seq: int, up_to_seq: int) -> list[tuple[int, str]] | None:
+        members = await self._redis().zrangebyscore(self.key(stream), after_seq + 1, up_to_seq, withscores=True)
+        oldest_ok = (self.clock() - self.max_age_s) * 1000
+        rows: list[tuple[int, str]] = []
+        for member, score in members:
+            stamp, _, text = member.partition("|")
+            if int(stamp) >= oldest_ok:
+                rows.append((int(score), text))
+        rows.sort()
+        # A seq written twice (two publishers) appears once per distinct stamp: keep one.
+        deduped = [row for i, row in enumerate(rows) if i == 0 or row[0] != rows[i - 1][0]]
+        return deduped if _complete(deduped, after_seq, up_to_seq) else None
+
+
+_buffer: Buffer | None = None
+
+
+def get_buffer() -> Buffer:
+    global _buffer
+    if _buffer is None:
+        max_events, max_age = settings.CHAT_BUFFER_MAX_EVENTS, settings.CHAT_BUFFER_MAX_AGE_S
+        if settings.REDIS_URL:
+            _buffer = RedisBuffer(
+                settings.REDIS_URL, max_events=max_events, max_age_s=max_age, prefix=settings.CHANNEL_PREFIX
+            )
+        else:
+            _buffer = MemoryBuffer(max_events=max_events, max_age_s=max_age)
+    return _buffer
+
+
+async def buffered_or_none(stream: str, after_seq: int, up_to_seq: int) -> list[tuple[int, str]] | None:
+    """Read the buffer; any failure (Redis down) is a miss, not an error: the log answers."""
+    try:
+        rows = await get_buffer().read(stream, after_seq, up_to_seq)
+    except Exception:
+        metrics.inc("buffer_errors")
+        return None
+    metrics.inc("buffer_reads", outcome="hit" if rows is not None else "miss")
+    return rows

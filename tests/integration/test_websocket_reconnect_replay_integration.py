@@ -1,0 +1,67 @@
+"""Reconnect and resume (issue 3): a reconnecting client gets exactly what it missed, from the hot
+buffer (Redis) rather than the log, and a storm of reconnects does not hit the log per client."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+
+from monitoring.metrics import metrics
+from tests.support import factories
+from tests.support.ws import Client
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+async def test_a_storm_of_reconnects_is_served_from_the_buffer_not_the_log(make_user: Any) -> None:
+    owner = await database_sync_to_async(make_user)()
+    readers = [await database_sync_to_async(make_user)() for _ in range(30)]
+    conv = await factories.conversation(owner, agent="", members=tuple((u, "member") for u in readers))
+    writer, _, _ = await Client.connect(owner)
+    await writer.recv()
+    for i in range(5):
+        await writer.command("send", conversation=conv, client_msg_id=f"a{i}", text=f"before {i}")
+    # Every reader was at seq 5 when it dropped; 20 more events happen while they are away.
+    for i in range(20):
+        await writer.command("send", conversation=conv, client_msg_id=f"b{i}", text=f"missed {i}")
+    from_log = metrics.counter("replays", source="log")
+    from_buffer = metrics.counter("replays", source="buffer")
+
+    async def reconnect(user: Any) -> Client:
+        client, _, _ = await Client.connect(user)
+        await client.recv()
+        reply = await client.command("subscribe", conversation=conv, since_seq=5)
+        assert reply["recovered"] is True
+        await client.seen_or_until(lambda f: f.get("seq") == 25)
+        return client
+
+    clients = await asyncio.gather(*(reconnect(u) for u in readers))
+    for client in clients:
+        assert [e["seq"] for e in client.events(conv)] == list(range(6, 26))
+        assert client.events(conv)[0]["data"]["text"] == "missed 0"
+    assert metrics.counter("replays", source="log") == from_log
+    assert metrics.counter("replays", source="buffer") - from_buffer >= 1
+
+
+async def test_replay_falls_back_to_the_log_when_the_buffer_lacks_the_range(make_user: Any, settings: Any) -> None:
+    from chat.realtime import buffer as buffer_module
+
+    owner = await database_sync_to_async(make_user)()
+    conv = await factories.conversation(owner, agent="")
+    writer, _, _ = await Client.connect(owner)
+    await writer.recv()
+    for i in range(8):
+        await writer.command("send", conversation=conv, client_msg_id=str(i), text=f"m{i}")
+    # The buffer lost its contents (a Redis restart): the log still answers, completely.
+    redis = buffer_module.get_buffer()._redis()  # type: ignore[attr-defined]
+    await redis.delete(buffer_module.get_buffer().key(buffer_module.conversation_stream(conv)))  # type: ignore[attr-defined]
+    from_log = metrics.counter("replays", source="log")
+    reader, _, _ = await Client.connect(owner)
+    await reader.recv()
+    await reader.command("subscribe", conversation=conv, since_seq=2)
+    await reader.seen_or_until(lambda f: f.get("seq") == 8)
+    assert [e["seq"] for e in reader.events(conv)] == [3, 4, 5, 6, 7, 8]
+    assert metrics.counter("replays", source="log") == from_log + 1
