@@ -117,7 +117,11 @@ class RunSupervisor:
         while True:
             await asyncio.sleep(settings.AGENT_HEARTBEAT_S)
             try:
-                to_cancel = await database_sync_to_async(services.runs_heartbeat)(run_ids=list(self.tasks))
+                # Not on the shared DB thread: queued behind many delta writes, a heartbeat could
+                # arrive too late and the reaper would fail live runs.
+                to_cancel = await database_sync_to_async(services.runs_heartbeat, thread_sensitive=False)(
+                    run_ids=list(self.tasks)
+                )
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -108,16 +108,18 @@ class Emitter:
         await self._publish(event)
 
 
-def _load_history(conversation_id: str, limit: int = 20) -> list[dict[str, str]]:
+def _load_history(conversation_id: str, before_seq: int, limit: int = 20) -> list[dict[str, str]]:
+    """The turns before the triggering message (not the newest ones: with queued runs, later
+    messages already exist while an earlier prompt is answered)."""
     from chat.models import AuthorKind, Message
 
     rows = list(
-        Message.objects.filter(conversation_id=conversation_id)
-        .order_by("-created_at")
-        .values_list("author_kind", "text")[: limit + 1]
+        Message.objects.filter(conversation_id=conversation_id, seq__lt=before_seq)
+        .order_by("-seq")
+        .values_list("author_kind", "text")[:limit]
     )
     rows.reverse()
-    return [{"role": "assistant" if kind == AuthorKind.AGENT else "user", "content": text} for kind, text in rows[:-1]]
+    return [{"role": "assistant" if kind == AuthorKind.AGENT else "user", "content": text} for kind, text in rows]
 
 
 async def execute_run(run: ClaimedRun, *, backend: Backend, tools: ToolRegistry) -> None:
@@ -125,7 +127,7 @@ async def execute_run(run: ClaimedRun, *, backend: Backend, tools: ToolRegistry)
     emitter = Emitter(run)
     usage: dict[str, Any] = {}
     try:
-        history = await database_sync_to_async(_load_history)(run.conversation_id)
+        history = await database_sync_to_async(_load_history)(run.conversation_id, run.trigger_seq)
         request = AgentInput(run.run_id, run.conversation_id, run.requested_by_id, run.prompt, history)
         ctx = ToolContext(user_id=run.requested_by_id, conversation_id=run.conversation_id)
         steps = backend.steps(request, tools)
@@ -149,10 +151,16 @@ async def execute_run(run: ClaimedRun, *, backend: Backend, tools: ToolRegistry)
         finally:
             await steps.aclose()
         await emitter.flush()
-        event = await database_sync_to_async(services.run_complete)(
-            run_id=run.run_id, conversation_id=run.conversation_id, text=emitter.answer, usage=usage
-        )
-        await publish_events([event])
+
+        async def complete() -> None:
+            event = await database_sync_to_async(services.run_complete)(
+                run_id=run.run_id, conversation_id=run.conversation_id, text=emitter.answer, usage=usage
+            )
+            await publish_events([event])
+
+        # Shielded: a cancel landing while the answer commits must not skip its doorbell (the
+        # cancel then finds the run completed and writes nothing).
+        await asyncio.shield(complete())
     except asyncio.CancelledError:
         await _end(emitter, "cancelled")
         raise

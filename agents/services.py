@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Min
 from django.utils import timezone
 
 from agents.models import TERMINAL_STATUSES, AgentRun, RunStatus, ToolCall, ToolCallStatus
@@ -45,21 +46,23 @@ class ClaimedRun:
     requested_by_id: int | None
     prompt: str
     events: list[StoredEvent] = field(default_factory=list)
+    trigger_seq: int = 0
 
 
 def run_claim_next(*, worker_id: str) -> ClaimedRun | None:
     """Start the oldest queued run whose conversation has no running run; emit agent_started."""
+    # Conversations (not runs) with queued work and no running run, oldest waiting first: one busy
+    # conversation's queue must not hide every other conversation's.
+    busy = AgentRun.objects.filter(status=RunStatus.RUNNING).values("conversation_id")
     candidates = list(
         AgentRun.objects.filter(status=RunStatus.QUEUED)
-        .order_by("created_at")
-        .values_list("conversation_id", flat=True)
-        .distinct()[:50]
+        .exclude(conversation_id__in=busy)
+        .values("conversation_id")
+        .annotate(first_queued=Min("created_at"))
+        .order_by("first_queued")
+        .values_list("conversation_id", flat=True)[:50]
     )
-    seen: set[uuid.UUID] = set()
     for conversation_id in candidates:
-        if conversation_id in seen:
-            continue
-        seen.add(conversation_id)
         claimed = _claim_in_conversation(conversation_id, worker_id)
         if claimed is not None:
             return claimed
@@ -94,6 +97,7 @@ def _claim_in_conversation(conversation_id: uuid.UUID, worker_id: str) -> Claime
         requested_by_id=run.requested_by_id,
         prompt=run.trigger_message.text if run.trigger_message else "",
         events=[event],
+        trigger_seq=(run.trigger_message.seq or 0) if run.trigger_message else 0,
     )
 
 
@@ -194,10 +198,15 @@ def run_complete(*, run_id: str, conversation_id: str, text: str, usage: dict[st
 
 
 @transaction.atomic
-def run_fail(*, run_id: str, conversation_id: str, code: str, message: str) -> StoredEvent | None:
-    """End a run with agent_failed. Returns None if it had already ended (exactly one terminal)."""
+def run_fail(
+    *, run_id: str, conversation_id: str, code: str, message: str, only_if_stale_before: datetime | None = None
+) -> StoredEvent | None:
+    """End a run with agent_failed. Returns None if it had already ended (exactly one terminal),
+    or, for the reaper, if its heartbeat came back since the reaper looked (checked under lock)."""
     run = AgentRun.objects.select_for_update().get(id=run_id)
     if run.status in TERMINAL_STATUSES:
+        return None
+    if only_if_stale_before is not None and (run.heartbeat_at is None or run.heartbeat_at >= only_if_stale_before):
         return None
     events_needed_start = run.status == RunStatus.QUEUED
     now = timezone.now()
@@ -244,6 +253,9 @@ def run_request_cancel(*, run_id: str, by_user_id: int, by_username: str) -> Can
     """Cancel a run. A queued run ends at once (agent_started + agent_cancelled, so every run keeps
     PROTOCOL §4's shape); a running one is flagged and its runner stops it promptly.
     The caller has checked that the user may cancel (`run_for_member` + role)."""
+    # Lock order conversation -> run, as the claim does, so the two cannot deadlock.
+    conversation_id = AgentRun.objects.filter(id=run_id).values_list("conversation_id", flat=True).get()
+    Conversation.objects.select_for_update().filter(id=conversation_id).first()
     run = AgentRun.objects.select_for_update().get(id=run_id)
     if run.status in TERMINAL_STATUSES:
         raise ServiceError("conflict", f"run already {run.status}")
@@ -308,6 +320,7 @@ def runs_reap_lost(*, lost_after_s: float) -> list[StoredEvent]:
             conversation_id=str(conversation_id),
             code="worker_lost",
             message="the worker running this agent stopped responding",
+            only_if_stale_before=cutoff,
         )
         if event is not None:
             events.append(event)

@@ -146,6 +146,8 @@ def calculate(expression: str) -> int | float:
         raise ToolError(f"unsupported element in expression: {ast.dump(node)[:40]}")
 
     value = ev(tree)
+    if isinstance(value, complex):  # e.g. (-8) ** 0.5
+        raise ToolError("the result is not a real number")
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
     return value

@@ -185,3 +185,26 @@ async def test_a_joining_client_gets_the_answer_so_far_then_the_rest(make_user: 
     assert active["text"] + "".join(later_deltas) == done["data"]["text"]
     await client.close()
     await late.close()
+
+
+async def test_one_busy_conversation_does_not_starve_the_others(make_user: Any, settings: Any) -> None:
+    from agents.services import run_enqueue
+
+    settings.AGENT_RUNNER = "worker"  # nothing claims automatically; the test claims by hand
+    user = await database_sync_to_async(make_user)()
+    busy = await factories.conversation(user)
+    idle = await factories.conversation(user)
+    client = await subscribed(user, busy)
+    first = await client.command("send", conversation=busy, client_msg_id="b0", text="what is 1 + 1?")
+    for _ in range(60):  # a long queue behind the running one
+        await database_sync_to_async(run_enqueue)(
+            conversation_id=busy, trigger_message_id=None, requested_by_id=user.id, agent="assistant"
+        )
+    claimed = await database_sync_to_async(run_claim_next)(worker_id="w1")
+    assert claimed is not None
+    assert claimed.run_id == first["run_id"]
+    other = await client.command("send", conversation=idle, client_msg_id="i0", text="what is 2 + 2?")
+    next_claim = await database_sync_to_async(run_claim_next)(worker_id="w1")
+    assert next_claim is not None
+    assert next_claim.run_id == other["run_id"]
+    assert await database_sync_to_async(run_claim_next)(worker_id="w1") is None  # busy is still running

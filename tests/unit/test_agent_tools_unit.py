@@ -118,3 +118,8 @@ async def test_offline_agent_picks_time_and_search_tools(settings: Any) -> None:
     assert calls == [CallTool("call_1", "search_history", {"query": "invoices"})]
     help_steps = await drive("hello there", {})
     assert not [s for s in help_steps if isinstance(s, CallTool)]
+
+
+def test_calculator_refuses_complex_results() -> None:
+    with pytest.raises(ToolError, match="not a real number"):
+        calculate("(-8) ** 0.5")
