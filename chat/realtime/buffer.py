@@ -26,6 +26,7 @@ Clock = Callable[[], float]
 class Buffer(Protocol):
     async def append(self, stream: str, entries: Sequence[tuple[int, str]]) -> None: ...
     async def read(self, stream: str, after_seq: int, up_to_seq: int) -> list[tuple[int, str]] | None: ...
+    async def heads(self, streams: Sequence[str]) -> list[int]: ...
 
 
 def conversation_stream(conversation_id: str) -> str:
@@ -75,6 +76,10 @@ class MemoryBuffer:
         rows = [(seq, buf[seq][1]) for seq in range(after_seq + 1, up_to_seq + 1) if seq in buf]
         return rows if _complete(rows, after_seq, up_to_seq) else None
 
+    async def heads(self, streams: Sequence[str]) -> list[int]:
+        """The highest buffered seq of each stream (0 when empty)."""
+        return [max(self._streams[s], default=0) if s in self._streams else 0 for s in streams]
+
     def streams(self) -> int:
         return len(self._streams)
 
@@ -118,6 +123,15 @@ class RedisBuffer:
         # A seq written twice (two publishers) appears once per distinct stamp: keep one.
         deduped = [row for i, row in enumerate(rows) if i == 0 or row[0] != rows[i - 1][0]]
         return deduped if _complete(deduped, after_seq, up_to_seq) else None
+
+    async def heads(self, streams: Sequence[str]) -> list[int]:
+        """The highest buffered seq of each stream (0 when empty), in one round trip."""
+        if not streams:
+            return []
+        pipe = self._redis().pipeline(transaction=False)
+        for stream in streams:
+            pipe.zrange(self.key(stream), -1, -1, withscores=True)
+        return [int(found[0][1]) if found else 0 for found in await pipe.execute()]
 
 
 _buffer: Buffer | None = None

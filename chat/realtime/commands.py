@@ -3,6 +3,7 @@ connection being authenticated says who is asking, never what they may touch."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,8 @@ from chat.services.events import rfc3339
 
 if TYPE_CHECKING:
     from chat.consumers import ChatConsumer
+
+logger = logging.getLogger(__name__)
 
 Handler = Callable[["ChatConsumer", dict[str, Any]], Awaitable[dict[str, Any] | None]]
 HANDLERS: dict[str, Handler] = {}
@@ -76,11 +79,18 @@ async def subscribe(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str,
     conversation_id = access.conversation_id
     if conversation_id not in consumer.subscriptions and len(consumer.subscriptions) >= settings.CHAT_MAX_SUBSCRIPTIONS:
         raise ProtocolError("bad_request", f"at most {settings.CHAT_MAX_SUBSCRIPTIONS} subscriptions per socket")
+    already = conversation_id in consumer.subscriptions
     # Join the process hub first, then read the head: an event committed in between is both
     # at or below the head we read and delivered live, and the outbox drops the repeat.
     await consumer.hub.join(conversation_id, consumer.outbox)
     consumer.subscriptions.add(conversation_id)
-    head_seq, active = await database_sync_to_async(_head_and_runs)(conversation_id)
+    try:
+        head_seq, active = await database_sync_to_async(_head_and_runs)(conversation_id)
+    except BaseException:
+        if not already:  # no half-registered subscription that silently receives nothing
+            await consumer.drop_subscription(conversation_id)
+        raise
+    consumer.hub.observe_head(conversation_id, head_seq)
     result: dict[str, Any] = {"conversation": conversation_id, "head_seq": head_seq, "active_runs": active}
     start = head_seq
     if since_seq is not None:
@@ -88,8 +98,14 @@ async def subscribe(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str,
         result["recovered"] = recovered
         if recovered:
             start = min(since_seq, head_seq)
-    consumer.after_reply(lambda: consumer.outbox.start_stream(conversation_id, from_seq=start, up_to_seq=head_seq))
-    await ephemeral.presence_join(consumer, conversation_id)
+    if not (already and since_seq is None):
+        # (A repeated subscribe without since_seq keeps the stream where it is: restarting it at
+        # the head read above could resend an event the socket already got.)
+        consumer.after_reply(lambda: consumer.outbox.start_stream(conversation_id, from_seq=start, up_to_seq=head_seq))
+    try:
+        await ephemeral.presence_join(consumer, conversation_id)
+    except Exception:  # presence is best-effort; the subscription itself stands
+        logger.warning("presence join failed for %s", conversation_id, exc_info=True)
     return result
 
 
@@ -102,6 +118,11 @@ def _head_and_runs(conversation_id: str) -> tuple[int, list[dict[str, Any]]]:
 
 @command("unsubscribe")
 async def unsubscribe(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, Any]:
+    conversation = fields.get("conversation")
+    if isinstance(conversation, str) and conversation in consumer.subscriptions:
+        # The socket's own state: leaving works even after the membership was revoked.
+        await consumer.drop_subscription(conversation)
+        return {"conversation": conversation}
     access = await access_for(consumer, fields)
     await consumer.drop_subscription(access.conversation_id)
     return {"conversation": access.conversation_id}

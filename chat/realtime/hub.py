@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from channels.layers import get_channel_layer
 
+from chat.realtime.buffer import Buffer, conversation_stream, get_buffer
 from chat.realtime.bus import conversation_group, user_group
 from chat.realtime.replay import load_events
 from monitoring.metrics import metrics
@@ -30,6 +31,11 @@ RECENT_PER_CONVERSATION = 256
 # doorbells by a few milliseconds; 50 ms absorbs that without a read and costs little latency.
 REORDER_WAIT_S = 0.05
 
+# Every this many seconds a hub compares each local conversation's newest buffered seq with what
+# it has delivered, and fills the difference. A lost doorbell followed by silence (the last
+# event of a burst, or one published while Redis restarted) is then late by at most this much.
+RESYNC_INTERVAL_S = 2.0
+
 LoadEvents = Callable[[str, int, int], Awaitable[list[tuple[int, str]]]]
 
 
@@ -40,9 +46,10 @@ class Sink(Protocol):
 
 
 class Hub:
-    def __init__(self, layer: Any = None, load: LoadEvents = load_events) -> None:
+    def __init__(self, layer: Any = None, load: LoadEvents = load_events, buffer: Buffer | None = None) -> None:
         self.layer = layer if layer is not None else get_channel_layer()
         self._load = load
+        self._buffer = buffer
         # Per conversation: the next seq to hand to sockets, doorbells that came early, and the
         # task that waits for (or reads) the missing ones. Sockets thus get events in order and a
         # gap costs one log read per process, not one per socket.
@@ -55,6 +62,7 @@ class Hub:
         self.recent: dict[str, OrderedDict[int, str]] = {}
         self.last_seen: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
+        self._resync_task: asyncio.Task[None] | None = None
         self._start_lock = asyncio.Lock()
         # Set once this process's group_add for a conversation/user has completed: a second socket
         # joining meanwhile waits for it instead of assuming the subscription is live.
@@ -65,6 +73,7 @@ class Hub:
             if self.channel is None:
                 self.channel = await self.layer.new_channel("hub.")
                 self._task = asyncio.create_task(self._run(), name="chat-hub")
+                self._resync_task = asyncio.create_task(self._resync_loop(), name="chat-hub-resync")
             return self.channel
 
     async def _run(self) -> None:
@@ -88,7 +97,7 @@ class Hub:
         kind = message.get("type")
         if kind == "conv.event":
             conversation_id, seq, text = message["c"], int(message["s"]), message.get("f")
-            if text is not None:
+            if text is not None and conversation_id in self.conversations:
                 self.remember(conversation_id, seq, text)
             self.arrive(conversation_id, seq, text)
             metrics.inc("hub_events")
@@ -162,6 +171,41 @@ class Hub:
             if self.early.get(conversation_id) and conversation_id not in self._gap_tasks:
                 # Another gap further on (doorbells that arrived during the read): wait for it too.
                 self._gap_tasks[conversation_id] = asyncio.create_task(self._close_gap(conversation_id))
+
+    def observe_head(self, conversation_id: str, head_seq: int) -> None:
+        """A subscriber read the conversation's head from the database. If no doorbell has come yet,
+        expect head_seq + 1 next, so the resync can notice when that first doorbell is lost."""
+        if conversation_id in self.conversations:
+            self.next_seq.setdefault(conversation_id, head_seq + 1)
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RESYNC_INTERVAL_S)
+            try:
+                await self.resync()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis or the database is down: try again next round
+                metrics.inc("hub_resync_errors")
+                logger.warning("hub resync failed", exc_info=True)
+
+    async def resync(self) -> int:
+        """Deliver what the buffer shows was published but never rang here. Returns events found."""
+        conversations = [c for c in self.conversations if c in self.next_seq]
+        if not conversations:
+            return 0
+        heads = await (self._buffer or get_buffer()).heads([conversation_stream(c) for c in conversations])
+        found = 0
+        for conversation_id, head in zip(conversations, heads, strict=True):
+            delivered = self.next_seq.get(conversation_id, head + 1) - 1
+            if head <= delivered or self.early.get(conversation_id):
+                continue  # up to date, or a gap fill is already under way
+            metrics.inc("hub_resyncs")
+            for seq, text in await self._load(conversation_id, delivered, head):
+                self.remember(conversation_id, seq, text)
+                self.arrive(conversation_id, seq, text)
+                found += 1
+        return found
 
     def remember(self, conversation_id: str, seq: int, text: str) -> None:
         recent = self.recent.setdefault(conversation_id, OrderedDict())

@@ -141,3 +141,18 @@ async def test_live_stream_has_no_gap_or_duplicate_under_concurrent_senders(make
     assert transcripts[0] == transcripts[1] == transcripts[2]
     for client in clients:
         await client.close()
+
+
+async def test_a_repeated_subscribe_does_not_resend_what_was_delivered(make_user: Any) -> None:
+    alice = await database_sync_to_async(make_user)()
+    conv = await factories.conversation(alice, agent="")
+    client, _, _ = await Client.connect(alice)
+    await client.recv()
+    await client.command("subscribe", conversation=conv, since_seq=0)
+    await send_texts(client, conv, "m", 3)
+    await client.seen_or_until(lambda f: f.get("seq") == 3)
+    again = await client.command("subscribe", conversation=conv)
+    assert again["head_seq"] == 3
+    await send_texts(client, conv, "n", 1)
+    await client.seen_or_until(lambda f: f.get("seq") == 4)
+    assert [e["seq"] for e in client.events(conv)] == [1, 2, 3, 4]

@@ -65,3 +65,28 @@ async def test_replay_falls_back_to_the_log_when_the_buffer_lacks_the_range(make
     await reader.seen_or_until(lambda f: f.get("seq") == 8)
     assert [e["seq"] for e in reader.events(conv)] == [3, 4, 5, 6, 7, 8]
     assert metrics.counter("replays", source="log") == from_log + 1
+
+
+async def test_an_event_whose_doorbell_was_lost_still_arrives(make_user: Any) -> None:
+    from chat.realtime.bus import _buffer_events
+    from chat.services.messages import message_send
+
+    owner = await database_sync_to_async(make_user)()
+    conv = await factories.conversation(owner, agent="")
+    client, _, _ = await Client.connect(owner)
+    await client.recv()
+    await client.command("subscribe", conversation=conv)
+    # Stored and buffered, but the doorbell never rang (Redis blinked between commit and publish),
+    # and nothing else happens in the conversation afterwards.
+    result = await database_sync_to_async(message_send)(
+        conversation_id=conv,
+        author_id=owner.id,
+        username=owner.username,
+        client_msg_id="quiet",
+        text="the last word",
+        can_write=True,
+    )
+    await _buffer_events(result.events)
+    event = await client.seen_or_until(lambda f: f.get("type") == "message", timeout=6)
+    assert event["seq"] == 1
+    assert event["data"]["text"] == "the last word"

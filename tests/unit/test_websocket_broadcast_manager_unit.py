@@ -8,6 +8,7 @@ import json
 
 from channels.layers import InMemoryChannelLayer
 
+from chat.realtime.buffer import MemoryBuffer, conversation_stream
 from chat.realtime.hub import Hub as _Hub
 from chat.realtime.outbox import Outbox
 
@@ -24,9 +25,11 @@ class LogStub:
         return [(s, t) for s, t in sorted(self.events.items()) if after < s <= up_to]
 
 
-def Hub(log: LogStub | None = None) -> _Hub:  # noqa: N802 - reads like the class it builds
-    """A hub on a private in-memory layer: these tests are about the hub, not Redis."""
-    return _Hub(layer=InMemoryChannelLayer(), load=log or LogStub())
+def Hub(log: LogStub | None = None, buffer: MemoryBuffer | None = None) -> _Hub:  # noqa: N802
+    """A hub on a private in-memory layer and buffer: these tests are about the hub, not Redis."""
+    return _Hub(
+        layer=InMemoryChannelLayer(), load=log or LogStub(), buffer=buffer or MemoryBuffer(max_events=100, max_age_s=60)
+    )
 
 
 def frame(conv: str, seq: int) -> str:
@@ -245,3 +248,24 @@ async def test_a_real_gap_is_read_from_the_log_once_per_process_not_per_socket()
     await until_sent(recorders, 4, boxes)
     assert all(r.seqs() == [1, 2, 3, 4] for r in recorders)
     assert log.calls == [("c", 1, 3)]
+
+
+async def test_resync_delivers_an_event_whose_doorbell_was_lost_with_nothing_after_it() -> None:
+    buffer = MemoryBuffer(max_events=100, max_age_s=60)
+    log = LogStub({1: frame("c", 1), 2: frame("c", 2), 3: frame("c", 3)})
+    hub = Hub(log, buffer)
+    rec = Recorder()
+    box = outbox_for(hub, rec)
+    await hub.join("c", box)
+    hub.observe_head("c", 1)  # the subscriber read head 1 from the database
+    box.start_stream("c", from_seq=1, up_to_seq=1)
+    await buffer.append(conversation_stream("c"), frames_for("c", 2, 3))  # published; doorbells lost
+    assert await hub.resync() == 2
+    await until_sent([rec], 2, [box])
+    assert rec.seqs() == [2, 3]
+    assert await hub.resync() == 0  # up to date: nothing read again
+    assert log.calls == [("c", 1, 3)]
+
+
+def frames_for(conv: str, *seqs: int) -> list[tuple[int, str]]:
+    return [(s, frame(conv, s)) for s in seqs]
