@@ -21,7 +21,7 @@ from chat.models import (
     Workspace,
     WorkspaceMember,
 )
-from chat.services.accounts import user_deactivate
+from chat.services.accounts import CLOSE_DISABLED, membership_revoked, user_deactivate, user_sockets_close
 
 
 @admin.register(User)
@@ -31,6 +31,11 @@ class UserAdmin(BaseUserAdmin):
     search_fields = ("username", "email")
     fieldsets = (*(BaseUserAdmin.fieldsets or ()), ("Subscription", {"fields": ("tier",)}))
     actions = ["deactivate"]
+
+    def save_model(self, request: HttpRequest, obj: User, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and "is_active" in form.changed_data and not obj.is_active:
+            user_sockets_close(user_id=obj.id, code=CLOSE_DISABLED)  # same as the action
 
     @admin.action(description="Deactivate and disconnect selected users")
     def deactivate(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
@@ -66,6 +71,12 @@ class ConversationAdmin(admin.ModelAdmin):
     search_fields = ("title", "id")
     readonly_fields = ("id", "last_seq", "created_at", "transcript")
     inlines = [ConversationMemberInline]
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        super().save_formset(request, form, formset, change)
+        for member in getattr(formset, "deleted_objects", []):
+            if isinstance(member, ConversationMember):  # removed by staff: their sockets stop now
+                membership_revoked(user_id=member.user_id, conversation_id=str(member.conversation_id))
 
     @admin.display(description="Transcript")
     def transcript(self, obj: Conversation) -> str:

@@ -20,6 +20,8 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
+from redis.exceptions import RedisError
 
 from chat.realtime import ephemeral
 from chat.realtime.auth import AuthFailed, Identity, identity_from_token
@@ -105,8 +107,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             from agents.runner import get_supervisor
 
             get_supervisor()  # embedded mode: runs queued before a restart start without a new prompt
+        self.outbox.send_frame(encode({"type": "welcome", "data": self._welcome()}))  # before any user event
         await self.hub.join_user(identity.user_id, self.outbox)
-        self.outbox.send_frame(encode({"type": "welcome", "data": self._welcome()}))
 
     def _welcome(self) -> dict[str, Any]:
         from django.utils import timezone
@@ -169,6 +171,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self._spawn(self._close(int(message.get("code", 4401))))
         elif action == "notification":
             self.outbox.send_frame(message["f"])
+        elif action == "revoke":
+            conversation_id = str(message.get("conversation"))
+            if conversation_id in self.subscriptions:
+                self._spawn(self.drop_subscription(conversation_id))
+                self.outbox.send_frame(
+                    reply_error(None, ProtocolError("not_found", f"conversation {conversation_id} not found"))
+                )
 
     def _spawn(self, coro: Any) -> None:
         self._tasks.append(asyncio.create_task(coro))
@@ -219,6 +228,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
             else:
                 await self.send(text_data=frame)
             await self._count_bad_frame(exc)
+        except (OSError, RedisError, OperationalError, InterfaceError):
+            # A dependency (Redis, PostgreSQL) is down or slow: say so, so the client retries.
+            self._after_reply.clear()
+            metrics.inc("command_errors", code="unavailable")
+            logger.warning("command failed: dependency unavailable", exc_info=True)
+            frame = reply_error(
+                command_id, ProtocolError("unavailable", "a dependency is unavailable; retry", retry_after_ms=1000)
+            )
+            if self.authenticated:
+                self.outbox.send_frame(frame)
+            else:
+                await self.send(text_data=frame)
         except Exception:
             self._after_reply.clear()
             logger.exception("command failed")

@@ -19,6 +19,11 @@ def user_sockets_close(*, user_id: int, code: int) -> None:
     async_to_sync(publish_to_user)(user_id, {"action": "close", "code": code})
 
 
+def membership_revoked(*, user_id: int, conversation_id: str) -> None:
+    """The user lost access to a conversation: every socket of theirs stops receiving it now."""
+    async_to_sync(publish_to_user)(user_id, {"action": "revoke", "conversation": conversation_id})
+
+
 def user_deactivate(*, user_id: int) -> None:
     User.objects.filter(id=user_id).update(is_active=False)
     user_sockets_close(user_id=user_id, code=CLOSE_DISABLED)

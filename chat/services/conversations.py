@@ -145,6 +145,29 @@ def conversation_member_add(*, conversation_id: str, actor_id: int, username: st
 
 
 @transaction.atomic
+def conversation_member_remove(*, conversation_id: str, actor_id: int, user_id: int) -> None:
+    """Remove a member (the owner may remove anyone but themselves; a member may leave). Their
+    open sockets stop receiving the conversation once this commits."""
+    from chat.selectors import conversation_for_member
+
+    access = conversation_for_member(user_id=actor_id, conversation_id=conversation_id)
+    if actor_id != user_id and not access.is_owner:
+        raise ServiceError("forbidden", "only the conversation owner may remove members")
+    if actor_id == user_id and access.is_owner:
+        raise ServiceError("conflict", "the owner cannot leave their own conversation")
+    deleted, _ = ConversationMember.objects.filter(conversation_id=access.conversation_id, user_id=user_id).delete()
+    if not deleted:
+        raise ServiceError("not_found", "no such member")
+    transaction.on_commit(lambda: _revoke(user_id, access.conversation_id))
+
+
+def _revoke(user_id: int, conversation_id: str) -> None:
+    from chat.services.accounts import membership_revoked
+
+    membership_revoked(user_id=user_id, conversation_id=conversation_id)
+
+
+@transaction.atomic
 def read_marker_set(*, conversation_id: str, user_id: int, seq: int) -> int:
     """Move the caller's read marker forward (never back, never past the head). Returns it."""
     conv_head = Conversation.objects.filter(id=conversation_id).values_list("last_seq", flat=True).get()

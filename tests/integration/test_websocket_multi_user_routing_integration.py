@@ -132,3 +132,26 @@ async def test_membership_removed_means_not_found_from_then_on(make_user: Any) -
     reply = await client.command("send", conversation=conv, client_msg_id="late", text="still here?")
     assert reply["error"]["code"] == "not_found"
     await client.close()
+
+
+async def test_a_removed_member_stops_receiving_at_once(make_user: Any) -> None:
+    from chat.services.conversations import conversation_member_remove
+
+    owner = await database_sync_to_async(make_user)()
+    member = await database_sync_to_async(make_user)()
+    conv = await factories.conversation(owner, agent="", members=((member, "member"),))
+    owner_client, _, _ = await Client.connect(owner)
+    await owner_client.recv()
+    client, _, _ = await Client.connect(member)
+    await client.recv()
+    await client.command("subscribe", conversation=conv)
+    await owner_client.command("send", conversation=conv, client_msg_id="1", text="still visible")
+    await client.seen_or_until(lambda f: f.get("type") == "message")
+    await database_sync_to_async(conversation_member_remove)(conversation_id=conv, actor_id=owner.id, user_id=member.id)
+    notice = await client.seen_or_until(lambda f: f.get("type") == "error")
+    assert notice["error"]["code"] == "not_found"
+    await owner_client.command("send", conversation=conv, client_msg_id="2", text="after removal")
+    assert (await client.command("ping"))["ok"] is True  # a round trip: anything queued arrived
+    assert "after removal" not in str(client.frames)
+    # The subscription is already gone, and the conversation is now invisible to this user.
+    assert (await client.command("unsubscribe", conversation=conv))["error"]["code"] == "not_found"
