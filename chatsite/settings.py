@@ -132,7 +132,14 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # One hub channel per process carries every doorbell, so the default capacity (100) could drop
+    # bursts, and the default 24 h group expiry would silently end a long-lived subscription.
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": 10_000, "group_expiry": 10 * 365 * 24 * 3600},
+        }
+    }
 
 # --- Auth / REST -----------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
@@ -28,25 +27,13 @@ def _db_ok() -> None:
         cursor.execute("SELECT 1")
 
 
-# One probe channel per event loop (per server process): a new channel per probe would stay
-# subscribed in the pub/sub layer forever, and load balancers probe every few seconds.
-_probe_channels: dict[asyncio.AbstractEventLoop, str] = {}
-
-
 async def _layer_ok() -> None:
+    # A publish to a group exercises the layer's connection and leaves no state behind (a probe
+    # channel would stay subscribed, or break once a timed-out receive unsubscribed it).
     layer = get_channel_layer()
     if layer is None:
         raise RuntimeError("no channel layer configured")
-    loop = asyncio.get_running_loop()
-    channel = _probe_channels.get(loop)
-    if channel is None:
-        for closed in [lp for lp in _probe_channels if lp.is_closed()]:
-            del _probe_channels[closed]
-        channel = _probe_channels[loop] = await layer.new_channel("readyz.")
-    token = uuid.uuid4().hex
-    await layer.send(channel, {"type": "readyz.ping", "token": token})
-    while (await layer.receive(channel)).get("token") != token:
-        pass  # the answer to an earlier probe that timed out: skip it
+    await layer.group_send("readyz", {"type": "readyz.ping"})
 
 
 async def readyz(request: HttpRequest) -> JsonResponse:
