@@ -174,9 +174,7 @@ class WorkspaceMembers(APIView):
         except selectors.NotFound as exc:
             raise DRFNotFound("workspace not found") from exc
         member = (
-            WorkspaceMember.objects.select_related("workspace")
-            .filter(workspace_id=wid, user_id=uid(request))
-            .first()
+            WorkspaceMember.objects.select_related("workspace").filter(workspace_id=wid, user_id=uid(request)).first()
         )
         if member is None:
             raise DRFNotFound("workspace not found")

@@ -48,8 +48,15 @@ DEFAULT_SYSTEM_PROMPT = (
 class OpenAIBackend:
     name = "openai"
 
-    def __init__(self, *, base_url: str, model: str, api_key: str = "", timeout_s: float = 60.0,
-                 system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> None:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        api_key: str = "",
+        timeout_s: float = 60.0,
+        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self._api_key = api_key
@@ -58,8 +65,12 @@ class OpenAIBackend:
 
     @classmethod
     def from_settings(cls) -> OpenAIBackend:
-        return cls(base_url=settings.AGENT_LLM_BASE_URL, model=settings.AGENT_LLM_MODEL,
-                   api_key=settings.AGENT_LLM_API_KEY, timeout_s=settings.AGENT_LLM_TIMEOUT_S)
+        return cls(
+            base_url=settings.AGENT_LLM_BASE_URL,
+            model=settings.AGENT_LLM_MODEL,
+            api_key=settings.AGENT_LLM_API_KEY,
+            timeout_s=settings.AGENT_LLM_TIMEOUT_S,
+        )
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAIBackend(url={self.url!r}, model={self.model!r}, key={'set' if self._api_key else 'none'})"
@@ -95,12 +106,20 @@ class OpenAIBackend:
 
                 calls = [call.finish(used_call_ids) for call in turn.ordered_calls()]
                 yield Think(_describe(calls))
-                messages.append({
-                    "role": "assistant",
-                    "content": turn.content or None,
-                    "tool_calls": [{"id": c.call_id, "type": "function",
-                                    "function": {"name": c.name, "arguments": c.raw_arguments}} for c in calls],
-                })
+                messages.append(
+                    {
+                        "role": "assistant",
+                        "content": turn.content or None,
+                        "tool_calls": [
+                            {
+                                "id": c.call_id,
+                                "type": "function",
+                                "function": {"name": c.name, "arguments": c.raw_arguments},
+                            }
+                            for c in calls
+                        ],
+                    }
+                )
                 for call in calls:
                     if call.problem is not None:
                         # Told to the model, which can correct itself in the next round.
@@ -108,8 +127,9 @@ class OpenAIBackend:
                     else:
                         outcome = yield CallTool(call.call_id, call.name, call.arguments)
                         result = outcome.result if outcome is not None else {"error": "the tool returned nothing"}
-                    messages.append({"role": "tool", "tool_call_id": call.call_id,
-                                     "content": json.dumps(result, default=str)})
+                    messages.append(
+                        {"role": "tool", "tool_call_id": call.call_id, "content": json.dumps(result, default=str)}
+                    )
         if usage_reported:
             yield Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
@@ -119,11 +139,16 @@ class OpenAIBackend:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return headers
 
-    async def _stream(self, client: httpx.AsyncClient, messages: list[dict[str, Any]],
-                      specs: list[dict[str, Any]], turn: _Turn) -> AsyncGenerator[str, None]:
+    async def _stream(
+        self, client: httpx.AsyncClient, messages: list[dict[str, Any]], specs: list[dict[str, Any]], turn: _Turn
+    ) -> AsyncGenerator[str, None]:
         """One streamed completion: yields content as it arrives, records tool calls and usage in `turn`."""
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True,
-                                "stream_options": {"include_usage": True}}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         if specs:
             body["tools"] = specs
         try:
@@ -144,8 +169,9 @@ class OpenAIBackend:
             # Server-supplied error text is shown to every member: never with the key in it.
             raise BackendError(exc.code, self._redact(exc.message)) from exc
         except httpx.TimeoutException as exc:
-            raise BackendError("llm_timeout", f"the model server did not answer within {self.timeout_s:g}s "
-                                              f"({type(exc).__name__})") from exc
+            raise BackendError(
+                "llm_timeout", f"the model server did not answer within {self.timeout_s:g}s ({type(exc).__name__})"
+            ) from exc
         except httpx.ConnectError as exc:
             raise BackendError("llm_unavailable", f"cannot reach the model server at {self._where()}") from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
@@ -243,8 +269,9 @@ class _Turn:
         if "error" in chunk and not chunk.get("choices"):
             error = chunk["error"]
             detail = error.get("message") if isinstance(error, dict) else error
-            raise BackendError("llm_error",
-                               f"the model server reported an error: {str(detail)[:MAX_SERVER_ERROR_CHARS]}")
+            raise BackendError(
+                "llm_error", f"the model server reported an error: {str(detail)[:MAX_SERVER_ERROR_CHARS]}"
+            )
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.usage = (_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")))
@@ -288,8 +315,9 @@ def _describe(calls: list[_Call]) -> str:
         if call.problem is None:
             parts.append(f"The model asked to call {call.name} with {json.dumps(call.arguments)}.")
         else:
-            parts.append(f"The model asked to call {call.name or 'a tool'}, but {call.problem}; "
-                         "asking it to try again.")
+            parts.append(
+                f"The model asked to call {call.name or 'a tool'}, but {call.problem}; asking it to try again."
+            )
     return " ".join(parts)
 
 

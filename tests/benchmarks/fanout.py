@@ -60,8 +60,15 @@ MAX_FRAMES_PER_SETUP = 10_000
 
 # Server counters worth showing next to the client's view (monitoring/metrics.py, chat/realtime/*).
 INTERESTING_COUNTERS = (
-    "hub_events", "gap_fills", "log_reads", "duplicate_events_dropped", "slow_consumer_closes",
-    "doorbell_failures", "hub_receive_errors", "command_errors", "disconnects",
+    "hub_events",
+    "gap_fills",
+    "log_reads",
+    "duplicate_events_dropped",
+    "slow_consumer_closes",
+    "doorbell_failures",
+    "hub_receive_errors",
+    "command_errors",
+    "disconnects",
 )
 
 
@@ -273,14 +280,14 @@ class BenchSocket(asyncio.Protocol):
         if not data.startswith(prefix):
             return None
         end = data.find(b",", len(prefix))
-        digits = data[len(prefix):end]
+        digits = data[len(prefix) : end]
         if not digits.isdigit():
             return None
         start = data.find(BENCH_TEXT, end)
         if start < 0:
             return int(digits), None
         start += len(BENCH_TEXT)
-        parts = data[start:data.find(b'"', start)].split(b" ")
+        parts = data[start : data.find(b'"', start)].split(b" ")
         sent = parts[2] if len(parts) == 3 else b""
         return int(digits), int(sent) if sent.isdigit() else None
 
@@ -330,8 +337,9 @@ class BenchSocket(asyncio.Protocol):
             self.send_json({"type": "subscribe", "id": "sub", "conversation": self.conversation})
             await asyncio.wait_for(asyncio.shield(self.subscribed), CONNECT_TIMEOUT_S)
 
-    async def send_schedule(self, t0: float, rate: float, total: int, senders: int, run_tag: str,
-                            deadline: float) -> None:
+    async def send_schedule(
+        self, t0: float, rate: float, total: int, senders: int, run_tag: str, deadline: float
+    ) -> None:
         """Send global messages k = sender, sender+S, ... at t0 + k/rate. The schedule is absolute, so a
         late send does not push every later one back (no sleep-after-send drift)."""
         assert self.spec.sender is not None
@@ -348,8 +356,15 @@ class BenchSocket(asyncio.Protocol):
             sent_ns = time.time_ns()
             command_id = f"s{k}"
             self.pending[command_id] = sent_ns
-            self.send_json({"type": "send", "id": command_id, "conversation": self.conversation,
-                            "client_msg_id": f"{run_tag}-{k}", "text": f"bench {me} {k} {sent_ns}"})
+            self.send_json(
+                {
+                    "type": "send",
+                    "id": command_id,
+                    "conversation": self.conversation,
+                    "client_msg_id": f"{run_tag}-{k}",
+                    "text": f"bench {me} {k} {sent_ns}",
+                }
+            )
             sender.sent += 1
             sender.last_sent_ns = sent_ns
         self.sending_done = True
@@ -403,8 +418,12 @@ async def _worker(conn: multiprocessing.connection.Connection, spec: WorkerSpec)
         _, t0, deadline = await _from_main(conn, "go", SETUP_TIMEOUT_S)
         senders = [s for s in sockets if s.spec.sender is not None]
         await asyncio.wait_for(
-            asyncio.gather(*(s.send_schedule(t0, spec.rate, spec.total_messages, spec.senders, spec.run_tag,
-                                             deadline) for s in senders)),
+            asyncio.gather(
+                *(
+                    s.send_schedule(t0, spec.rate, spec.total_messages, spec.senders, spec.run_tag, deadline)
+                    for s in senders
+                )
+            ),
             deadline - time.time() + 10,
         )
         sender_results = []
@@ -485,13 +504,17 @@ def create_conversation(stack: Stack, names: list[str]) -> str:
     with httpx.Client(base_url=stack.base_url, timeout=30) as http:
         alice = token_for(http, "alice", ADMIN_PASSWORD)
         headers = {"Authorization": f"Bearer {alice}"}
-        response = http.post("/api/conversations/", headers=headers,
-                             json={"title": f"fanout {len(names)}", "agent": False})
+        response = http.post(
+            "/api/conversations/", headers=headers, json={"title": f"fanout {len(names)}", "agent": False}
+        )
         response.raise_for_status()
         conversation = str(response.json()["id"])
         for name in names:
-            added = http.post(f"/api/conversations/{conversation}/members/", headers=headers,
-                              json={"username": name, "role": "member"})
+            added = http.post(
+                f"/api/conversations/{conversation}/members/",
+                headers=headers,
+                json={"username": name, "role": "member"},
+            )
             if added.status_code != 201:
                 raise RuntimeError(f"adding {name}: {added.status_code} {added.text[:300]}")
     return conversation
@@ -587,8 +610,9 @@ class CpuSnapshot:
 
     @classmethod
     def take(cls, server: list[psutil.Process], clients: list[psutil.Process]) -> CpuSnapshot:
-        return cls(time.time(), cpu_seconds(server), cpu_seconds(clients), cpu_seconds(infra_processes()),
-                   psutil.cpu_times())
+        return cls(
+            time.time(), cpu_seconds(server), cpu_seconds(clients), cpu_seconds(infra_processes()), psutil.cpu_times()
+        )
 
 
 def cpu_report(a: CpuSnapshot, b: CpuSnapshot, labels: dict[int, str]) -> dict[str, Any]:
@@ -640,8 +664,9 @@ def percentile(sorted_values: list[int], q: float) -> float:
     return float(sorted_values[rank])
 
 
-def aggregate(sockets: list[SocketResult], senders: list[SenderResult], expected: set[int],
-              t0: float) -> dict[str, Any]:
+def aggregate(
+    sockets: list[SocketResult], senders: list[SenderResult], expected: set[int], t0: float
+) -> dict[str, Any]:
     latencies: list[int] = []
     for s in sockets:
         latencies.extend(array("q", s.latencies_us))
@@ -660,10 +685,18 @@ def aggregate(sockets: list[SocketResult], senders: list[SenderResult], expected
     # Connections that went away before the benchmark closed them (code None: TCP gone without a close frame).
     closes = Counter(str(s.close_code) for s in sockets if s.closed_at_ns)
     incomplete = [
-        {"socket": s.index, "received": s.received, "unique": s.unique, "missing": s.missing,
-         "missing_first": s.missing_sample, "last_seq": s.last_seq, "close_code": s.close_code,
-         "closed_after_start_s": round(s.closed_at_ns / 1e9 - t0, 2) if s.closed_at_ns else None}
-        for s in sockets if s.missing or s.closed_at_ns
+        {
+            "socket": s.index,
+            "received": s.received,
+            "unique": s.unique,
+            "missing": s.missing,
+            "missing_first": s.missing_sample,
+            "last_seq": s.last_seq,
+            "close_code": s.close_code,
+            "closed_after_start_s": round(s.closed_at_ns / 1e9 - t0, 2) if s.closed_at_ns else None,
+        }
+        for s in sockets
+        if s.missing or s.closed_at_ns
     ]
     return {
         "messages_sent": sum(sr.sent for sr in senders),
@@ -680,11 +713,14 @@ def aggregate(sockets: list[SocketResult], senders: list[SenderResult], expected
         "sockets_incomplete": sum(1 for s in sockets if s.missing),
         "sockets_closed_early": dict(closes),
         "incomplete_sockets": incomplete[:50],
-        "latency_ms": {name: round(percentile(latencies, q) / 1000, 2)
-                       for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))},
+        "latency_ms": {
+            name: round(percentile(latencies, q) / 1000, 2)
+            for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+        },
         "latency_samples": len(latencies),
-        "ack_rtt_ms": {name: round(percentile(rtts, q) / 1000, 2)
-                       for name, q in (("p50", 50), ("p99", 99), ("max", 100))},
+        "ack_rtt_ms": {
+            name: round(percentile(rtts, q) / 1000, 2) for name, q in (("p50", 50), ("p99", 99), ("max", 100))
+        },
         "max_send_lag_ms": round(max((sr.max_lag_ms for sr in senders), default=0.0), 2),
         "deliveries_per_s": round(deliveries / delivery_window, 1),
         "drain_after_last_send_s": round((last_ns - last_sent_ns) / 1e9, 3) if last_ns and last_sent_ns else None,
@@ -705,8 +741,10 @@ def render(report: dict[str, Any]) -> str:
         ("deliveries (unique)", f"{r['deliveries']} ({r['unique_deliveries']})"),
         ("lost / duplicates / out-of-order", f"{r['lost']} / {r['duplicates']} / {r['out_of_order']}"),
         ("seq gaps seen / unexpected seqs", f"{r['gaps']} / {r['unexpected_seqs']}"),
-        ("sockets incomplete / closed early", f"{r['sockets_incomplete']} / "
-                                              f"{json.dumps(r['sockets_closed_early']) or '{}'}"),
+        (
+            "sockets incomplete / closed early",
+            f"{r['sockets_incomplete']} / {json.dumps(r['sockets_closed_early']) or '{}'}",
+        ),
         ("latency ms p50 / p90 / p99 / max", f"{lat['p50']} / {lat['p90']} / {lat['p99']} / {lat['max']}"),
         ("send->ack ms p50 / p99 / max", f"{rtt['p50']} / {rtt['p99']} / {rtt['max']}"),
         ("max client send lag ms", f"{r['max_send_lag_ms']}"),
@@ -719,9 +757,12 @@ def render(report: dict[str, Any]) -> str:
     rows += [
         ("postgres+redis CPU % (send/all)", f"{cpu['postgres_redis_pct']} / {cpu_all['postgres_redis_pct']}"),
         ("client CPU % (send/all)", f"{cpu['client_pct']} / {cpu_all['client_pct']}"),
-        ("machine busy % of capacity", f"{cpu['machine_busy_pct']} of {cpu['machine_capacity_pct']} "
-                                       f"(other processes/kernel: {cpu['other_pct']}; "
-                                       f"before start: {report['background_busy_pct_before_start']})"),
+        (
+            "machine busy % of capacity",
+            f"{cpu['machine_busy_pct']} of {cpu['machine_capacity_pct']} "
+            f"(other processes/kernel: {cpu['other_pct']}; "
+            f"before start: {report['background_busy_pct_before_start']})",
+        ),
     ]
     counters = report.get("server_counters") or {}
     if counters:
@@ -801,10 +842,14 @@ def run(opts: Options) -> dict[str, Any]:
         tokens = create_users(stack, names, via_api=opts.login_via_api, quiet=opts.quiet)
         conversation = create_conversation(stack, names)
         log(opts.quiet, f"conversation {conversation} with {opts.sockets} members")
-        sender_at = {index: s for s, index in enumerate(sender_indices(opts.sockets, opts.senders,
-                                                                       opts.processes * opts.client_procs))}
-        specs = [SocketSpec(i, name, tokens[name], stack.ws_url(i % opts.processes), sender_at.get(i))
-                 for i, name in enumerate(names)]
+        sender_at = {
+            index: s
+            for s, index in enumerate(sender_indices(opts.sockets, opts.senders, opts.processes * opts.client_procs))
+        }
+        specs = [
+            SocketSpec(i, name, tokens[name], stack.ws_url(i % opts.processes), sender_at.get(i))
+            for i, name in enumerate(names)
+        ]
         run_tag = uuid.uuid4().hex[:12]
         ctx = multiprocessing.get_context("spawn")
         conns: list[multiprocessing.connection.Connection] = []
@@ -813,8 +858,16 @@ def run(opts: Options) -> dict[str, Any]:
         try:
             for w in range(opts.client_procs):
                 parent, child = ctx.Pipe()
-                spec = WorkerSpec(w, conversation, specs[w::opts.client_procs], opts.rate, total_messages,
-                                  opts.senders, run_tag, max(1, opts.connect_concurrency // opts.client_procs))
+                spec = WorkerSpec(
+                    w,
+                    conversation,
+                    specs[w :: opts.client_procs],
+                    opts.rate,
+                    total_messages,
+                    opts.senders,
+                    run_tag,
+                    max(1, opts.connect_concurrency // opts.client_procs),
+                )
                 worker = ctx.Process(target=worker_main, args=(child, spec), name=f"fanout-client-{w}", daemon=True)
                 worker.start()
                 child.close()
@@ -845,8 +898,11 @@ def run(opts: Options) -> dict[str, Any]:
             expected = sorted({seq for sr in sender_results for seq in sr.acked_seqs})
             for conn in conns:
                 conn.send(("expect", expected))
-            log(opts.quiet, f"{len(expected)} acked; waiting (until {opts.drain_timeout:g} s after the send "
-                            "window at most) for every delivery")
+            log(
+                opts.quiet,
+                f"{len(expected)} acked; waiting (until {opts.drain_timeout:g} s after the send "
+                "window at most) for every delivery",
+            )
             results = _expect(conns, "result", deadline + 30)
             cpu_drained = CpuSnapshot.take(server_procs, client_procs)
             counters_after = scrape_metrics(stack, staff)
@@ -878,8 +934,9 @@ def run(opts: Options) -> dict[str, Any]:
         "cpu_until_drained": cpu_report(cpu_start, cpu_drained, labels),
         "server_counters": counters_delta(counters_before, counters_after),
         "server_log": log_path,
-        "server_log_problems": [ln for ln in server_log_tail.splitlines()
-                                if re.search(r"Traceback|ERROR|Exception|exited with", ln)][-20:],
+        "server_log_problems": [
+            ln for ln in server_log_tail.splitlines() if re.search(r"Traceback|ERROR|Exception|exited with", ln)
+        ][-20:],
         "ok": ok,
     }
 
@@ -893,15 +950,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--processes", type=int, default=1, help="server processes (default 1)")
     parser.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn")
     parser.add_argument("--client-procs", type=int, default=2, help="client processes (default 2)")
-    parser.add_argument("--drain-timeout", type=float, default=60.0,
-                        help="max seconds to wait for deliveries after sending stops (default 60)")
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=60.0,
+        help="max seconds to wait for deliveries after sending stops (default 60)",
+    )
     parser.add_argument("--connect-concurrency", type=int, default=20, help="handshakes in flight (default 20)")
-    parser.add_argument("--login-via-api", action="store_true",
-                        help="get every socket's token from POST /api/auth/token/ (slow: one PBKDF2 each)")
-    parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra environment for the server processes (repeatable), e.g. DB_POOL_MAX=40")
-    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                        help="before sending, wait up to this long for other load on the machine to stop")
+    parser.add_argument(
+        "--login-via-api",
+        action="store_true",
+        help="get every socket's token from POST /api/auth/token/ (slow: one PBKDF2 each)",
+    )
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the server processes (repeatable), e.g. DB_POOL_MAX=40",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before sending, wait up to this long for other load on the machine to stop",
+    )
     parser.add_argument("--json", dest="json_path", help="also write the JSON report here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines, only the final table")
     args = parser.parse_args(argv)
@@ -917,10 +991,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    opts = Options(args.sockets, args.rate, args.duration, args.senders, args.processes, args.server,
-                   args.client_procs, args.drain_timeout, args.connect_concurrency, args.login_via_api,
-                   dict(item.split("=", 1) for item in args.server_env), args.wait_quiet, args.json_path,
-                   args.quiet)
+    opts = Options(
+        args.sockets,
+        args.rate,
+        args.duration,
+        args.senders,
+        args.processes,
+        args.server,
+        args.client_procs,
+        args.drain_timeout,
+        args.connect_concurrency,
+        args.login_via_api,
+        dict(item.split("=", 1) for item in args.server_env),
+        args.wait_quiet,
+        args.json_path,
+        args.quiet,
+    )
     try:
         report = run(opts)
     except Exception as exc:

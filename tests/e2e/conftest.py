@@ -43,8 +43,11 @@ def stack() -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not os.path.exists(CHROMIUM):
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's `chromium` package "
-                    "(or set E2E_CHROMIUM). The e2e tests never skip.", pytrace=False)
+        pytest.fail(
+            f"Chromium not found at {CHROMIUM}: install Debian's `chromium` package "
+            "(or set E2E_CHROMIUM). The e2e tests never skip.",
+            pytrace=False,
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -66,8 +69,10 @@ class PageErrors:
 
     def attach(self, page: Any, label: str) -> None:
         page.on("pageerror", lambda exc: self.items.append(f"[{label}] uncaught: {exc}"))
-        page.on("console", lambda msg: self.items.append(f"[{label}] console.{msg.type}: {msg.text}")
-                if msg.type == "error" else None)
+        page.on(
+            "console",
+            lambda msg: self.items.append(f"[{label}] console.{msg.type}: {msg.text}") if msg.type == "error" else None,
+        )
 
 
 @pytest.fixture

@@ -179,8 +179,10 @@ def test_reload_mid_run_ends_with_the_same_transcript(
     page_b.reload()
     wait_live(page_b)
     reloaded_mid_run = page_b.evaluate(
-        "(runId) => { const n = document.querySelector(`[data-testid=agent-run][data-run-id=\"${runId}\"]`);"
-        " return n ? n.dataset.status : null; }", run_id)
+        '(runId) => { const n = document.querySelector(`[data-testid=agent-run][data-run-id="${runId}"]`);'
+        " return n ? n.dataset.status : null; }",
+        run_id,
+    )
 
     run_a = wait_run_final(page_a, index)
     run_b = wait_run_final(page_b, index)

@@ -59,8 +59,7 @@ def loop_backend() -> Any:
     return runner._supervisors[asyncio.get_running_loop()].backend
 
 
-async def test_a_tool_using_answer_streams_every_agent_event_in_seq_order(make_user: Any,
-                                                                          fake_llm: FakeLLM) -> None:
+async def test_a_tool_using_answer_streams_every_agent_event_in_seq_order(make_user: Any, fake_llm: FakeLLM) -> None:
     fake_llm.script(tool_call("calculator", {"expression": "17 * 23"}, call_id="call_calc"))
     # The follow-up request is answered by the fake's default rule from the tool message.
     user = await database_sync_to_async(make_user)()
@@ -102,8 +101,7 @@ async def test_a_tool_using_answer_streams_every_agent_event_in_seq_order(make_u
     assert json.loads(second.messages[-1]["content"])["value"] == 391
 
 
-async def test_an_unreachable_model_fails_the_run_once_and_keeps_the_message(make_user: Any,
-                                                                              settings: Any) -> None:
+async def test_an_unreachable_model_fails_the_run_once_and_keeps_the_message(make_user: Any, settings: Any) -> None:
     from agents.models import AgentRun
     from chat.models import Message
 
@@ -117,8 +115,7 @@ async def test_an_unreachable_model_fails_the_run_once_and_keeps_the_message(mak
             reply = await client.command("send", conversation=conv, client_msg_id="m1", text="what is 17 * 23?")
             assert reply["ok"] is True
             assert reply["message"]["seq"] == 1
-            failed = await client.until(lambda f: f.get("type") in ("agent_completed", "agent_failed"),
-                                        timeout=15)
+            failed = await client.until(lambda f: f.get("type") in ("agent_completed", "agent_failed"), timeout=15)
             # The stored log, not just what this socket saw: the message, the start, one terminal event.
             history = await client.command("history", conversation=conv)
 
@@ -131,7 +128,8 @@ async def test_an_unreachable_model_fails_the_run_once_and_keeps_the_message(mak
     assert live[0]["data"]["text"] == "what is 17 * 23?"
     assert [e["type"] for e in history["events"]] == ["message", "agent_started", "agent_failed"]
     stored = await database_sync_to_async(
-        lambda: list(Message.objects.filter(conversation_id=conv).values_list("text", flat=True)))()
+        lambda: list(Message.objects.filter(conversation_id=conv).values_list("text", flat=True))
+    )()
     assert stored == ["what is 17 * 23?"]
     run = await database_sync_to_async(AgentRun.objects.get)(id=reply["run_id"])
     assert run.status == "failed"

@@ -59,14 +59,28 @@ Script = Reply | Callable[[RecordedRequest], Reply]
 
 
 def _chunk(delta: dict[str, Any], finish_reason: str | None = None, cid: str = "chatcmpl-fake") -> str:
-    return json.dumps({"id": cid, "object": "chat.completion.chunk", "created": 0, "model": "fake",
-                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]})
+    return json.dumps(
+        {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "fake",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+    )
 
 
 def _usage_chunk(usage: tuple[int, int]) -> str:
-    return json.dumps({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",
-                       "choices": [], "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1],
-                                                "total_tokens": usage[0] + usage[1]}})
+    return json.dumps(
+        {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "fake",
+            "choices": [],
+            "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": usage[0] + usage[1]},
+        }
+    )
 
 
 def split(text: str, pieces: int) -> list[str]:
@@ -139,8 +153,14 @@ def stalled(reply: Reply, after: int, seconds: float) -> Reply:
 
 def malformed(after_text: str = "Hel") -> Reply:
     """Some answer text, then a chunk that is not JSON."""
-    return Reply(events=[_chunk({"content": after_text}), '{"id": "chatcmpl-fake", "choices": [{"delta": {"con',
-                         _chunk({}, "stop"), "[DONE]"])
+    return Reply(
+        events=[
+            _chunk({"content": after_text}),
+            '{"id": "chatcmpl-fake", "choices": [{"delta": {"con',
+            _chunk({}, "stop"),
+            "[DONE]",
+        ]
+    )
 
 
 def answer_from_tool(request: RecordedRequest) -> Reply:
@@ -242,8 +262,9 @@ class FakeLLM:
         self._closing = threading.Event()  # releases stalled replies at shutdown
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.fake = self
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-llm", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-llm", daemon=True
+        )
 
     @property
     def port(self) -> int:

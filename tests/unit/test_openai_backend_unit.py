@@ -66,8 +66,12 @@ def request(prompt: str = "what is 17 * 23?", history: list[dict[str, str]] | No
 Respond = Callable[[CallTool], ToolOutcome]
 
 
-async def drive(gen: AsyncGenerator[Step, ToolOutcome | None], registry: ToolRegistry,
-                steps: list[Step] | None = None, respond: Respond | None = None) -> list[Step]:
+async def drive(
+    gen: AsyncGenerator[Step, ToolOutcome | None],
+    registry: ToolRegistry,
+    steps: list[Step] | None = None,
+    respond: Respond | None = None,
+) -> list[Step]:
     """Run the generator to its end like the runtime does; CallTools are answered by `respond`,
     else by the real registry. Steps are collected into `steps` (kept even if it raises)."""
     collected = steps if steps is not None else []
@@ -92,8 +96,8 @@ def of(kind: type, steps: list[Step]) -> list[Any]:
 
 # --- answers and what is sent -----------------------------------------------------------------------
 
-async def test_streamed_answer_without_tools_yields_every_content_delta(fake: FakeLLM,
-                                                                        registry: ToolRegistry) -> None:
+
+async def test_streamed_answer_without_tools_yields_every_content_delta(fake: FakeLLM, registry: ToolRegistry) -> None:
     text = "Hello there, this answer comes in five pieces."
     fake.script(answer(text, pieces=5, usage=(12, 8)))
     history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
@@ -121,8 +125,7 @@ async def test_streamed_answer_without_tools_yields_every_content_delta(fake: Fa
     ]
 
 
-async def test_answer_text_is_yielded_while_the_stream_is_still_open(fake: FakeLLM,
-                                                                     registry: ToolRegistry) -> None:
+async def test_answer_text_is_yielded_while_the_stream_is_still_open(fake: FakeLLM, registry: ToolRegistry) -> None:
     # The server sends the role chunk and the first piece, then goes quiet for far longer than the
     # test waits: the first piece must reach the caller before the completion is finished.
     fake.script(stalled(answer("abcdef", pieces=3), after=2, seconds=60))
@@ -145,8 +148,10 @@ async def test_without_a_system_prompt_or_tools_neither_is_sent(fake: FakeLLM) -
 
 # --- tool rounds --------------------------------------------------------------------------------------
 
-async def test_tool_round_thinks_calls_the_tool_and_sends_the_result_back(fake: FakeLLM,
-                                                                          registry: ToolRegistry) -> None:
+
+async def test_tool_round_thinks_calls_the_tool_and_sends_the_result_back(
+    fake: FakeLLM, registry: ToolRegistry
+) -> None:
     fake.script(tool_call("calculator", {"expression": "17 * 23"}, call_id="call_abc", usage=(20, 9)))
     # The follow-up request is answered by the default rule: "The answer is <value>." (usage 11/7).
     gen = backend_for(fake).steps(request(), registry)
@@ -166,9 +171,15 @@ async def test_tool_round_thinks_calls_the_tool_and_sends_the_result_back(fake: 
     assert len(fake.requests) == 2
     follow_up = fake.requests[1].messages
     assert follow_up[-2] == {
-        "role": "assistant", "content": None,
-        "tool_calls": [{"id": "call_abc", "type": "function",
-                        "function": {"name": "calculator", "arguments": '{"expression": "17 * 23"}'}}],
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_abc",
+                "type": "function",
+                "function": {"name": "calculator", "arguments": '{"expression": "17 * 23"}'},
+            }
+        ],
     }
     assert follow_up[-1]["role"] == "tool"
     assert follow_up[-1]["tool_call_id"] == "call_abc"
@@ -198,8 +209,10 @@ async def test_a_call_without_an_id_gets_one_used_on_both_sides(fake: FakeLLM, r
 
 async def test_reused_call_ids_are_made_unique_within_the_run(fake: FakeLLM, registry: ToolRegistry) -> None:
     # Some servers number calls per response ("call_0" every round); the run stores ids uniquely.
-    fake.script(tool_call("calculator", {"expression": "1 + 1"}, call_id="call_0"),
-                tool_call("calculator", {"expression": "2 + 2"}, call_id="call_0"))
+    fake.script(
+        tool_call("calculator", {"expression": "1 + 1"}, call_id="call_0"),
+        tool_call("calculator", {"expression": "2 + 2"}, call_id="call_0"),
+    )
     steps = await drive(backend_for(fake).steps(request(), registry), registry)
     first, second = of(CallTool, steps)
     assert first.call_id == "call_0"
@@ -208,25 +221,33 @@ async def test_reused_call_ids_are_made_unique_within_the_run(fake: FakeLLM, reg
 
 
 async def test_several_calls_in_one_round_run_in_order(fake: FakeLLM, registry: ToolRegistry) -> None:
-    fake.script(tool_calls(ToolCallSpec("calculator", {"expression": "6 * 7"}, "call_a"),
-                           ToolCallSpec("current_time", "", "call_b")))
+    fake.script(
+        tool_calls(
+            ToolCallSpec("calculator", {"expression": "6 * 7"}, "call_a"), ToolCallSpec("current_time", "", "call_b")
+        )
+    )
     steps = await drive(backend_for(fake).steps(request(), registry), registry)
     thinks = of(Think, steps)
     assert len(thinks) == 1
     assert "calculator" in thinks[0].text
     assert "current_time with {}" in thinks[0].text
-    assert of(CallTool, steps) == [CallTool("call_a", "calculator", {"expression": "6 * 7"}),
-                                   CallTool("call_b", "current_time", {})]
+    assert of(CallTool, steps) == [
+        CallTool("call_a", "calculator", {"expression": "6 * 7"}),
+        CallTool("call_b", "current_time", {}),
+    ]
     follow_up = fake.requests[1].messages
     assert [m.get("tool_call_id") for m in follow_up[-2:]] == ["call_a", "call_b"]
     assert json.loads(follow_up[-2]["content"])["value"] == 42
     assert "utc" in json.loads(follow_up[-1]["content"])
 
 
-async def test_invalid_json_arguments_are_sent_back_and_the_model_retries(fake: FakeLLM,
-                                                                          registry: ToolRegistry) -> None:
-    fake.script(tool_call("calculator", '{"expression": "17 *', call_id="call_bad"),
-                tool_call("calculator", {"expression": "17 * 23"}, call_id="call_good"))
+async def test_invalid_json_arguments_are_sent_back_and_the_model_retries(
+    fake: FakeLLM, registry: ToolRegistry
+) -> None:
+    fake.script(
+        tool_call("calculator", '{"expression": "17 *', call_id="call_bad"),
+        tool_call("calculator", {"expression": "17 * 23"}, call_id="call_good"),
+    )
     steps = await drive(backend_for(fake).steps(request(), registry), registry)
 
     assert [type(s) for s in steps[:3]] == [Think, Think, CallTool]
@@ -239,8 +260,9 @@ async def test_invalid_json_arguments_are_sent_back_and_the_model_retries(fake: 
     assert "".join(c.text for c in of(AnswerChunk, steps)) == "The answer is 391."
 
 
-async def test_a_model_that_never_stops_calling_tools_fails_after_the_bound(fake: FakeLLM,
-                                                                            registry: ToolRegistry) -> None:
+async def test_a_model_that_never_stops_calling_tools_fails_after_the_bound(
+    fake: FakeLLM, registry: ToolRegistry
+) -> None:
     fake.rule = lambda _req: tool_call("calculator", {"expression": "1 + 1"}, call_id=None)
     steps: list[Step] = []
     with pytest.raises(BackendError) as info:
@@ -251,6 +273,7 @@ async def test_a_model_that_never_stops_calling_tools_fails_after_the_bound(fake
 
 
 # --- failures -----------------------------------------------------------------------------------------
+
 
 async def test_http_500_is_an_llm_error_naming_the_status(fake: FakeLLM, registry: ToolRegistry) -> None:
     fake.script(http_error(500, "the GPU caught fire"))
@@ -264,10 +287,14 @@ async def test_http_500_is_an_llm_error_naming_the_status(fake: FakeLLM, registr
 KEY = "sk-very-secret-0123456789"
 
 
-@pytest.mark.parametrize("reply", [
-    http_error(401, f"Incorrect API key provided: {KEY}"),
-    Reply(events=[json.dumps({"error": {"message": f"key {KEY} is over its quota"}})]),
-], ids=["http-status", "error-in-stream"])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        http_error(401, f"Incorrect API key provided: {KEY}"),
+        Reply(events=[json.dumps({"error": {"message": f"key {KEY} is over its quota"}})]),
+    ],
+    ids=["http-status", "error-in-stream"],
+)
 async def test_an_error_never_repeats_the_api_key(fake: FakeLLM, registry: ToolRegistry, reply: Reply) -> None:
     key = KEY
     fake.script(reply)
@@ -290,8 +317,7 @@ async def test_a_connection_dropped_mid_stream_is_an_llm_error(fake: FakeLLM, re
     assert [type(s) for s in steps] == [AnswerChunk, AnswerChunk]  # what arrived before the drop
 
 
-async def test_a_stream_that_ends_without_finishing_is_an_llm_error(fake: FakeLLM,
-                                                                    registry: ToolRegistry) -> None:
+async def test_a_stream_that_ends_without_finishing_is_an_llm_error(fake: FakeLLM, registry: ToolRegistry) -> None:
     # A clean end of the body, but no finish_reason and no [DONE]: the answer is cut short.
     fake.script(Reply(events=answer("cut short", pieces=2).events[:2]))
     with pytest.raises(BackendError) as info:
@@ -353,6 +379,7 @@ async def test_a_refused_connection_is_llm_unavailable(registry: ToolRegistry) -
 
 # --- configuration ------------------------------------------------------------------------------------
 
+
 async def test_authorization_is_sent_only_when_a_key_is_set(fake: FakeLLM, registry: ToolRegistry) -> None:
     fake.script(answer("a"), answer("b"))
     await drive(backend_for(fake, api_key="sk-test-key").steps(request(), registry), registry)
@@ -362,8 +389,7 @@ async def test_authorization_is_sent_only_when_a_key_is_set(fake: FakeLLM, regis
     assert "authorization" not in without_key.headers
 
 
-async def test_from_settings_reads_the_agent_llm_settings(fake: FakeLLM, registry: ToolRegistry,
-                                                          settings: Any) -> None:
+async def test_from_settings_reads_the_agent_llm_settings(fake: FakeLLM, registry: ToolRegistry, settings: Any) -> None:
     from agents.backends import get_backend
 
     settings.AGENT_BACKEND = "openai"
