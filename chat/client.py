@@ -1,0 +1,255 @@
+"""A small chat.v1 client for Python programs, tests and benchmarks (the browser page has its own).
+
+It keeps one socket up: reconnects with exponential backoff and full jitter (capped), resubscribes
+to every conversation with the last seq it saw, ignores anything already seen, pages `history` when
+the server answers `recovered: false`, and resends unacknowledged messages with the *same*
+client_msg_id (the server makes that idempotent). `stale` is true while disconnected.
+
+    client = ChatClient("ws://127.0.0.1:8000/ws/chat/", token="<access token>")
+    await client.start()
+    await client.subscribe(conversation_id)
+    await client.send(conversation_id, "what is 17 * 23?")
+    ...
+    await client.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import websockets
+
+logger = logging.getLogger(__name__)
+
+EventCallback = Callable[[dict[str, Any]], None]
+TokenSource = str | Callable[[], Awaitable[str]]
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter: the n-th retry waits uniform(0, min(cap, base * 2**n))."""
+
+    base_s: float = 0.5
+    cap_s: float = 15.0
+    rng: Callable[[], float] = random.random
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        delay = self.rng() * min(self.cap_s, self.base_s * (2**self.attempt))
+        self.attempt = min(self.attempt + 1, 30)
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class ConnectionLost(Exception):
+    """The socket dropped before the command's reply arrived; the client reconnects by itself."""
+
+
+@dataclass
+class Stream:
+    """What the client knows of one conversation: the last seq and every event, in order."""
+
+    last_seq: int | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ChatClient:
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: TokenSource,
+        backoff: Backoff | None = None,
+        on_event: EventCallback | None = None,
+        open_timeout_s: float = 10.0,
+    ) -> None:
+        self.url = url
+        self._token = token
+        self.backoff = backoff or Backoff()
+        self.on_event = on_event
+        self.open_timeout_s = open_timeout_s
+        self.streams: dict[str, Stream] = {}
+        self.stale = True
+        self.connects = 0
+        self.duplicates_ignored = 0
+        self.replays: dict[str, int] = {"recovered": 0, "not_recovered": 0}
+        self.frames: list[dict[str, Any]] = []  # everything else (notifications, ephemeral, errors)
+        self._ws: Any = None
+        self._ids = itertools.count(1)
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="chat-client")
+        await self.wait_connected()
+
+    async def wait_connected(self, timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout):
+            await self._connected.wait()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+    async def _token_value(self) -> str:
+        return self._token if isinstance(self._token, str) else await self._token()
+
+    async def _run(self) -> None:
+        while not self._closing:
+            try:
+                token = await self._token_value()
+                async with websockets.connect(
+                    self.url,
+                    subprotocols=["chat.v1"],  # type: ignore[list-item]
+                    additional_headers={"Authorization": f"Bearer {token}"},
+                    open_timeout=self.open_timeout_s,
+                    max_size=None,
+                ) as ws:
+                    self._ws = ws
+                    welcome = json.loads(await ws.recv())
+                    if welcome.get("type") != "welcome":
+                        raise ConnectionError(f"expected welcome, got {welcome.get('type')}")
+                    self.connects += 1
+                    self.backoff.reset()
+                    reader = asyncio.create_task(self._read(ws))
+                    await self._resubscribe()
+                    self.stale = False
+                    self._connected.set()
+                    await reader
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # closed, refused, timed out: all mean "try again later"
+                logger.debug("chat client connection ended: %r", exc)
+            finally:
+                self._ws = None
+                self.stale = True
+                self._connected.clear()
+                for future in self._pending.values():
+                    if not future.done():
+                        future.set_exception(ConnectionLost())
+                self._pending.clear()
+            if not self._closing:
+                await asyncio.sleep(self.backoff.next_delay())
+
+    async def _read(self, ws: Any) -> None:
+        async for raw in ws:
+            self.handle_frame(json.loads(raw))
+
+    async def _resubscribe(self) -> None:
+        for conversation_id in list(self.streams):
+            await self._subscribe_once(conversation_id)
+
+    # --- frames --------------------------------------------------------------------------------------
+    def handle_frame(self, frame: dict[str, Any]) -> None:
+        """Route one server frame. Durable events are kept in seq order with duplicates dropped."""
+        if frame.get("type") == "reply":
+            future = self._pending.pop(str(frame.get("id")), None)
+            if future is not None and not future.done():
+                future.set_result(frame)
+            return
+        conversation_id, seq = frame.get("conversation"), frame.get("seq")
+        if isinstance(conversation_id, str) and isinstance(seq, int):
+            stream = self.streams.setdefault(conversation_id, Stream())
+            if stream.last_seq is not None and seq <= stream.last_seq:
+                self.duplicates_ignored += 1
+                return
+            stream.last_seq = seq
+            stream.events.append(frame)
+            if self.on_event is not None:
+                self.on_event(frame)
+            return
+        self.frames.append(frame)
+
+    # --- commands ------------------------------------------------------------------------------------
+    async def command(self, type: str, **fields: Any) -> dict[str, Any]:
+        """Send one command and return its reply. Raises ConnectionLost if the socket drops first."""
+        ws = self._ws
+        if ws is None:
+            raise ConnectionLost()
+        command_id = f"k{next(self._ids)}"
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[command_id] = future
+        try:
+            await ws.send(json.dumps({"type": type, "id": command_id, **fields}))
+        except Exception as exc:
+            self._pending.pop(command_id, None)
+            raise ConnectionLost() from exc
+        return await future
+
+    async def _subscribe_once(self, conversation_id: str) -> dict[str, Any]:
+        stream = self.streams.setdefault(conversation_id, Stream())
+        fields: dict[str, Any] = {"conversation": conversation_id}
+        resuming = stream.last_seq is not None
+        if resuming:
+            fields["since_seq"] = stream.last_seq
+        reply = await self.command("subscribe", **fields)
+        if not reply.get("ok"):
+            return reply
+        if not resuming:
+            if stream.last_seq is None:  # (live events may already have been read after the reply)
+                stream.last_seq = int(reply["head_seq"])
+        elif reply.get("recovered") is False:
+            self.replays["not_recovered"] += 1
+            await self._page_history(conversation_id, stream, int(reply["head_seq"]))
+        else:
+            self.replays["recovered"] += 1
+        return reply
+
+    async def _page_history(self, conversation_id: str, stream: Stream, head_seq: int) -> None:
+        """Too far behind for a replay: page back from the head to what we have, then apply in order."""
+        known = stream.last_seq or 0
+        pages: list[dict[str, Any]] = []
+        before: int | None = head_seq + 1
+        while before is not None and before > known + 1:
+            page = await self.command("history", conversation=conversation_id, before_seq=before, limit=100)
+            events = [e for e in page.get("events", []) if e["seq"] > known]
+            pages = events + pages
+            before = page["events"][0]["seq"] if page.get("has_more") and page.get("events") else None
+        for event in pages:
+            self.handle_frame(event)
+
+    async def subscribe(self, conversation_id: str, *, since_seq: int | None = None) -> dict[str, Any]:
+        if since_seq is not None:
+            self.streams.setdefault(conversation_id, Stream()).last_seq = since_seq
+        while True:
+            await self.wait_connected()
+            try:
+                return await self._subscribe_once(conversation_id)
+            except ConnectionLost:
+                continue  # resubscribed on reconnect anyway; wait and ask again for the reply
+
+    async def send(
+        self, conversation_id: str, text: str, *, client_msg_id: str | None = None, attempts: int = 20
+    ) -> dict[str, Any]:
+        """Send until acknowledged, with one client_msg_id across retries (so at most one message)."""
+        key = client_msg_id or uuid.uuid4().hex
+        for _ in range(attempts):
+            await self.wait_connected()
+            try:
+                return await self.command("send", conversation=conversation_id, client_msg_id=key, text=text)
+            except ConnectionLost:
+                continue
+        raise ConnectionLost(f"send {key} not acknowledged after {attempts} attempts")
+
+    def events(self, conversation_id: str) -> list[dict[str, Any]]:
+        return list(self.streams.get(conversation_id, Stream()).events)
