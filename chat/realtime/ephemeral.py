@@ -8,6 +8,8 @@ sockets age out), in embedded mode the same structure in memory.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +26,10 @@ if TYPE_CHECKING:
 
 # A socket's presence entry lives this long without a refresh; sockets refresh every third of it.
 PRESENCE_TTL_S = 90.0
+# Presence changes in a conversation are announced together at most this often (see PresenceBatcher).
+PRESENCE_BATCH_S = 1.0
+
+logger = logging.getLogger(__name__)
 
 
 async def broadcast(
@@ -112,12 +118,57 @@ def store() -> _MemoryPresence | _RedisPresence:
     return _store
 
 
+class PresenceBatcher:
+    """Collects presence changes per conversation and announces them once per window.
+
+    One frame per change would be quadratic in a big room: 1,000 members reconnecting after a
+    network blip would send ~500,000 presence frames. The presence frame carries lists, so
+    changes within PRESENCE_BATCH_S go out together (last change per user wins)."""
+
+    def __init__(self) -> None:
+        self.changes: dict[str, dict[int, tuple[str, dict[str, Any]]]] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    def add(self, conversation_id: str, user: dict[str, Any], change: str) -> None:
+        self.changes.setdefault(conversation_id, {})[int(user["id"])] = (change, user)
+        if conversation_id not in self.tasks:
+            self.tasks[conversation_id] = asyncio.create_task(self._flush_later(conversation_id))
+
+    async def _flush_later(self, conversation_id: str) -> None:
+        try:
+            await asyncio.sleep(PRESENCE_BATCH_S)
+        finally:
+            self.tasks.pop(conversation_id, None)
+            changes = self.changes.pop(conversation_id, {})
+        joined = [user for change, user in changes.values() if change == "joined"]
+        left = [user for change, user in changes.values() if change == "left"]
+        frame = encode({"type": "presence", "conversation": conversation_id, "data": {"joined": joined, "left": left}})
+        try:
+            await get_channel_layer().group_send(
+                conversation_group(conversation_id),
+                {"type": "conv.ephemeral", "c": conversation_id, "f": frame, "x": None},
+            )
+        except Exception:  # ephemeral by definition: a lost announcement is corrected by the next
+            logger.warning("presence announcement for %s failed", conversation_id, exc_info=True)
+
+
+_batchers: dict[asyncio.AbstractEventLoop, PresenceBatcher] = {}
+
+
+def batcher() -> PresenceBatcher:
+    loop = asyncio.get_running_loop()
+    found = _batchers.get(loop)
+    if found is None:
+        for closed in [lp for lp in _batchers if lp.is_closed()]:
+            del _batchers[closed]
+        found = _batchers[loop] = PresenceBatcher()
+    return found
+
+
 async def presence_join(consumer: ChatConsumer, conversation_id: str) -> None:
     count = await store().add(conversation_id, consumer.identity.user_id, consumer.session_id, time.time())
     if count == 1:
-        await broadcast(
-            consumer, conversation_id, "presence", {"joined": [consumer.user_public()], "left": []}, include_self=False
-        )
+        batcher().add(conversation_id, consumer.user_public(), "joined")
 
 
 async def presence_refresh(consumer: ChatConsumer) -> None:
@@ -128,9 +179,7 @@ async def presence_refresh(consumer: ChatConsumer) -> None:
 async def presence_leave(consumer: ChatConsumer, conversation_id: str) -> None:
     count = await store().remove(conversation_id, consumer.identity.user_id, consumer.session_id, time.time())
     if count == 0:
-        await broadcast(
-            consumer, conversation_id, "presence", {"joined": [], "left": [consumer.user_public()]}, include_self=False
-        )
+        batcher().add(conversation_id, consumer.user_public(), "left")
 
 
 async def members(conversation_id: str) -> list[dict[str, Any]]:
