@@ -62,7 +62,10 @@ MAX_FRAMES_PER_SETUP = 10_000
 INTERESTING_COUNTERS = (
     "hub_events",
     "gap_fills",
-    "log_reads",
+    "replays",
+    "hub_gap_reads",
+    "hub_resyncs",
+    "buffer_errors",
     "duplicate_events_dropped",
     "slow_consumer_closes",
     "doorbell_failures",
