@@ -132,10 +132,15 @@ class ChatClient:
                     self.connects += 1
                     self.backoff.reset()
                     reader = asyncio.create_task(self._read(ws))
-                    await self._resubscribe()
-                    self.stale = False
-                    self._connected.set()
-                    await reader
+                    try:
+                        await self._resubscribe()  # raises ConnectionLost if the socket drops meanwhile
+                        self.stale = False
+                        self._connected.set()
+                        await reader
+                    finally:
+                        reader.cancel()
+                        with contextlib.suppress(BaseException):
+                            await reader
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # closed, refused, timed out: all mean "try again later"
@@ -144,16 +149,28 @@ class ChatClient:
                 self._ws = None
                 self.stale = True
                 self._connected.clear()
-                for future in self._pending.values():
-                    if not future.done():
-                        future.set_exception(ConnectionLost())
-                self._pending.clear()
+                self._fail_pending()
             if not self._closing:
                 await asyncio.sleep(self.backoff.next_delay())
 
     async def _read(self, ws: Any) -> None:
-        async for raw in ws:
-            self.handle_frame(json.loads(raw))
+        try:
+            async for raw in ws:
+                self.handle_frame(json.loads(raw))
+        finally:
+            # The socket is gone: mark the client disconnected first (so a retrying send waits for
+            # the reconnect instead of spinning on the dead socket), then fail every command still
+            # waiting for a reply on it (a resubscribe in progress, a send): the loop starts over.
+            self._ws = None
+            self.stale = True
+            self._connected.clear()
+            self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(ConnectionLost())
 
     async def _resubscribe(self) -> None:
         for conversation_id in list(self.streams):
