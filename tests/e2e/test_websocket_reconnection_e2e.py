@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from chat.client import Backoff, ChatClient
-from tests.support.servers import Stack, running_stack
+from tests.support.servers import Stack, login, running_stack, shared_conversation
 
 pytestmark = [pytest.mark.e2e]
 
@@ -24,12 +24,6 @@ pytestmark = [pytest.mark.e2e]
 def stack() -> Iterator[Stack]:
     with running_stack() as s:
         yield s
-
-
-def login(stack: Stack, username: str) -> str:
-    response = httpx.post(f"{stack.base_url}/api/auth/token/", json={"username": username, "password": "demo-password"})
-    response.raise_for_status()
-    return str(response.json()["access"])
 
 
 def server_process(stack: Stack) -> psutil.Process:
@@ -46,21 +40,6 @@ def log_events(stack: Stack, token: str, conv: str) -> list[tuple[int, str]]:
     )
     response.raise_for_status()
     return [(e["seq"], e["type"]) for e in response.json()["events"]]
-
-
-def shared_conversation(stack: Stack, owner_token: str, member: str) -> str:
-    headers = {"Authorization": f"Bearer {owner_token}"}
-    created = httpx.post(
-        f"{stack.base_url}/api/conversations/", json={"title": "crash", "agent": False}, headers=headers
-    )
-    created.raise_for_status()
-    conv = str(created.json()["id"])
-    httpx.post(
-        f"{stack.base_url}/api/conversations/{conv}/members/",
-        json={"username": member, "role": "member"},
-        headers=headers,
-    ).raise_for_status()
-    return conv
 
 
 async def test_client_resumes_exactly_after_the_server_process_is_killed(stack: Stack) -> None:

@@ -170,3 +170,24 @@ def running_stack(**kwargs: object) -> Iterator[Stack]:
     finally:
         stack.stop()
         drop_database(stack.database)
+
+
+def login(stack: Stack, username: str, password: str = "demo-password") -> str:
+    """An access token for a seeded user, from the real token endpoint."""
+    response = httpx.post(f"{stack.base_url}/api/auth/token/", json={"username": username, "password": password})
+    response.raise_for_status()
+    return str(response.json()["access"])
+
+
+def shared_conversation(stack: Stack, owner_token: str, member: str, *, title: str = "e2e", agent: bool = False) -> str:
+    """A conversation owned by the token's user with `member` added as a member, over REST."""
+    headers = {"Authorization": f"Bearer {owner_token}"}
+    created = httpx.post(f"{stack.base_url}/api/conversations/", json={"title": title, "agent": agent}, headers=headers)
+    created.raise_for_status()
+    conv = str(created.json()["id"])
+    httpx.post(
+        f"{stack.base_url}/api/conversations/{conv}/members/",
+        json={"username": member, "role": "member"},
+        headers=headers,
+    ).raise_for_status()
+    return conv
