@@ -13,7 +13,7 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
-from chat.realtime.buffer import conversation_stream, get_buffer
+from chat.realtime.buffer import conversation_stream, get_buffer, user_stream
 from chat.services.events import StoredEvent
 from monitoring.metrics import metrics
 
@@ -60,6 +60,16 @@ async def _buffer_events(events: Sequence[StoredEvent]) -> None:
         except Exception:  # the log has them; a replay will read it instead
             metrics.inc("buffer_errors")
             logger.warning("buffer append failed for %s", stream, exc_info=True)
+
+
+async def publish_notification(user_id: int, seq: int, frame: str) -> None:
+    """A stored notification: into the user's hot buffer, then to every socket of the user."""
+    try:
+        await get_buffer().append(user_stream(user_id), [(seq, frame)])
+    except Exception:  # the database has it; sync_notifications reads it from there instead
+        metrics.inc("buffer_errors")
+        logger.warning("buffer append failed for user %s", user_id, exc_info=True)
+    await publish_to_user(user_id, {"action": "notification", "f": frame})
 
 
 async def publish_to_user(user_id: int, message: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from agents import selectors as run_selectors
 from agents import services as run_services
 from chat import selectors
 from chat.realtime import ephemeral
+from chat.realtime.buffer import buffered_or_none, user_stream
 from chat.realtime.bus import publish_events
 from chat.realtime.protocol import ProtocolError, opt_int, req_int, req_str
 from chat.selectors import Access, NotFound
@@ -24,6 +25,7 @@ from chat.services import conversations as conversation_services
 from chat.services import messages as message_services
 from chat.services.conversations import ServiceError
 from chat.services.events import rfc3339
+from monitoring.metrics import metrics
 
 if TYPE_CHECKING:
     from chat.consumers import ChatConsumer
@@ -233,7 +235,15 @@ async def presence(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, 
 @command("sync_notifications")
 async def sync_notifications(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, Any]:
     since_seq = req_int(fields, "since_seq", minimum=0)
-    rows, head = await database_sync_to_async(_notifications)(consumer.identity.user_id, since_seq)
+    user_id = consumer.identity.user_id
+    head = await database_sync_to_async(_notification_head)(user_id)
+    buffered = await buffered_or_none(user_stream(user_id), since_seq, head) if head > since_seq else []
+    if buffered is not None:
+        metrics.inc("notification_replays", source="buffer")
+        rows = [frame for _, frame in buffered]
+    else:
+        metrics.inc("notification_replays", source="log")
+        rows = await database_sync_to_async(_notification_frames)(user_id, since_seq)
 
     def push() -> None:
         for frame in rows:
@@ -243,13 +253,16 @@ async def sync_notifications(consumer: ChatConsumer, fields: dict[str, Any]) -> 
     return {"head_seq": head}
 
 
-def _notifications(user_id: int, since_seq: int) -> tuple[list[str], int]:
+def _notification_head(user_id: int) -> int:
     from chat.models import User
+
+    return int(User.objects.filter(id=user_id).values_list("notification_seq", flat=True).get())
+
+
+def _notification_frames(user_id: int, since_seq: int) -> list[str]:
     from chat.services.notifications import notification_frame
 
-    head = User.objects.filter(id=user_id).values_list("notification_seq", flat=True).get()
-    frames = [notification_frame(n) for n in selectors.notifications_after(user_id=user_id, after_seq=since_seq)]
-    return frames, head
+    return [notification_frame(n) for n in selectors.notifications_after(user_id=user_id, after_seq=since_seq)]
 
 
 @command("auth")

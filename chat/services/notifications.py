@@ -35,11 +35,11 @@ def notification_create(*, user_id: int, data: dict[str, Any]) -> Notification:
     seq = User.objects.filter(id=user_id).values_list("notification_seq", flat=True).get()
     notification = Notification.objects.create(user_id=user_id, seq=seq, data=data, created_at=timezone.now())
     frame = notification_frame(notification)
-    transaction.on_commit(lambda: _push(user_id, frame))
+    transaction.on_commit(lambda: _push(user_id, seq, frame))
     return notification
 
 
-def _push(user_id: int, frame: str) -> None:
-    from chat.realtime.bus import publish_to_user
+def _push(user_id: int, seq: int, frame: str) -> None:
+    from chat.realtime.bus import publish_notification
 
-    async_to_sync(publish_to_user)(user_id, {"action": "notification", "f": frame})
+    async_to_sync(publish_notification)(user_id, seq, frame)

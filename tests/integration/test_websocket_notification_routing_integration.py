@@ -9,6 +9,7 @@ import pytest
 from channels.db import database_sync_to_async
 
 from chat.services.conversations import conversation_member_add
+from monitoring.metrics import metrics
 from tests.support import factories
 from tests.support.ws import Client
 
@@ -49,7 +50,9 @@ async def test_sync_notifications_replays_what_was_missed(make_user: Any) -> Non
         )
     client, _, _ = await Client.connect(bob)
     await client.recv()
+    from_buffer = metrics.counter("notification_replays", source="buffer")
     reply = await client.command("sync_notifications", since_seq=1)
+    assert metrics.counter("notification_replays", source="buffer") == from_buffer + 1  # not the database
     assert reply["head_seq"] == 3
     missed = [await client.recv(), await client.recv()]
     assert [n["seq"] for n in missed] == [2, 3]
