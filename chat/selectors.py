@@ -81,10 +81,6 @@ def conversations_for_user(*, user_id: int) -> QuerySet[ConversationMember]:
     )
 
 
-def member_user_ids(*, conversation_id: str) -> list[int]:
-    return list(ConversationMember.objects.filter(conversation_id=conversation_id).values_list("user_id", flat=True))
-
-
 def events_after(
     *, conversation_id: str, after_seq: int, up_to_seq: int | None = None, limit: int = 1000
 ) -> list[StoredEvent]:

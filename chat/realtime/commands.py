@@ -4,7 +4,6 @@ connection being authenticated says who is asking, never what they may touch."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -269,7 +268,3 @@ def _notification_frames(user_id: int, since_seq: int) -> list[str]:
 async def auth(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, Any]:
     token = req_str(fields, "token", max_len=4096)
     return await consumer.refresh_auth(token)
-
-
-def monotonic_ms() -> int:
-    return int(time.monotonic() * 1000)

@@ -32,16 +32,14 @@ PRESENCE_BATCH_S = 1.0
 logger = logging.getLogger(__name__)
 
 
-async def broadcast(
-    consumer: ChatConsumer, conversation_id: str, kind: str, data: dict[str, Any], *, include_self: bool = False
-) -> None:
+async def broadcast(consumer: ChatConsumer, conversation_id: str, kind: str, data: dict[str, Any]) -> None:
     frame = encode({"type": kind, "conversation": conversation_id, "data": data})
     layer = get_channel_layer()
     message = {
         "type": "conv.ephemeral",
         "c": conversation_id,
         "f": frame,
-        "x": None if include_self else consumer.session_id,
+        "x": consumer.session_id,  # not echoed to the socket that caused it
     }
     await layer.group_send(conversation_group(conversation_id), message)
 

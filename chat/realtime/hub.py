@@ -285,9 +285,6 @@ class Hub:
                 except Exception:
                     logger.warning("group_discard failed for user %s", user_id, exc_info=True)
 
-    def local_users(self, conversation_id: str) -> set[int]:
-        return {getattr(s, "user_id", 0) for s in self.conversations.get(conversation_id, ())}
-
 
 _hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
 

@@ -23,10 +23,6 @@ logger = logging.getLogger(__name__)
 SendText = Callable[[str], Awaitable[None]]
 
 
-class SlowConsumer(Exception):
-    pass
-
-
 class Outbox:
     def __init__(
         self,
