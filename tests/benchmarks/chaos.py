@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script: make `chat` and `tests.support` importable
@@ -223,16 +222,6 @@ async def read_log(stack: Stack, token: str, conv: str) -> list[dict[str, Any]]:
 
 
 # --- processes -------------------------------------------------------------------------------------
-def children(stack: Stack, marker: str) -> list[psutil.Process]:
-    assert stack.proc is not None
-    found = []
-    for child in psutil.Process(stack.proc.pid).children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            if marker in " ".join(child.cmdline()):
-                found.append(child)
-    return found
-
-
 async def wait_for(predicate: Any, timeout: float, what: str, poll_s: float = POLL_S) -> None:
     """Poll a condition until it holds; TimeoutError naming `what` otherwise."""
     deadline = time.monotonic() + timeout
@@ -404,7 +393,7 @@ class Faults:
     async def server_kill(self, rng: random.Random) -> None:
         if not self.config.cut_mid_resubscribe:
             await wait_for(self._clients_live, RECOVERY_TIMEOUT_S, "every client resubscribed")
-        victims = children(self.stack, "uvicorn")
+        victims = self.stack.children("uvicorn")
         if not victims:
             raise RuntimeError("no uvicorn process to kill")
         victim = rng.choice(victims)
@@ -419,7 +408,7 @@ class Faults:
         return all(not c.stale for c in self.traffic.clients)
 
     async def _restarted(self, dead_pid: int, marker: str) -> bool:
-        live = [p.pid for p in children(self.stack, marker)]
+        live = [p.pid for p in self.stack.children(marker)]
         return dead_pid not in live and len(live) >= (len(self.stack.ports) if marker == "uvicorn" else 1)
 
     async def worker_kill(self, rng: random.Random) -> None:
@@ -434,7 +423,7 @@ class Faults:
 
             with contextlib.suppress(TimeoutError):
                 await wait_for(running, 30, "a run in progress")
-        workers = children(self.stack, "runworker")
+        workers = self.stack.children("runworker")
         if not workers:
             raise RuntimeError("no agent worker to kill")
         mid_run = bool(self.watch.running())

@@ -15,11 +15,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 import websockets
 
-from tests.support.servers import Stack, running_stack
+from tests.support.servers import Stack, login, running_stack
 
 pytestmark = [pytest.mark.e2e]
 
@@ -34,12 +33,6 @@ def stack() -> Iterator[Stack]:
         env_overrides={"AGENT_OFFLINE_TOKEN_DELAY_MS": "150", "AGENT_LOST_AFTER_S": "6", "AGENT_HEARTBEAT_S": "1"},
     ) as s:
         yield s
-
-
-def token(stack: Stack, username: str) -> str:
-    response = httpx.post(f"{stack.base_url}/api/auth/token/", json={"username": username, "password": PASSWORD})
-    response.raise_for_status()
-    return str(response.json()["access"])
 
 
 def create_conversation(stack: Stack, access: str, **body: Any) -> str:
@@ -98,7 +91,7 @@ def durable(frames: list[dict[str, Any]], conv: str) -> list[dict[str, Any]]:
 
 
 async def test_calculation_flow_and_isolation_over_real_sockets(stack: Stack) -> None:
-    alice = token(stack, "alice")
+    alice = login(stack, "alice")
     conv = create_conversation(stack, alice)
     client = await Peer.open(stack, alice, 0)
     watcher = await Peer.open(stack, alice, 1)  # same user, the other server process
@@ -121,7 +114,7 @@ async def test_calculation_flow_and_isolation_over_real_sockets(stack: Stack) ->
     await watcher.until(lambda f: f.get("type") == "agent_completed")
     assert [(e["seq"], e["type"]) for e in durable(watcher.frames, conv)] == [(e["seq"], e["type"]) for e in events]
 
-    bob = token(stack, "bob")  # not a member of this conversation
+    bob = login(stack, "bob")  # not a member of this conversation
     stranger = await Peer.open(stack, bob, 1)
     commands: list[tuple[str, dict[str, Any]]] = [
         ("subscribe", {"conversation": conv}),
@@ -143,7 +136,7 @@ async def test_calculation_flow_and_isolation_over_real_sockets(stack: Stack) ->
 
 
 async def test_bad_frames_over_the_real_server_keep_the_socket_usable(stack: Stack) -> None:
-    peer = await Peer.open(stack, token(stack, "alice"))
+    peer = await Peer.open(stack, login(stack, "alice"))
     for raw in (b"\x00\x01", "{not json", "[]", '{"type": 1}', '{"type": "nope"}', "x" * (64 * 1024 + 10)):
         await peer.ws.send(raw)
         frame = await peer.next()
@@ -153,23 +146,15 @@ async def test_bad_frames_over_the_real_server_keep_the_socket_usable(stack: Sta
     await peer.ws.close()
 
 
-def worker_process(stack: Stack) -> psutil.Process:
-    assert stack.proc is not None
-    for child in psutil.Process(stack.proc.pid).children(recursive=True):
-        if "runworker" in " ".join(child.cmdline()):
-            return child
-    raise AssertionError("no agent worker process found")
-
-
 async def test_killing_the_worker_mid_run_fails_the_run_with_worker_lost(stack: Stack) -> None:
-    alice = token(stack, "alice")
+    alice = login(stack, "alice")
     conv = create_conversation(stack, alice)
     peer = await Peer.open(stack, alice)
     await peer.command("subscribe", conversation=conv, since_seq=0)
     # The help answer (~30 words at 150 ms) streams for ~4 s: the kill lands mid-run.
     sent = await peer.command("send", conversation=conv, client_msg_id="k1", text="hello there")
     await peer.until(lambda f: f.get("type") == "agent_started")
-    victim = worker_process(stack)
+    victim = stack.child("runworker")
     os.kill(victim.pid, signal.SIGKILL)
     started = time.monotonic()
     end = await peer.until(

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
 from chat.client import Backoff, ChatClient
@@ -24,14 +23,6 @@ pytestmark = [pytest.mark.e2e]
 def stack() -> Iterator[Stack]:
     with running_stack() as s:
         yield s
-
-
-def server_process(stack: Stack) -> psutil.Process:
-    assert stack.proc is not None
-    for child in psutil.Process(stack.proc.pid).children(recursive=True):
-        if "uvicorn" in " ".join(child.cmdline()):
-            return child
-    raise AssertionError("no uvicorn process")
 
 
 def log_events(stack: Stack, token: str, conv: str) -> list[tuple[int, str]]:
@@ -59,7 +50,7 @@ async def test_client_resumes_exactly_after_the_server_process_is_killed(stack: 
     await reader.subscribe(conv)
     for i in range(40):
         if i == 15:
-            os.kill(server_process(stack).pid, signal.SIGKILL)
+            os.kill(stack.child("uvicorn").pid, signal.SIGKILL)
         reply = await asyncio.wait_for(writer.send(conv, f"message {i}", client_msg_id=f"m{i}"), timeout=60)
         assert reply["ok"] is True
         acked.append(reply["message"]["seq"])

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 import psycopg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,6 +78,22 @@ class Stack:
             text=True,
             timeout=120,
         )
+
+    def children(self, marker: str) -> list[psutil.Process]:
+        """The stack's live child processes whose command line contains `marker` ("uvicorn", "runworker")."""
+        assert self.proc is not None
+        found = []
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if marker in " ".join(child.cmdline()):
+                    found.append(child)
+        return found
+
+    def child(self, marker: str) -> psutil.Process:
+        found = self.children(marker)
+        if not found:
+            raise AssertionError(f"no {marker} process in the stack")
+        return found[0]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
