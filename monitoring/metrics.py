@@ -14,7 +14,8 @@ class Metrics:
         self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], int] = defaultdict(int)
         self._gauges: dict[str, int] = defaultdict(int)
 
-    def inc(self, name: str, value: int = 1, **labels: str) -> None:
+    # Positional-only, so `name` and `value` can also be label names (breaker_transitions{name,state}).
+    def inc(self, name: str, value: int = 1, /, **labels: str) -> None:
         key = (name, tuple(sorted(labels.items())))
         with self._lock:
             self._counters[key] += value
@@ -23,7 +24,7 @@ class Metrics:
         with self._lock:
             self._gauges[name] += delta
 
-    def counter(self, name: str, **labels: str) -> int:
+    def counter(self, name: str, /, **labels: str) -> int:
         return self._counters.get((name, tuple(sorted(labels.items()))), 0)
 
     def snapshot(self) -> dict[str, Any]:

@@ -51,12 +51,14 @@ class AgentInput:
 
 
 class BackendError(Exception):
-    """The model backend failed (unreachable, bad answer). The run fails with `code`."""
+    """The model backend failed (unreachable, bad answer). The run fails with `code`. `status` is
+    the model server's HTTP status when it answered with one (it tells a 503 from a 401)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.status = status
 
 
 class Backend(Protocol):

@@ -154,7 +154,7 @@ class OpenAIBackend:
         try:
             async with client.stream("POST", self.url, json=body) as response:
                 if response.status_code >= 400:
-                    raise BackendError("llm_error", await self._status_message(response))
+                    raise BackendError("llm_error", await self._status_message(response), status=response.status_code)
                 async for line in response.aiter_lines():
                     data = _sse_data(line)
                     if data is None:
@@ -167,7 +167,7 @@ class OpenAIBackend:
                         yield text
         except BackendError as exc:
             # Server-supplied error text is shown to every member: never with the key in it.
-            raise BackendError(exc.code, self._redact(exc.message)) from exc
+            raise BackendError(exc.code, self._redact(exc.message), status=exc.status) from exc
         except httpx.TimeoutException as exc:
             raise BackendError(
                 "llm_timeout", f"the model server did not answer within {self.timeout_s:g}s ({type(exc).__name__})"
