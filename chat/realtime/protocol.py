@@ -50,8 +50,32 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
+def is_utf8_text(value: str) -> bool:
+    """Whether `value` has a UTF-8 form. A JSON escape like "\\ud800" decodes to a lone surrogate,
+    which has none: psycopg cannot send it and a WebSocket server cannot write a frame echoing it."""
+    if value.isascii():  # the common case; ASCII has no surrogates
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def is_storable_text(value: str) -> bool:
+    """Whether a client string may go to storage: UTF-8 text without NUL (PostgreSQL text cannot hold it)."""
+    return "\x00" not in value and is_utf8_text(value)
+
+
+def _valid_id(value: object) -> bool:
+    # The id is echoed in the reply, so it must survive the reply's UTF-8 encoding (a NUL is fine:
+    # JSON escapes it).
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS and is_utf8_text(value)
+
+
 def parse_frame(text: str | None, binary: bytes | None) -> Command:
-    """Turn one client frame into a Command, or raise ProtocolError with the frame's `id` unknown."""
+    """Turn one client frame into a Command. A bad frame raises CommandError when its `id` could be
+    read (it is answered with a reply) and a plain ProtocolError otherwise (an `error` frame)."""
     if binary is not None:
         raise ProtocolError("bad_request", "binary frames are not accepted; send UTF-8 JSON text")
     if text is None:
@@ -67,11 +91,12 @@ def parse_frame(text: str | None, binary: bytes | None) -> Command:
         raise ProtocolError("bad_request", "frame is not valid JSON") from exc
     if not isinstance(payload, dict):
         raise ProtocolError("bad_request", "frame must be a JSON object")
-    if _depth(payload, MAX_DEPTH) > MAX_DEPTH:
-        raise ProtocolError("bad_request", "frame is nested too deeply")
     command_id = payload.get("id")
-    if command_id is not None and (not isinstance(command_id, str) or not 0 < len(command_id) <= MAX_ID_CHARS):
-        raise ProtocolError("bad_request", f"id must be a string of 1-{MAX_ID_CHARS} characters")
+    if command_id is not None and not _valid_id(command_id):
+        raise ProtocolError("bad_request", f"id must be a string of 1-{MAX_ID_CHARS} characters of Unicode text")
+    # The id is read first so that every parsed frame with a valid id gets its reply (PROTOCOL §2).
+    if _depth(payload, MAX_DEPTH) > MAX_DEPTH:
+        raise CommandError(command_id, "bad_request", "frame is nested too deeply")
     kind = payload.get("type")
     if not isinstance(kind, str) or not kind:
         raise CommandError(command_id, "bad_request", "type must be a non-empty string")
@@ -91,9 +116,14 @@ class CommandError(ProtocolError):
 
 
 def req_str(fields: dict[str, Any], name: str, *, max_len: int, allow_empty: bool = False) -> str:
+    """A required string field. Every string a command stores or passes on is read here, so this is
+    where NUL and lone surrogates are refused: past this point they would fail in PostgreSQL or in
+    psycopg's encoder and surface as `internal` instead of the client's `bad_request`."""
     value = fields.get(name)
     if not isinstance(value, str):
         raise ProtocolError("bad_request", f"{name} must be a string")
+    if not is_storable_text(value):
+        raise ProtocolError("bad_request", f"{name} must be Unicode text without NUL characters or lone surrogates")
     if not allow_empty and not value:
         raise ProtocolError("bad_request", f"{name} must not be empty")
     if len(value) > max_len:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
-from chat.realtime.protocol import CommandError, ProtocolError, parse_frame, reply_error, reply_ok
+from chat.realtime.protocol import CommandError, ProtocolError, parse_frame, reply_error, reply_ok, req_str
 
 
 def test_valid_command_is_split_into_type_id_and_fields() -> None:
@@ -56,3 +59,170 @@ def test_reply_shapes() -> None:
         "type": "error",
         "error": {"code": "rate_limited", "message": "slow down", "retry_after_ms": 1200},
     }
+
+
+# --- hostile input (issue 4): binary, NUL, lone surrogates, deep nesting --------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\xff\xfe\xfd", b"\xc3\x28", b"\xed\xa0\x80", b'{"type": "ping", "id": "1"}', bytes(range(256))],
+)
+def test_binary_frames_are_bad_request_answered_with_an_error_frame(data: bytes) -> None:
+    # Even a binary frame holding valid JSON with an id: the contract is text frames only, and the
+    # server does not decode binary to look for an id.
+    with pytest.raises(ProtocolError) as exc:
+        parse_frame(None, data)
+    assert exc.value.code == "bad_request"
+    assert not isinstance(exc.value, CommandError)
+
+
+# Strings a client can put in a JSON frame that PostgreSQL or psycopg cannot store: NUL, and lone
+# surrogates, which JSON escapes decode to (a raw one cannot be sent as UTF-8, the escape can).
+UNSTORABLE_ESCAPES = ["\\u0000", "a\\u0000b", "\\ud800", "x\\udfff", "\\udc00\\ud800", "ok\\ud83d", "\\ude00tail"]
+
+
+@pytest.mark.parametrize("escaped", UNSTORABLE_ESCAPES)
+@pytest.mark.parametrize(("field", "max_len"), [("text", 16_000), ("client_msg_id", 64), ("token", 4096)])
+def test_string_fields_refuse_nul_and_lone_surrogates_decoded_from_json(escaped: str, field: str, max_len: int) -> None:
+    command = parse_frame('{"type": "send", "id": "1", "' + field + '": "' + escaped + '"}', None)
+    value = command.fields[field]
+    assert "\x00" in value or any(0xD800 <= ord(ch) <= 0xDFFF for ch in value)  # the decoded form reached us
+    with pytest.raises(ProtocolError) as exc:
+        req_str(command.fields, field, max_len=max_len)
+    assert exc.value.code == "bad_request"
+    assert field in exc.value.message
+
+
+@pytest.mark.parametrize(
+    "value", ["plain", "😀", "\\ud83d\\ude00", "مرحبا \\u202e", "   x   ", "\\u00e9\\u4e2d", "tab\\tnew\\nline"]
+)
+def test_string_fields_accept_real_unicode_including_escaped_pairs(value: str) -> None:
+    command = parse_frame('{"type": "send", "text": "' + value + '"}', None)
+    text = req_str(command.fields, "text", max_len=100)
+    assert text.encode("utf-8")  # storable and sendable as is
+
+
+def test_id_with_lone_surrogate_is_refused_with_an_error_frame_not_echoed() -> None:
+    # The reply would echo the id, and a frame holding a lone surrogate cannot be written as UTF-8
+    # (uvicorn's writer would fail and close the socket 1011).
+    with pytest.raises(ProtocolError) as exc:
+        parse_frame('{"type": "ping", "id": "a\\ud800"}', None)
+    assert not isinstance(exc.value, CommandError)
+    assert exc.value.code == "bad_request"
+    reply_error(None, exc.value).encode("utf-8")
+
+
+def test_id_with_nul_is_valid_and_its_reply_is_utf8() -> None:
+    command = parse_frame('{"type": "ping", "id": "a\\u0000b"}', None)
+    assert command.id == "a\x00b"
+    reply = reply_ok(command.id, {})
+    assert json.loads(reply.encode("utf-8"))["id"] == "a\x00b"
+
+
+def test_deep_frame_with_valid_id_is_answered_with_a_reply() -> None:
+    frame = '{"type": "ping", "id": "deep", "a": ' + "[" * 40 + "]" * 40 + "}"
+    with pytest.raises(CommandError) as exc:
+        parse_frame(frame, None)
+    assert exc.value.command_id == "deep"
+    assert exc.value.code == "bad_request"
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "[" * 10_000 + "]" * 10_000,
+        '{"a":' * 10_000 + "1" + "}" * 10_000,  # 60,001 characters: under the frame limit
+        '{"type": "ping", "id": "x", "a": ' + "[" * 10_000 + "]" * 10_000 + "}",
+        "[" * 30_000,  # never closed
+    ],
+)
+def test_ten_thousand_levels_of_nesting_is_bad_request_not_recursion_error(frame: str) -> None:
+    with pytest.raises(ProtocolError) as exc:
+        parse_frame(frame, None)
+    assert exc.value.code == "bad_request"
+
+
+def test_frame_limit_is_exact_in_characters_and_in_utf8_bytes() -> None:
+    limit = 64 * 1024
+    skeleton = '{"type":"ping","pad":""}'
+    at_limit = skeleton[:-2] + "x" * (limit - len(skeleton)) + '"}'
+    assert len(at_limit) == limit
+    assert parse_frame(at_limit, None).type == "ping"
+    with pytest.raises(ProtocolError) as exc:
+        parse_frame(at_limit[:-2] + 'x"}', None)
+    assert exc.value.code == "too_large"
+    # 2-byte characters: under the limit in characters, over it in bytes.
+    two_byte = skeleton[:-2] + "é" * ((limit - len(skeleton)) // 2 + 1) + '"}'
+    assert len(two_byte) < limit < len(two_byte.encode("utf-8"))
+    with pytest.raises(ProtocolError) as exc:
+        parse_frame(two_byte, None)
+    assert exc.value.code == "too_large"
+
+
+# --- properties: whatever arrives, parsing ends in a Command or a ProtocolError, and what is sent
+# back is always UTF-8 ---------------------------------------------------------------------------
+
+# Any code point, with the hostile ones drawn often rather than once in a million. (Built from
+# single characters: st.text() quietly leaves surrogates out of a one_of alphabet.)
+HOSTILE_CHARS = st.sampled_from(["\x00", "\ud800", "\udbff", "\udc00", "\udfff", "\u202e", "\ufeff", "😀"])
+ANY_TEXT = st.lists(st.characters(exclude_categories=()) | HOSTILE_CHARS, max_size=30).map("".join)
+JSON_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | ANY_TEXT
+)
+JSON_VALUES = st.recursive(
+    JSON_LEAVES, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(ANY_TEXT, inner, max_size=4)
+)
+FIELD_NAMES = st.sampled_from(["type", "id", "conversation", "text", "client_msg_id", "since_seq", "token", "x"])
+
+
+COMMAND_LIKE = st.fixed_dictionaries(
+    {"type": st.sampled_from(["ping", "send", ""]) | ANY_TEXT, "id": ANY_TEXT},
+    optional={"text": JSON_VALUES, "client_msg_id": JSON_VALUES, "a": JSON_VALUES},
+)
+
+
+def _encodable(frame: str) -> None:
+    frame.encode("utf-8")  # strict: what a WebSocket server must be able to write
+
+
+@hyp_settings(max_examples=400, deadline=None, database=None)
+@given(
+    text=st.lists(st.characters(exclude_categories=()) | HOSTILE_CHARS, max_size=200).map("".join)
+    | st.dictionaries(FIELD_NAMES, JSON_VALUES, max_size=6).map(json.dumps)
+    | st.dictionaries(FIELD_NAMES, JSON_VALUES, max_size=6).map(lambda d: json.dumps(d, ensure_ascii=False))
+    | COMMAND_LIKE.map(json.dumps)
+)
+def test_any_text_frame_parses_or_raises_protocol_error_with_utf8_answer(text: str) -> None:
+    try:
+        command = parse_frame(text, None)
+    except CommandError as exc:  # answered with a reply when the id is known, else an error frame
+        _encodable(reply_error(exc.command_id, exc))
+        return
+    except ProtocolError as exc:
+        _encodable(reply_error(None, exc))
+        return
+    assert isinstance(command.type, str)
+    assert command.type
+    if command.id is not None:
+        _encodable(reply_ok(command.id, {}))
+        _encodable(reply_error(command.id, ProtocolError("bad_request", "x")))
+
+
+@hyp_settings(max_examples=400, deadline=None, database=None)
+@given(value=JSON_VALUES | ANY_TEXT)
+def test_req_str_returns_storable_text_or_refuses(value: object) -> None:
+    try:
+        text = req_str({"text": value}, "text", max_len=20)
+    except ProtocolError as exc:
+        code = exc.code
+        assert code in ("bad_request", "too_large")
+        return
+    assert isinstance(text, str)
+    assert 0 < len(text) <= 20
+    assert "\x00" not in text
+    text.encode("utf-8")
