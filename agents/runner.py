@@ -26,6 +26,7 @@ from agents.backends import get_backend
 from agents.runtime import execute_run
 from agents.tools import default_registry
 from chat.realtime.bus import publish_events
+from chat.resilience import all_breakers, publish_breakers, shared_state_max_age_s, withdraw_breakers
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class RunSupervisor:
         self._loops: list[asyncio.Task[None]] = []
         self.backend = get_backend()
         self.tools = default_registry()
+        self._breakers_changed = asyncio.Event()
+        self._published: dict[str, str] = {}
 
     @property
     def started(self) -> bool:
@@ -56,6 +59,7 @@ class RunSupervisor:
             asyncio.create_task(self._claim_loop(), name="runs-claim"),
             asyncio.create_task(self._heartbeat_loop(), name="runs-heartbeat"),
             asyncio.create_task(self._reaper_loop(), name="runs-reaper"),
+            asyncio.create_task(self._breaker_loop(), name="runs-breakers"),
         ]
         logger.info("run supervisor %s started", self.worker_id)
 
@@ -66,6 +70,11 @@ class RunSupervisor:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=timeout_s)
+        if self._loops:
+            # A stopped runner's view of the model must not keep /readyz degraded until it ages out.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await withdraw_breakers(self.worker_id)
         self._loops = []
 
     def wake(self) -> None:
@@ -112,6 +121,8 @@ class RunSupervisor:
     def _finished(self, run_id: str, _task: asyncio.Task[None]) -> None:
         self.tasks.pop(run_id, None)
         self._wake.set()  # the conversation's next queued run may start
+        if _breaker_states() != self._published:
+            self._breakers_changed.set()
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -130,6 +141,24 @@ class RunSupervisor:
             for run_id in to_cancel:  # a cancel doorbell we missed
                 self.cancel(run_id)
 
+    async def _breaker_loop(self) -> None:
+        """Tell /readyz (answered by the web processes) whether this runner can reach the model:
+        publish the breakers every heartbeat, and at once when a finished run changed one."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(settings.AGENT_HEARTBEAT_S):
+                    await self._breakers_changed.wait()
+            self._breakers_changed.clear()
+            states = _breaker_states()
+            try:
+                await publish_breakers(self.worker_id, max_age_s=shared_state_max_age_s())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis down: /readyz reports that through its own check
+                logger.debug("could not publish breaker state: %s", type(exc).__name__)
+                continue
+            self._published = states
+
     async def _reaper_loop(self) -> None:
         while True:
             await asyncio.sleep(min(5.0, settings.AGENT_LOST_AFTER_S / 2))
@@ -144,6 +173,10 @@ class RunSupervisor:
                 logger.warning("failed %d run(s) whose worker was lost", len(events))
                 await publish_events(events)
                 self._wake.set()
+
+
+def _breaker_states() -> dict[str, str]:
+    return {name: b.state for name, b in all_breakers().items()}
 
 
 _supervisors: dict[asyncio.AbstractEventLoop, RunSupervisor] = {}

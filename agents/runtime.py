@@ -2,12 +2,19 @@
 
 Order per PROTOCOL §4: agent_started (emitted by the claim), then thinking / tool_executing /
 tool_completed / coalesced agent_delta as the steps come, then exactly one terminal event.
+
+The model backend is called through the process's `breaker("llm")` (chat/resilience.py): while
+the model server is down, runs fail at once with `llm_unavailable` (no connect attempt, no
+timeout to wait out) and a message saying the user's message was kept; after the breaker's reset
+timeout one run probes the server, and its first step closes the breaker again. Only the
+backend's own failures count: a database error during a run never opens the LLM breaker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -20,6 +27,7 @@ from agents.backends.base import (
     Backend,
     BackendError,
     CallTool,
+    Step,
     Think,
     ToolOutcome,
     Usage,
@@ -27,10 +35,17 @@ from agents.backends.base import (
 from agents.services import ClaimedRun
 from agents.tools import ToolContext, ToolRegistry
 from chat.realtime.bus import publish_events
+from chat.resilience import CircuitBreaker, CircuitOpen, ErrorClass, breaker, classify
 from chat.services.conversations import ServiceError
 from chat.services.events import StoredEvent
 
 logger = logging.getLogger(__name__)
+
+# What members read in agent_failed when the model server cannot be reached (or is not answering):
+# the technical reason goes to the log, not to every member of the conversation.
+LLM_UNAVAILABLE_MESSAGE = "The AI backend is unavailable right now; your message was saved. Try again in a moment."
+LLM_TIMEOUT_MESSAGE = "The AI backend did not answer in time; your message was saved. Try again in a moment."
+_HUMAN_MESSAGES = {"llm_unavailable": LLM_UNAVAILABLE_MESSAGE, "llm_timeout": LLM_TIMEOUT_MESSAGE}
 
 
 class Emitter:
@@ -130,11 +145,15 @@ async def execute_run(run: ClaimedRun, *, backend: Backend, tools: ToolRegistry)
         history = await database_sync_to_async(_load_history)(run.conversation_id, run.trigger_seq)
         request = AgentInput(run.run_id, run.conversation_id, run.requested_by_id, run.prompt, history)
         ctx = ToolContext(user_id=run.requested_by_id, conversation_id=run.conversation_id)
+        llm = breaker("llm")
+        llm.before_call()  # CircuitOpen: fail now rather than wait out a timeout per run
         steps = backend.steps(request, tools)
         outcome: ToolOutcome | None = None
+        first = True
         try:
             while True:
-                step = await steps.asend(outcome)
+                step = await _next_step(llm, steps, outcome, first)
+                first = False
                 outcome = None
                 if isinstance(step, AnswerChunk):
                     emitter.delta(step.text)
@@ -164,8 +183,25 @@ async def execute_run(run: ClaimedRun, *, backend: Backend, tools: ToolRegistry)
     except asyncio.CancelledError:
         await _end(emitter, "cancelled")
         raise
+    except CircuitOpen as exc:
+        if exc.name == "llm":
+            logger.info("run %s not tried: %s", run.run_id, exc)
+            await _end(emitter, "failed", "llm_unavailable", LLM_UNAVAILABLE_MESSAGE, retry_after_ms=exc.retry_after_ms)
+        else:  # another dependency's breaker (the database's, while emitting): not the model's fault
+            logger.warning("run %s stopped: %s", run.run_id, exc)
+            await _end(emitter, "failed", "internal", f"the agent stopped: {exc.name} is unavailable")
     except BackendError as exc:
-        await _end(emitter, "failed", exc.code, exc.message)
+        # Members read the message: for an unreachable or silent server a plain one, the detail
+        # (which host, which timeout) goes to the log.
+        message = _HUMAN_MESSAGES.get(exc.code, exc.message)
+        if classify(exc) is ErrorClass.TRANSIENT:
+            logger.warning("run %s: the model server failed (%s): %s", run.run_id, exc.code, exc.message)
+            retry_after_ms = breaker("llm").retry_after_ms() or None
+            await _end(emitter, "failed", exc.code, message, retry_after_ms=retry_after_ms)
+        else:
+            # PERMANENT: the server answered and refused (bad key, unknown model) or broke the stream.
+            logger.error("run %s: the model server refused (%s): %s", run.run_id, exc.code, exc.message)
+            await _end(emitter, "failed", exc.code, message)
     except ServiceError as exc:
         # The run stopped being ours (reaped as lost, or already ended): nothing more to emit.
         logger.warning("run %s ended elsewhere: %s", run.run_id, exc.message)
@@ -174,7 +210,32 @@ async def execute_run(run: ClaimedRun, *, backend: Backend, tools: ToolRegistry)
         await _end(emitter, "failed", "internal", f"the agent failed: {type(exc).__name__}")
 
 
-async def _end(emitter: Emitter, how: str, code: str = "", message: str = "") -> None:
+async def _next_step(
+    llm: CircuitBreaker, steps: AsyncGenerator[Step, ToolOutcome | None], outcome: ToolOutcome | None, first: bool
+) -> Step:
+    """The backend's next step, with its outcome told to the LLM breaker: the first step proves
+    the server reachable (a half-open probe closes the breaker); a BackendError counts if it is
+    TRANSIENT; a cancel or another error only frees the probe slot."""
+    try:
+        step = await steps.asend(outcome)
+    except StopAsyncIteration:
+        if first:  # an empty answer is still an answer
+            llm.record_success()
+        raise
+    except BackendError as exc:
+        llm.record_failure(exc)
+        raise
+    except BaseException:
+        llm.release()
+        raise
+    if first:
+        llm.record_success()
+    return step
+
+
+async def _end(
+    emitter: Emitter, how: str, code: str = "", message: str = "", *, retry_after_ms: int | None = None
+) -> None:
     run = emitter.run
 
     # Shielded: the terminal event must be written even while this task is being cancelled.
@@ -189,7 +250,11 @@ async def _end(emitter: Emitter, how: str, code: str = "", message: str = "") ->
             )
         else:
             event = await database_sync_to_async(services.run_fail)(
-                run_id=run.run_id, conversation_id=run.conversation_id, code=code, message=message
+                run_id=run.run_id,
+                conversation_id=run.conversation_id,
+                code=code,
+                message=message,
+                retry_after_ms=retry_after_ms,
             )
         if event is not None:
             await publish_events([event])

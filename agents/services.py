@@ -199,10 +199,17 @@ def run_complete(*, run_id: str, conversation_id: str, text: str, usage: dict[st
 
 @transaction.atomic
 def run_fail(
-    *, run_id: str, conversation_id: str, code: str, message: str, only_if_stale_before: datetime | None = None
+    *,
+    run_id: str,
+    conversation_id: str,
+    code: str,
+    message: str,
+    only_if_stale_before: datetime | None = None,
+    retry_after_ms: int | None = None,
 ) -> StoredEvent | None:
     """End a run with agent_failed. Returns None if it had already ended (exactly one terminal),
-    or, for the reaper, if its heartbeat came back since the reaper looked (checked under lock)."""
+    or, for the reaper, if its heartbeat came back since the reaper looked (checked under lock).
+    `retry_after_ms` (a dependency is down) tells clients when asking again may work."""
     run = AgentRun.objects.select_for_update().get(id=run_id)
     if run.status in TERMINAL_STATUSES:
         return None
@@ -218,11 +225,14 @@ def run_fail(
     run.error_code = code
     run.error_message = message[:2000]
     run.save(update_fields=["status", "finished_at", "error_code", "error_message", "started_at"])
+    error: dict[str, Any] = {"code": code, "message": message[:2000]}
+    if retry_after_ms is not None:
+        error["retry_after_ms"] = retry_after_ms
     return append_event(
         conversation_id=conversation_id,
         type="agent_failed",
         run_id=run_id,
-        data={"run_id": run_id, "error": {"code": code, "message": message[:2000]}},
+        data={"run_id": run_id, "error": error},
     )
 
 

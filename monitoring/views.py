@@ -1,5 +1,11 @@
 """Health and metrics endpoints. /healthz: the process answers. /readyz: it can reach the database
-and the channel layer (load balancers stop routing to a process that cannot)."""
+and the channel layer (load balancers stop routing to a process that cannot).
+
+/readyz also shows every circuit breaker (chat/resilience.py): this process's, merged with those
+the agent runners publish through Redis. A breaker that is not closed is listed under `degraded`
+but does not make the process unready: with the model server down (`llm` open) chat still works,
+and taking the process out of rotation would turn a degraded service into no service. Readiness
+stays decided by the database and channel-layer checks alone."""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
+from chat.resilience import all_breakers, shared_breakers, shared_state_max_age_s, worse
 from monitoring.metrics import metrics
 from monitoring.selectors import event_counts
 
@@ -48,9 +55,32 @@ async def readyz(request: HttpRequest) -> JsonResponse:
             checks[name] = {"ok": False, "error": type(exc).__name__}
         checks[name]["ms"] = round((time.monotonic() - started) * 1000, 1)
     ready = all(c["ok"] for c in checks.values())
-    return JsonResponse({"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
+    breakers = await _breakers()
+    degraded = sorted(name for name, snap in breakers.items() if snap["state"] != "closed")
+    return JsonResponse(
+        {"status": "ready" if ready else "unavailable", "checks": checks, "degraded": degraded, "breakers": breakers},
+        status=200 if ready else 503,
+    )
+
+
+async def _breakers() -> dict[str, dict[str, object]]:
+    merged: dict[str, dict[str, object]] = {name: b.snapshot() for name, b in all_breakers().items()}
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            shared = await shared_breakers(max_age_s=shared_state_max_age_s())
+    except Exception:
+        shared = {}  # Redis is down: the channel_layer check says so; report what this process knows
+    for name, snap in shared.items():
+        merged[name] = worse(merged.get(name), snap)
+    return merged
 
 
 @staff_member_required
 def metrics_view(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"process": metrics.snapshot(), "events_in_log": event_counts()})
+    return JsonResponse(
+        {
+            "process": metrics.snapshot(),
+            "breakers": {name: b.snapshot() for name, b in all_breakers().items()},
+            "events_in_log": event_counts(),
+        }
+    )

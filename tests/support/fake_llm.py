@@ -9,8 +9,9 @@ empty it falls back to `server.rule` (by default: answer from the last tool mess
 one, else echo the prompt). A scripted reply is a `Reply` or a function of the request returning
 one. Failures are replies too: `http_error`, `dropped`, `malformed`, `stalled`.
 
-Helpers for servers that are not there: `refusing_port()` (nothing accepts: connection refused)
-and `blackhole_port()` (a listener whose accept queue is full: connecting hangs).
+Helpers for servers that are not there: `refusing_port()` (nothing accepts: connection refused),
+`blackhole_port()` (a listener whose accept queue is full: connecting hangs) and `hold_port(port)`
+(keeps a stopped fake's port refusing, and free of other tenants, until the fake restarts on it).
 """
 
 from __future__ import annotations
@@ -254,13 +255,14 @@ class FakeLLM:
 
     path = "/v1/chat/completions"
 
-    def __init__(self, rule: Callable[[RecordedRequest], Reply] = answer_from_tool) -> None:
+    def __init__(self, rule: Callable[[RecordedRequest], Reply] = answer_from_tool, *, port: int = 0) -> None:
+        """`port`: 0 picks a free one; a given port restarts a stopped fake where clients expect it."""
         self.rule = rule
         self.requests: list[RecordedRequest] = []
         self._queue: deque[Script] = deque()
         self._lock = threading.Lock()
         self._closing = threading.Event()  # releases stalled replies at shutdown
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.fake = self
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-llm", daemon=True
@@ -313,6 +315,17 @@ def refusing_port() -> Iterator[int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def hold_port(port: int) -> Iterator[None]:
+    """Bind `port` without listening while a fake is down: connections to it are refused, and no
+    other process can take it before the fake is started again on it (FakeLLM(port=port))."""
+    with socket.socket() as sock:
+        # The stopped server's closed connections may linger in TIME_WAIT on this port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        yield
 
 
 @contextlib.contextmanager
