@@ -473,7 +473,8 @@ def shared_state_max_age_s() -> float:
     return 3 * float(getattr(settings, "AGENT_HEARTBEAT_S", 5.0)) + 1
 
 
-def _shared_key() -> str:
+def shared_state_key() -> str:
+    """The Redis hash where processes publish their breakers (one per deployment prefix)."""
     return f"{getattr(settings, 'CHANNEL_PREFIX', 'chat')}:breakers"
 
 
@@ -487,7 +488,7 @@ async def publish_breakers(source: str, *, max_age_s: float) -> None:
     now = time.time()
     snapshot = {name: b.snapshot() for name, b in all_breakers().items()}
     client = redis_client()
-    key = _shared_key()
+    key = shared_state_key()
     await client.hset(key, source, json.dumps({"at": now, "breakers": snapshot}))
     stale = [field for field, raw in (await client.hgetall(key)).items() if _age(raw, now) > max_age_s]
     if stale:
@@ -500,7 +501,7 @@ async def withdraw_breakers(source: str) -> None:
         return
     from chat.realtime.redis_client import redis_client
 
-    await redis_client().hdel(_shared_key(), source)
+    await redis_client().hdel(shared_state_key(), source)
 
 
 async def shared_breakers(*, max_age_s: float) -> dict[str, dict[str, Any]]:
@@ -512,7 +513,7 @@ async def shared_breakers(*, max_age_s: float) -> dict[str, dict[str, Any]]:
 
     now = time.time()
     merged: dict[str, dict[str, Any]] = {}
-    for source, raw in (await redis_client().hgetall(_shared_key())).items():
+    for source, raw in (await redis_client().hgetall(shared_state_key())).items():
         if _age(raw, now) > max_age_s:
             continue
         for name, snap in json.loads(raw).get("breakers", {}).items():

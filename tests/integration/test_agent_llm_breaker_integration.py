@@ -31,7 +31,7 @@ from chat.resilience import (
     withdraw_breakers,
 )
 from chat.services.conversations import conversation_create
-from tests.support.fake_llm import FakeLLM, hold_port
+from tests.support.fake_llm import FakeLLM, hold_port, http_error
 from tests.support.ws import Client, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -51,8 +51,25 @@ def breaker_settings(settings: Any) -> Iterator[Any]:
     settings.CHAT_BREAKER_WINDOW_S = 60.0
     settings.CHAT_BREAKER_RESET_S = RESET_S
     reset_breakers()  # the breakers are per process: start from closed, with these settings
+    forget_published_breakers()
     yield settings
     reset_breakers()
+    forget_published_breakers()
+
+
+def forget_published_breakers() -> None:
+    """Drop what earlier tests' run supervisors published for /readyz: their event loops are gone,
+    but their entries would count as live for a few heartbeats."""
+    import redis
+    from django.conf import settings
+
+    from chat.resilience import shared_state_key
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        client.delete(shared_state_key())
+    finally:
+        client.close()
 
 
 async def new_conversation(user: Any, agent: str) -> str:
@@ -106,7 +123,8 @@ async def test_llm_outage_fails_runs_fast_keeps_chat_working_and_recovers(
     fake = FakeLLM().start()
     port = fake.port
     breaker_settings.AGENT_LLM_BASE_URL = fake.base_url
-    alice = await database_sync_to_async(make_user)()
+    # Enterprise: the per-tier agent-run rate limit is not what this test is about.
+    alice = await database_sync_to_async(make_user)(tier="enterprise")
     bob = await database_sync_to_async(make_user)()
     agent_conv = await new_conversation(alice, "assistant")
     plain_conv = await new_conversation(bob, "")
@@ -160,6 +178,13 @@ async def test_llm_outage_fails_runs_fast_keeps_chat_working_and_recovers(
             assert body["degraded"] == ["llm"]
             assert body["breakers"]["llm"]["state"] == "open"
 
+            # Staff see the breaker and its transition in /metrics.
+            staff = AsyncClient()
+            await staff.aforce_login(await database_sync_to_async(make_user)(is_staff=True))
+            metrics_body = (await staff.get("/metrics")).json()
+            assert metrics_body["breakers"]["llm"]["state"] == "open"
+            assert metrics_body["process"]["counters"]["breaker_transitions"]["name=llm,state=open"] >= 1
+
             # Back: once the reset timeout has passed the next run is the probe, and completes.
             await wait_for(_async(lambda: breaker("llm").retry_after_ms() == 0), timeout=RESET_S + 5)
             _, done = await ask(a, agent_conv, "m4", "and now?")
@@ -181,6 +206,36 @@ async def test_llm_outage_fails_runs_fast_keeps_chat_working_and_recovers(
             assert texts == ["hello", "are you there?", "are you there?", "still down?", "and now?"]
     finally:
         fake.close()
+
+
+async def test_a_refusing_model_fails_runs_without_tripping_the_breaker_but_a_503_does(
+    make_user: Any, breaker_settings: Any
+) -> None:
+    """PERMANENT (a 4xx: bad key, unknown model) fails the run with the server's reason and is not
+    the server being down; TRANSIENT (503: overloaded, loading) counts toward opening it."""
+    with FakeLLM() as fake:
+        breaker_settings.AGENT_LLM_BASE_URL = fake.base_url
+        user = await database_sync_to_async(make_user)(tier="enterprise")
+        conv = await new_conversation(user, "assistant")
+        fake.script(*[http_error(401, "invalid api key") for _ in range(FAILURES + 1)])
+        fake.script(*[http_error(503, "model is loading") for _ in range(FAILURES)])
+        async with subscribed_client(user, conv) as client:
+            for n in range(FAILURES + 1):
+                _, failed = await ask(client, conv, f"k{n}", "hi")
+                assert failed["data"]["error"]["code"] == "llm_error"
+                assert "401" in failed["data"]["error"]["message"]
+                assert "retry_after_ms" not in failed["data"]["error"]
+            assert breaker("llm").state == "closed"
+            assert breaker("llm").snapshot()["failures"] == 0
+            for n in range(FAILURES):
+                _, failed = await ask(client, conv, f"s{n}", "hi")
+                assert failed["data"]["error"]["code"] == "llm_error"
+                assert "503" in failed["data"]["error"]["message"]
+            assert breaker("llm").state == "open"
+            assert len(fake.requests) == 2 * FAILURES + 1
+            _, failed = await ask(client, conv, "after", "hi")
+            assert failed["data"]["error"]["code"] == "llm_unavailable"
+            assert len(fake.requests) == 2 * FAILURES + 1  # not asked while open
 
 
 def _async(predicate: Any) -> Any:
