@@ -2,16 +2,20 @@
 
 Three ways in: the Django session cookie, `Authorization: Bearer <access>`, or (for browsers on
 another origin) an `auth` frame after the handshake. Tokens in the query string are refused
-because they end up in access logs. Nothing here logs a token.
+because they end up in access logs. Nothing here logs a token, and `install_log_redaction` keeps
+the ASGI server's own log lines (uvicorn logs every WebSocket handshake's path *with* its query
+string, even with its access log off) from carrying one either.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 from channels.auth import get_user
 from channels.db import database_sync_to_async
@@ -26,6 +30,12 @@ from chat.models import User
 logger = logging.getLogger(__name__)
 
 QUERY_TOKEN_KEYS = {"token", "access", "access_token", "jwt", "auth", "authorization"}
+# A JWT wherever it appears: three base64url segments, the first a JSON object ("eyJ" is '{"').
+# Used to refuse a token under any query parameter name and to redact tokens from log lines.
+JWT_PATTERN = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+# The value of a token-named query parameter, whatever its shape (it may not be a JWT).
+_QUERY_TOKEN_VALUE = re.compile(r"([?&;](?:" + "|".join(sorted(QUERY_TOKEN_KEYS)) + r")=)[^&;\s\"']*", re.IGNORECASE)
+REDACTED = "[redacted]"
 
 
 class AuthFailed(Exception):
@@ -52,6 +62,58 @@ def identity_from_token(raw: str) -> Identity:
     if user is None or not user.is_active:
         raise AuthFailed("unknown or inactive user")
     return Identity(user.id, user.username, user.tier, "jwt", int(token["exp"]))
+
+
+def query_carries_token(query_string: bytes) -> bool:
+    """True if the query string names a token parameter or carries anything shaped like a JWT
+    (under any name: `?t=eyJ…` is just as logged as `?token=eyJ…`)."""
+    raw = query_string.decode("latin-1")
+    if JWT_PATTERN.search(unquote_plus(raw)):
+        return True
+    return bool(QUERY_TOKEN_KEYS & {key.lower() for key in parse_qs(raw)})
+
+
+def redact_tokens(text: str) -> str:
+    return _QUERY_TOKEN_VALUE.sub(lambda m: m.group(1) + REDACTED, JWT_PATTERN.sub(REDACTED, text))
+
+
+def _redact_arg(value: object) -> object:
+    return redact_tokens(value) if isinstance(value, str) else value
+
+
+class TokenRedactingFilter(logging.Filter):
+    """Replaces tokens in a record's message and string arguments. Arguments are redacted one by
+    one, so formatters that unpack them (uvicorn's access formatter) keep working."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_tokens(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_arg(arg) for arg in record.args)
+        elif isinstance(record.args, Mapping):
+            record.args = {key: _redact_arg(arg) for key, arg in record.args.items()}
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is the handler's business, not ours
+            return True
+        if JWT_PATTERN.search(message):  # hidden in a non-string argument: flatten the record
+            record.msg, record.args = redact_tokens(message), ()
+        return True
+
+
+_REDACTION = TokenRedactingFilter()
+
+
+def install_log_redaction() -> None:
+    """Put the redacting filter on every handler configured so far (the ASGI server's own, set up
+    before it imports the application, and Django's LOGGING ones). Idempotent."""
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    for lg in loggers:
+        for handler in lg.handlers:
+            if _REDACTION not in handler.filters:
+                handler.addFilter(_REDACTION)
 
 
 def origin_allowed(origin: str | None) -> bool:
@@ -96,6 +158,9 @@ class ChatAuthMiddleware:
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        # Built once per server process, when the ASGI application is imported: by then the
+        # server's and Django's log handlers exist.
+        install_log_redaction()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         if scope["type"] != "websocket":
@@ -104,9 +169,8 @@ class ChatAuthMiddleware:
         scope["identity"] = None
         scope["auth_error"] = None
         scope["origin_ok"] = origin_allowed(_header(scope, b"origin"))
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         authorization = _header(scope, b"authorization")
-        if QUERY_TOKEN_KEYS & {k.lower() for k in query}:
+        if query_carries_token(scope.get("query_string", b"")):
             scope["auth_error"] = (
                 "tokens in the query string are refused; use the Authorization header or an auth frame"
             )
