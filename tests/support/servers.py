@@ -131,12 +131,15 @@ def start_stack(
     seed: bool = True,
     log_dir: Path | None = None,
     ready_timeout: float = 60,
+    database_address: str = "127.0.0.1:5432",
 ) -> Stack:
+    """`database_address` ("host:port") is where the stack reaches PostgreSQL: another address than
+    the server's own lets a test put a fault-injecting proxy (tests/support/faults.py) in between."""
     database = create_database()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     env.update(
         {
-            "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
+            "DATABASE_URL": f"postgres://postgres@{database_address}/{database}",
             "REDIS_URL": REDIS_URL,
             "CHANNEL_PREFIX": f"e2e{uuid.uuid4().hex[:8]}",
             "DJANGO_SETTINGS_MODULE": "chatsite.settings",
