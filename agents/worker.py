@@ -3,18 +3,38 @@
 Channels' worker routes messages on the `agent-runs` channel to `RunWorkerConsumer`; our
 `runworker` command (agents/management/commands/runworker.py) also starts the run supervisor
 when the worker starts, so queued and orphaned runs are handled even before any doorbell rings.
+
+The database is the queue and the supervisor polls it, so the `agent-runs` channel is only a
+doorbell: a channel layer that fails (Redis down when the worker starts, or restarting) must not
+end the worker, which would take every run it holds down with it. The listener retries with
+backoff instead, and meanwhile runs are claimed by polling.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import random
+import time
 from typing import Any
 
 from channels.consumer import AsyncConsumer
 from channels.worker import Worker
 
 from agents.runner import AGENT_RUNS_CHANNEL, get_supervisor
+from chat.resilience import ErrorClass, backoff_delay, classify
+from monitoring.metrics import metrics
 
 __all__ = ["AGENT_RUNS_CHANNEL", "AgentWorker", "RunWorkerConsumer"]
+
+logger = logging.getLogger(__name__)
+
+# Listening again after a channel layer failure: full-jitter backoff from 0.5 s, capped at 5 s. A
+# listener that then ran this long without failing starts its backoff afresh.
+LISTEN_RETRY_BASE_S = 0.5
+LISTEN_RETRY_MAX_S = 5.0
+LISTEN_HEALTHY_AFTER_S = 30.0
 
 
 class RunWorkerConsumer(AsyncConsumer):
@@ -32,3 +52,39 @@ class AgentWorker(Worker):
         if AGENT_RUNS_CHANNEL in self.channels:
             get_supervisor()  # starts claiming, heart-beating and reaping now
         await super().handle()
+
+    async def listener(self, channel: str) -> None:
+        """channels' listener, restarted after a transient channel layer failure instead of
+        ending the process. Anything else (a bug, a message without a type) still ends it."""
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await super().listener(channel)
+                return
+            except Exception as exc:
+                if classify(exc) is not ErrorClass.TRANSIENT:
+                    raise
+                if time.monotonic() - started > LISTEN_HEALTHY_AFTER_S:
+                    attempt = 0
+                metrics.inc("worker_listen_errors")
+                logger.warning("listening on %s failed (%s); runs are claimed by polling meanwhile", channel, exc)
+                _forget_unsubscribed_channel(self.channel_layer, channel)
+                await asyncio.sleep(
+                    backoff_delay(
+                        attempt, base_delay_s=LISTEN_RETRY_BASE_S, max_delay_s=LISTEN_RETRY_MAX_S, rng=random.random
+                    )
+                )
+                attempt += 1
+
+
+def _forget_unsubscribed_channel(channel_layer: Any, channel: str) -> None:
+    """channels_redis' pub/sub layer registers a channel's queue *before* its SUBSCRIBE; when the
+    SUBSCRIBE fails, the queue stays and every later `receive` waits on it without subscribing
+    again (deaf forever). Dropping the queue makes the next `receive` subscribe. Only touches a
+    channel the layer's shard has not subscribed; other layers are left alone."""
+    with contextlib.suppress(Exception):
+        layer = channel_layer._get_layer()
+        shard = layer._get_shard(channel)
+        if channel in layer.channels and channel not in shard._subscribed_to:
+            del layer.channels[channel]

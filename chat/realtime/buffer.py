@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from django.conf import settings
 
-from chat.realtime.redis_client import redis_client
+from chat.realtime.redis_client import redis_call, redis_client
 from monitoring.metrics import metrics
 
 Clock = Callable[[], float]
@@ -27,6 +28,7 @@ class Buffer(Protocol):
     async def append(self, stream: str, entries: Sequence[tuple[int, str]]) -> None: ...
     async def read(self, stream: str, after_seq: int, up_to_seq: int) -> list[tuple[int, str]] | None: ...
     async def heads(self, streams: Sequence[str]) -> list[int]: ...
+    async def epoch(self) -> str: ...
 
 
 def conversation_stream(conversation_id: str) -> str:
@@ -83,6 +85,10 @@ class MemoryBuffer:
     def streams(self) -> int:
         return len(self._streams)
 
+    async def epoch(self) -> str:
+        """Never changes: the in-memory buffer lives and dies with the process that reads it."""
+        return "memory"
+
 
 class RedisBuffer:
     """Sorted set per stream: score = seq, member = "<written at, ms>|<frame>"."""
@@ -133,6 +139,17 @@ class RedisBuffer:
             pipe.zrange(self.key(stream), -1, -1, withscores=True)
         return [int(found[0][1]) if found else 0 for found in await pipe.execute()]
 
+    async def epoch(self) -> str:
+        """An id of this Redis dataset: it changes when Redis restarts empty (or is flushed), which
+        is how a hub learns that events buffered before may be gone and the buffer's heads cannot
+        be trusted to show what it missed (see Hub.resync). The first reader after a restart sets it."""
+        key = f"{self.prefix}:buf-epoch"
+        pipe = self._redis().pipeline(transaction=False)
+        pipe.set(key, uuid.uuid4().hex, nx=True)
+        pipe.get(key)
+        _, value = await pipe.execute()
+        return str(value)
+
 
 _buffer: Buffer | None = None
 
@@ -151,9 +168,12 @@ def get_buffer() -> Buffer:
 
 
 async def buffered_or_none(stream: str, after_seq: int, up_to_seq: int) -> list[tuple[int, str]] | None:
-    """Read the buffer; any failure (Redis down) is a miss, not an error: the log answers."""
+    """Read the buffer; any failure (Redis down, slow, or its circuit open) is a miss, not an error:
+    the log answers. Bounded by redis_call's timeout, so a hung Redis costs a replay a second at
+    most, and nothing while the circuit is open."""
+    buffer = get_buffer()
     try:
-        rows = await get_buffer().read(stream, after_seq, up_to_seq)
+        rows = await redis_call(lambda: buffer.read(stream, after_seq, up_to_seq))
     except Exception:
         metrics.inc("buffer_errors")
         return None

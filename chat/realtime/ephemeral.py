@@ -4,11 +4,17 @@ replayed, per user rather than per tab (DESIGN lesson 6).
 Presence needs state shared by every server process: in Redis a sorted set per conversation of
 "<user>:<session>" scored by expiry (refreshed by each socket's heartbeat, so a killed process's
 sockets age out), in embedded mode the same structure in memory.
+
+When Redis is down (or hung, or its circuit is open) every call here fails within a second, or at
+once: typing, read and presence announcements are still handed to this process's own sockets and
+otherwise dropped (ephemeral by definition; the command succeeds), while the `presence` query, which
+cannot answer without Redis, raises and the client is told `unavailable`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -19,7 +25,8 @@ from django.conf import settings
 
 from chat.realtime.bus import conversation_group
 from chat.realtime.protocol import encode
-from chat.realtime.redis_client import redis_client
+from chat.realtime.redis_client import redis_call, redis_client
+from monitoring.metrics import metrics
 
 if TYPE_CHECKING:
     from chat.consumers import ChatConsumer
@@ -34,14 +41,28 @@ logger = logging.getLogger(__name__)
 
 async def broadcast(consumer: ChatConsumer, conversation_id: str, kind: str, data: dict[str, Any]) -> None:
     frame = encode({"type": kind, "conversation": conversation_id, "data": data})
-    layer = get_channel_layer()
     message = {
         "type": "conv.ephemeral",
         "c": conversation_id,
         "f": frame,
         "x": consumer.session_id,  # not echoed to the socket that caused it
     }
-    await layer.group_send(conversation_group(conversation_id), message)
+    await _send_ephemeral(conversation_id, message)
+
+
+async def _send_ephemeral(conversation_id: str, message: dict[str, Any]) -> None:
+    """To every process's sockets through the channel layer; if the layer cannot take it now, to
+    this process's sockets only. Never raises for a Redis failure: a lost typing or presence frame
+    is corrected by the next one, and an error would only make clients resend it."""
+    layer = get_channel_layer()
+    try:
+        await redis_call(functools.partial(layer.group_send, conversation_group(conversation_id), message))
+    except Exception as exc:
+        from chat.realtime.hub import get_hub
+
+        metrics.inc("ephemeral_local_only")
+        logger.info("ephemeral %s for %s delivered locally only: %s", message.get("type"), conversation_id, exc)
+        get_hub().deliver_locally(message)
 
 
 class _MemoryPresence:
@@ -141,13 +162,7 @@ class PresenceBatcher:
         joined = [user for change, user in changes.values() if change == "joined"]
         left = [user for change, user in changes.values() if change == "left"]
         frame = encode({"type": "presence", "conversation": conversation_id, "data": {"joined": joined, "left": left}})
-        try:
-            await get_channel_layer().group_send(
-                conversation_group(conversation_id),
-                {"type": "conv.ephemeral", "c": conversation_id, "f": frame, "x": None},
-            )
-        except Exception:  # ephemeral by definition: a lost announcement is corrected by the next
-            logger.warning("presence announcement for %s failed", conversation_id, exc_info=True)
+        await _send_ephemeral(conversation_id, {"type": "conv.ephemeral", "c": conversation_id, "f": frame, "x": None})
 
 
 _batchers: dict[asyncio.AbstractEventLoop, PresenceBatcher] = {}
@@ -164,18 +179,25 @@ def batcher() -> PresenceBatcher:
 
 
 async def presence_join(consumer: ChatConsumer, conversation_id: str) -> None:
-    count = await store().add(conversation_id, consumer.identity.user_id, consumer.session_id, time.time())
+    add = functools.partial(store().add, conversation_id, consumer.identity.user_id, consumer.session_id, time.time())
+    count = await redis_call(add)
     if count == 1:
         batcher().add(conversation_id, consumer.user_public(), "joined")
 
 
 async def presence_refresh(consumer: ChatConsumer) -> None:
     for conversation_id in list(consumer.subscriptions):
-        await store().add(conversation_id, consumer.identity.user_id, consumer.session_id, time.time())
+        add = functools.partial(
+            store().add, conversation_id, consumer.identity.user_id, consumer.session_id, time.time()
+        )
+        await redis_call(add)
 
 
 async def presence_leave(consumer: ChatConsumer, conversation_id: str) -> None:
-    count = await store().remove(conversation_id, consumer.identity.user_id, consumer.session_id, time.time())
+    remove = functools.partial(
+        store().remove, conversation_id, consumer.identity.user_id, consumer.session_id, time.time()
+    )
+    count = await redis_call(remove)
     if count == 0:
         batcher().add(conversation_id, consumer.user_public(), "left")
 
@@ -183,7 +205,7 @@ async def presence_leave(consumer: ChatConsumer, conversation_id: str) -> None:
 async def members(conversation_id: str) -> list[dict[str, Any]]:
     from chat.services.events import rfc3339
 
-    online, seen = await store().online(conversation_id, time.time())
+    online, seen = await redis_call(functools.partial(store().online, conversation_id, time.time()))
     rows = await database_sync_to_async(_member_rows)(conversation_id)
     from datetime import UTC, datetime
 

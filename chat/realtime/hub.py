@@ -3,12 +3,19 @@
 Fan-out cost must not grow with receivers on the channel layer: a conversation with 200 local
 sockets costs one `group_add` and one pub/sub delivery per event in this process, then 200 cheap
 in-memory queue puts of the same pre-encoded text. Each socket's `Outbox` orders and gap-fills.
+
+Redis failing never fails a subscription: a group the hub cannot join now is joined in the
+background once Redis answers again, and meanwhile (and once after any Redis trouble) the resync
+compares its conversations against the log instead of the buffer, so local sockets keep getting
+every event, a resync interval late at worst.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -17,7 +24,9 @@ from channels.layers import get_channel_layer
 
 from chat.realtime.buffer import Buffer, conversation_stream, get_buffer
 from chat.realtime.bus import conversation_group, user_group
-from chat.realtime.replay import load_events
+from chat.realtime.redis_client import redis_call
+from chat.realtime.replay import load_events, log_heads
+from chat.resilience import ErrorClass, backoff_delay, classify
 from monitoring.metrics import metrics
 
 logger = logging.getLogger(__name__)
@@ -36,7 +45,18 @@ REORDER_WAIT_S = 0.05
 # event of a burst, or one published while Redis restarted) is then late by at most this much.
 RESYNC_INTERVAL_S = 2.0
 
+# A group the hub could not join (Redis down) is tried again with full-jitter backoff from this,
+# capped at REJOIN_MAX_DELAY_S.
+REJOIN_BASE_DELAY_S = 0.25
+REJOIN_MAX_DELAY_S = 3.0
+
+
+def _transient(exc: BaseException) -> bool:
+    return classify(exc) is ErrorClass.TRANSIENT
+
+
 LoadEvents = Callable[[str, int, int], Awaitable[list[tuple[int, str]]]]
+LoadHeads = Callable[[list[str]], Awaitable[list[int]]]
 
 
 class Sink(Protocol):
@@ -46,10 +66,17 @@ class Sink(Protocol):
 
 
 class Hub:
-    def __init__(self, layer: Any = None, load: LoadEvents = load_events, buffer: Buffer | None = None) -> None:
+    def __init__(
+        self,
+        layer: Any = None,
+        load: LoadEvents = load_events,
+        buffer: Buffer | None = None,
+        heads_from_log: LoadHeads = log_heads,
+    ) -> None:
         self.layer = layer if layer is not None else get_channel_layer()
         self._load = load
         self._buffer = buffer
+        self._log_heads = heads_from_log
         # Per conversation: the next seq to hand to sockets, doorbells that came early, and the
         # task that waits for (or reads) the missing ones. Sockets thus get events in order and a
         # gap costs one log read per process, not one per socket.
@@ -64,17 +91,30 @@ class Hub:
         self._task: asyncio.Task[None] | None = None
         self._resync_task: asyncio.Task[None] | None = None
         self._start_lock = asyncio.Lock()
-        # Set once this process's group_add for a conversation/user has completed: a second socket
-        # joining meanwhile waits for it instead of assuming the subscription is live.
+        # Set once this process's group_add for a conversation/user has completed (or failed): a
+        # second socket joining meanwhile waits for it instead of assuming the subscription is live.
         self._ready: dict[str, asyncio.Event] = {}
+        # Groups wanted but not joined on the channel layer (Redis was down): the rejoin task adds
+        # them when it can; until then the resync reads their heads from the log.
+        self.pending_groups: set[str] = set()
+        self._rejoin_task: asyncio.Task[None] | None = None
+        # The buffer's dataset id when last read, and whether the next resync must check the log
+        # (Redis failed or came back empty: the buffer cannot show what was missed meanwhile).
+        self._buffer_epoch: str | None = None
+        self.check_log_next = False
 
     async def _ensure_started(self) -> str:
+        """The hub's channel, created on first use. Raises if the channel layer cannot make one
+        now; the resync runs from the start regardless, so local sockets are served from the log."""
         async with self._start_lock:
-            if self.channel is None:
-                self.channel = await self.layer.new_channel("hub.")
-                self._task = asyncio.create_task(self._run(), name="chat-hub")
+            if self._resync_task is None:
                 self._resync_task = asyncio.create_task(self._resync_loop(), name="chat-hub-resync")
-            return self.channel
+            if self.channel is not None:
+                return self.channel
+            channel: str = await redis_call(functools.partial(self.layer.new_channel, "hub."))
+            self.channel = channel
+            self._task = asyncio.create_task(self._run(), name="chat-hub")
+            return channel
 
     async def _run(self) -> None:
         assert self.channel is not None
@@ -153,9 +193,9 @@ class Hub:
             metrics.inc("hub_gap_reads")
             try:
                 rows = await self._load(conversation_id, self.next_seq[conversation_id] - 1, first_early - 1)
-            except Exception:
+            except Exception as exc:
                 # Sockets fill the gap themselves (outbox); the hub just stops waiting.
-                logger.warning("hub gap read failed for %s", conversation_id, exc_info=True)
+                logger.warning("hub gap read failed for %s: %r", conversation_id, exc, exc_info=not _transient(exc))
                 rows = []
             for seq, text in rows:
                 if seq >= self.next_seq.get(conversation_id, seq + 1):
@@ -185,16 +225,51 @@ class Hub:
                 await self.resync()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # Redis or the database is down: try again next round
+            except Exception as exc:  # the database is down too: try again next round
                 metrics.inc("hub_resync_errors")
-                logger.warning("hub resync failed", exc_info=True)
+                logger.warning("hub resync failed: %r", exc, exc_info=not _transient(exc))
 
     async def resync(self) -> int:
-        """Deliver what the buffer shows was published but never rang here. Returns events found."""
+        """Deliver what was published but never rang here. Returns events found.
+
+        Normally one pipelined Redis read of the buffer's newest seq per local conversation. The
+        log (one PostgreSQL query for all of them) answers instead when the buffer cannot be
+        trusted to show what was missed: Redis is failing (doorbells are not arriving either), it
+        came back empty (its epoch changed), or it failed since the last resync. Conversations
+        whose group is not joined yet are always checked against the log."""
         conversations = [c for c in self.conversations if c in self.next_seq]
         if not conversations:
             return 0
-        heads = await (self._buffer or get_buffer()).heads([conversation_stream(c) for c in conversations])
+        buffer = self._buffer or get_buffer()
+        buffered: list[int] = []
+        redis_ok = False
+        try:
+            epoch = await redis_call(buffer.epoch)
+            buffered = await redis_call(
+                functools.partial(buffer.heads, [conversation_stream(c) for c in conversations])
+            )
+            redis_ok = True
+        except Exception:
+            metrics.inc("hub_resync_redis_errors")
+            self.check_log_next = True
+        else:
+            if self._buffer_epoch is not None and epoch != self._buffer_epoch:
+                self.check_log_next = True  # Redis restarted empty: what it held before is gone
+            self._buffer_epoch = epoch
+        use_log = self.check_log_next
+        pending = {c for c in conversations if conversation_group(c) in self.pending_groups}
+        heads = buffered
+        if use_log or pending:
+            from_log = await self._log_heads(conversations)  # raises if PostgreSQL is down too
+            metrics.inc("hub_resyncs_from_log")
+            if use_log:
+                heads = from_log
+                if redis_ok:  # one log check after Redis is healthy again covers what it lost
+                    self.check_log_next = False
+            else:
+                heads = [
+                    log if c in pending else buf for c, log, buf in zip(conversations, from_log, buffered, strict=True)
+                ]
         found = 0
         for conversation_id, head in zip(conversations, heads, strict=True):
             delivered = self.next_seq.get(conversation_id, head + 1) - 1
@@ -218,17 +293,62 @@ class Hub:
         return recent.get(seq) if recent else None
 
     async def _group_join(self, group: str, first: bool) -> None:
-        channel = await self._ensure_started()
         if first:
             ready = self._ready[group] = asyncio.Event()
             try:
-                await self.layer.group_add(group, channel)
+                await self._group_add(group)
+            except Exception as exc:
+                # Redis is down or slow: serve the group's sockets from the log meanwhile (resync)
+                # and join in the background; the subscription itself stands.
+                metrics.inc("hub_group_join_deferred")
+                logger.warning("joining %s deferred: %s", group, type(exc).__name__)
+                self.pending_groups.add(group)
+                self.check_log_next = True
+                self._ensure_rejoining()
             finally:
                 ready.set()
         else:
             pending = self._ready.get(group)
             if pending is not None:
                 await pending.wait()
+
+    async def _group_add(self, group: str) -> None:
+        channel = await self._ensure_started()
+        await redis_call(functools.partial(self.layer.group_add, group, channel))
+
+    def _ensure_rejoining(self) -> None:
+        if self._rejoin_task is None or self._rejoin_task.done():
+            self._rejoin_task = asyncio.create_task(self._rejoin_loop(), name="chat-hub-rejoin")
+
+    async def _rejoin_loop(self) -> None:
+        attempt = 0
+        while self.pending_groups:
+            await asyncio.sleep(
+                backoff_delay(
+                    attempt, base_delay_s=REJOIN_BASE_DELAY_S, max_delay_s=REJOIN_MAX_DELAY_S, rng=random.random
+                )
+            )
+            try:
+                for group in sorted(self.pending_groups):
+                    if group not in self.pending_groups:  # left meanwhile
+                        continue
+                    await self._group_add(group)
+                    self.pending_groups.discard(group)
+                    metrics.inc("hub_group_rejoins")
+                    if not self._wanted(group):  # its last socket left while we were joining
+                        await redis_call(functools.partial(self.layer.group_discard, group, self.channel))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                attempt += 1
+                continue
+            attempt = 0
+            # Doorbells rung before the join never reached us: the next resync checks the log.
+            self.check_log_next = True
+
+    def _wanted(self, group: str) -> bool:
+        kind, _, key = group.partition(".")
+        return key in self.conversations if kind == "conv" else key.isdigit() and int(key) in self.users
 
     async def join(self, conversation_id: str, sink: Sink) -> None:
         await self._join(self.conversations, conversation_id, conversation_group(conversation_id), sink)
@@ -240,12 +360,26 @@ class Hub:
         try:
             await self._group_join(group, first)
         except BaseException:
-            # Not subscribed after all: forget the sink so the next join retries the group_add.
+            # Not subscribed after all (cancelled): forget the sink so the next join retries.
             sinks.discard(sink)
             if not sinks:
                 registry.pop(key, None)
                 self._ready.pop(group, None)
+                self.pending_groups.discard(group)
             raise
+
+    async def _group_leave(self, group: str) -> None:
+        self._ready.pop(group, None)
+        if group in self.pending_groups:
+            self.pending_groups.discard(group)  # never joined: nothing to discard
+            return
+        if self.channel is not None:
+            try:
+                await redis_call(functools.partial(self.layer.group_discard, group, self.channel))
+            except Exception as exc:
+                # Still subscribed on Redis: doorbells for the group arrive and are ignored (no
+                # local sockets), and a later join finds the subscription in place.
+                logger.warning("group_discard failed for %s: %r", group, exc, exc_info=not _transient(exc))
 
     async def leave(self, conversation_id: str, sink: Sink) -> None:
         sinks = self.conversations.get(conversation_id)
@@ -261,12 +395,7 @@ class Hub:
             gap_task = self._gap_tasks.pop(conversation_id, None)
             if gap_task is not None:
                 gap_task.cancel()
-            self._ready.pop(conversation_group(conversation_id), None)
-            if self.channel is not None:
-                try:
-                    await self.layer.group_discard(conversation_group(conversation_id), self.channel)
-                except Exception:
-                    logger.warning("group_discard failed for %s", conversation_id, exc_info=True)
+            await self._group_leave(conversation_group(conversation_id))
 
     async def join_user(self, user_id: int, sink: Sink) -> None:
         await self._join(self.users, user_id, user_group(user_id), sink)
@@ -278,12 +407,12 @@ class Hub:
         sinks.discard(sink)
         if not sinks:
             del self.users[user_id]
-            self._ready.pop(user_group(user_id), None)
-            if self.channel is not None:
-                try:
-                    await self.layer.group_discard(user_group(user_id), self.channel)
-                except Exception:
-                    logger.warning("group_discard failed for user %s", user_id, exc_info=True)
+            await self._group_leave(user_group(user_id))
+
+    def deliver_locally(self, message: dict[str, Any]) -> None:
+        """Hand an ephemeral message to this process's sockets when the channel layer could not
+        take it: sockets on other processes miss it, the ones here need not."""
+        self.dispatch(message)
 
 
 _hubs: dict[asyncio.AbstractEventLoop, Hub] = {}

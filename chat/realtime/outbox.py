@@ -5,22 +5,37 @@ bounded queue drained by one task, so replies and events keep their order. For e
 conversation the writer tracks the last `seq` delivered: an older or repeated event is dropped,
 an event past a gap first pulls the missing ones (from the hub's recent cache, else the log).
 That is the whole of "no gap, no duplicate, increasing seq" (PROTOCOL §3).
+
+A fill that fails because a dependency is down (PostgreSQL refusing connections, its circuit
+open) does not end the socket: the conversation *stalls* at the last seq delivered, later events
+for it are held back (order matters more than speed), everything else keeps flowing (replies,
+other conversations), and the fill is retried with backoff until it succeeds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from chat.realtime.hub import Hub
-from chat.realtime.replay import load_events, load_from_log
+from chat.realtime.replay import load_events
+from chat.resilience import ErrorClass, backoff_delay, classify
 from monitoring.metrics import metrics
 
 logger = logging.getLogger(__name__)
 
+# A stalled conversation's fill is retried after full-jitter backoff from this, capped at the max.
+FILL_RETRY_BASE_S = 0.25
+FILL_RETRY_MAX_S = 3.0
+
 SendText = Callable[[str], Awaitable[None]]
+
+
+class _ReadFailed(Exception):
+    """Reading events for a fill failed on a dependency (TRANSIENT): stall, do not close."""
 
 
 class Outbox:
@@ -43,6 +58,10 @@ class Outbox:
         self._on_overflow = on_overflow
         self._on_user_message = on_user_message
         self.positions: dict[str, int] = {}
+        # Conversation -> the highest seq known to exist, for conversations whose fill failed.
+        self.stalled: dict[str, int] = {}
+        self._fill_failures = 0
+        self._retry_timer: asyncio.TimerHandle | None = None
         self.overflowed = False
         self.sent_frames = 0
 
@@ -76,23 +95,82 @@ class Outbox:
 
     # --- the writer ------------------------------------------------------------------------------
     async def run(self) -> None:
-        while True:
-            item = await self._queue.get()
-            kind = item[0]
-            if kind == "frame":
-                await self._send(item[1])
-            elif kind == "event":
-                await self._event(item[1], item[2], item[3])
-            elif kind == "start":
-                _, conversation_id, from_seq, up_to_seq = item
-                self.positions[conversation_id] = from_seq
-                # Events queued before this marker were dropped (not yet subscribed); the hub had
-                # seen at most `last_seen` by now, so catching up to it covers them.
-                target = max(up_to_seq, self.hub.last_seen.get(conversation_id, 0))
-                if target > from_seq:
-                    await self._fill(conversation_id, target)
-            elif kind == "stop":
-                self.positions.pop(item[1], None)
+        try:
+            while True:
+                item = await self._queue.get()
+                kind = item[0]
+                if kind == "frame":
+                    await self._send(item[1])
+                elif kind == "event":
+                    await self._catching_up(item[1], item[2], self._event, item[1], item[2], item[3])
+                elif kind == "start":
+                    _, conversation_id, from_seq, up_to_seq = item
+                    self.positions[conversation_id] = from_seq
+                    self.stalled.pop(conversation_id, None)
+                    # Events queued before this marker were dropped (not yet subscribed); the hub had
+                    # seen at most `last_seen` by now, so catching up to it covers them.
+                    target = max(up_to_seq, self.hub.last_seen.get(conversation_id, 0))
+                    if target > from_seq:
+                        await self._catching_up(conversation_id, target, self._fill, conversation_id, target)
+                elif kind == "stop":
+                    self.positions.pop(item[1], None)
+                    self.stalled.pop(item[1], None)
+                elif kind == "retry":
+                    await self._retry_stalled()
+        finally:
+            if self._retry_timer is not None:
+                self._retry_timer.cancel()
+
+    async def _catching_up(
+        self, conversation_id: str, seq: int, step: Callable[..., Awaitable[None]], *args: Any
+    ) -> None:
+        """Run `step` unless the conversation is stalled; a dependency failure stalls it."""
+        if conversation_id not in self.positions:
+            return
+        if conversation_id in self.stalled:
+            self.stalled[conversation_id] = max(self.stalled[conversation_id], seq)
+            return
+        try:
+            await step(*args)
+        except _ReadFailed as exc:
+            self._stall(conversation_id, seq, exc.__cause__ or exc)
+
+    def _stall(self, conversation_id: str, seq: int, exc: BaseException) -> None:
+        metrics.inc("outbox_stalls")
+        logger.info("delivery of %s stalled at %s: %s", conversation_id, self.positions.get(conversation_id), exc)
+        self.stalled[conversation_id] = max(self.stalled.get(conversation_id, 0), seq)
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        if self._retry_timer is not None:
+            return
+        delay = backoff_delay(
+            self._fill_failures, base_delay_s=FILL_RETRY_BASE_S, max_delay_s=FILL_RETRY_MAX_S, rng=random.random
+        )
+        self._fill_failures += 1
+        self._retry_timer = asyncio.get_running_loop().call_later(delay, self._retry_due)
+
+    def _retry_due(self) -> None:
+        self._retry_timer = None
+        self._put(("retry",))
+
+    async def _retry_stalled(self) -> None:
+        for conversation_id, target in list(self.stalled.items()):
+            if conversation_id not in self.positions:
+                self.stalled.pop(conversation_id, None)
+                continue
+            try:
+                await self._fill(conversation_id, target)
+            except _ReadFailed:
+                self._schedule_retry()
+                return
+            # Nothing else ran meanwhile (this is the only writer): the conversation is caught up.
+            del self.stalled[conversation_id]
+            metrics.inc("outbox_unstalled")
+        if self.stalled:
+            self._schedule_retry()
+        else:
+            self._fill_failures = 0
 
     async def _send(self, text: str) -> None:
         await self._send_text(text)
@@ -111,7 +189,7 @@ class Outbox:
         if text is None:
             text = self.hub.recent_text(conversation_id, seq)
         if text is None:
-            rows = await load_from_log(conversation_id, seq - 1, seq)
+            rows = await self._read(conversation_id, seq - 1, seq)
             if not rows:
                 return
             text = rows[0][1]
@@ -129,7 +207,7 @@ class Outbox:
             position += 1
             self.positions[conversation_id] = position
         if position < up_to_seq:
-            for seq, text in await load_events(conversation_id, position, up_to_seq):
+            for seq, text in await self._read(conversation_id, position, up_to_seq):
                 if seq <= self.positions[conversation_id]:
                     continue
                 await self._send(text)
@@ -137,6 +215,14 @@ class Outbox:
             # Every seq up to `up_to_seq` is committed (seqs commit in order under the row lock), so
             # one the log no longer has was compacted (PROTOCOL §4): it is skipped, not awaited.
             self.positions[conversation_id] = max(self.positions[conversation_id], up_to_seq)
+
+    async def _read(self, conversation_id: str, after_seq: int, up_to_seq: int) -> list[tuple[int, str]]:
+        try:
+            return await load_events(conversation_id, after_seq, up_to_seq)
+        except Exception as exc:
+            if classify(exc) is ErrorClass.TRANSIENT:
+                raise _ReadFailed(str(exc)) from exc
+            raise
 
     def pending(self) -> int:
         return self._queue.qsize()

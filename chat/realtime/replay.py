@@ -1,4 +1,10 @@
-"""Reading durable events back for gap fills and replays: the hot buffer first, then the log."""
+"""Reading durable events back for gap fills and replays: the hot buffer first, then the log.
+
+Log reads go through breaker("postgres"): while PostgreSQL is refusing connections each read
+would otherwise wait out the connection pool's timeout on the process's one database thread,
+holding up every other database call behind it. With the circuit open they fail at once, and the
+callers (hub, outbox) try again later.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,21 @@ from channels.db import database_sync_to_async
 
 from chat import selectors
 from chat.realtime.buffer import buffered_or_none, conversation_stream
+from chat.resilience import breaker
 from monitoring.metrics import metrics
 
 
-@database_sync_to_async
-def load_from_log(conversation_id: str, after_seq: int, up_to_seq: int) -> list[tuple[int, str]]:
-    """(seq, encoded frame) for after_seq < seq ≤ up_to_seq, oldest first (compacted ones absent)."""
+def _events_from_log(conversation_id: str, after_seq: int, up_to_seq: int) -> list[tuple[int, str]]:
     events = selectors.events_after(
         conversation_id=conversation_id, after_seq=after_seq, up_to_seq=up_to_seq, limit=up_to_seq - after_seq
     )
     return [(e.seq, e.encoded()) for e in events]
+
+
+async def load_from_log(conversation_id: str, after_seq: int, up_to_seq: int) -> list[tuple[int, str]]:
+    """(seq, encoded frame) for after_seq < seq ≤ up_to_seq, oldest first (compacted ones absent)."""
+    async with breaker("postgres").guard():
+        return await database_sync_to_async(_events_from_log)(conversation_id, after_seq, up_to_seq)
 
 
 async def load_events(conversation_id: str, after_seq: int, up_to_seq: int) -> list[tuple[int, str]]:
@@ -26,3 +37,17 @@ async def load_events(conversation_id: str, after_seq: int, up_to_seq: int) -> l
         return rows
     metrics.inc("replays", source="log")
     return await load_from_log(conversation_id, after_seq, up_to_seq)
+
+
+def _heads(conversation_ids: list[str]) -> list[int]:
+    from chat.models import Conversation
+
+    rows = Conversation.objects.filter(id__in=conversation_ids).values_list("id", "last_seq")
+    found = {str(conversation_id): int(last_seq) for conversation_id, last_seq in rows}
+    return [found.get(c, 0) for c in conversation_ids]  # a deleted conversation: nothing to catch up on
+
+
+async def log_heads(conversation_ids: list[str]) -> list[int]:
+    """The newest seq of each conversation, from the log, in one query."""
+    async with breaker("postgres").guard():
+        return await database_sync_to_async(_heads)(conversation_ids)
