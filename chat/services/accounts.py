@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from asgiref.sync import async_to_sync
 from django.contrib.auth.signals import user_logged_out
+from django.db import transaction
 from django.dispatch import receiver
 from django.http import HttpRequest
 
@@ -15,13 +16,20 @@ CLOSE_LOGGED_OUT = 4401
 CLOSE_DISABLED = 4403
 
 
+def _after_commit(user_id: int, message: dict[str, object]) -> None:
+    """Tell the user's sockets once the change that caused it is committed (at once outside a
+    transaction). Told earlier, a socket could reconnect or resubscribe in between, still see the
+    old state (an active account, a membership), and outlive the change it was closed for."""
+    transaction.on_commit(lambda: async_to_sync(publish_to_user)(user_id, message))
+
+
 def user_sockets_close(*, user_id: int, code: int) -> None:
-    async_to_sync(publish_to_user)(user_id, {"action": "close", "code": code})
+    _after_commit(user_id, {"action": "close", "code": code})
 
 
 def membership_revoked(*, user_id: int, conversation_id: str) -> None:
     """The user lost access to a conversation: every socket of theirs stops receiving it now."""
-    async_to_sync(publish_to_user)(user_id, {"action": "revoke", "conversation": conversation_id})
+    _after_commit(user_id, {"action": "revoke", "conversation": conversation_id})
 
 
 def user_deactivate(*, user_id: int) -> None:

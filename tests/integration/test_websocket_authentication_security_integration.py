@@ -19,6 +19,7 @@ import base64
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -28,8 +29,10 @@ import httpx
 import jwt
 import pytest
 import websockets
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings as django_settings
+from django.db import connection, transaction
 from django.test import Client as HttpClient
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
@@ -500,6 +503,39 @@ async def test_deactivation_closes_all_of_the_users_sockets_4403_and_their_crede
         return api.get("/api/conversations/").status_code, api.get(f"/api/conversations/{conv}/events/").status_code
 
     assert await database_sync_to_async(rest_status)() == (401, 401)
+
+
+async def test_deactivation_inside_a_transaction_also_closes_sockets_opened_before_it_commits(
+    make_user: Any,
+) -> None:
+    """Staff deactivate inside a transaction (the admin's change form runs in one). A socket that
+    connects before it commits still finds an active account; once the change commits it must be
+    closed like the others, or a deactivated user keeps a live socket."""
+    user = await database_sync_to_async(make_user)()
+    first = await connect_ok(user)
+    token = await database_sync_to_async(access_token)(user)
+    inside, release = threading.Event(), threading.Event()
+
+    def deactivate_in_a_transaction() -> None:
+        try:
+            with transaction.atomic():
+                user_deactivate(user_id=user.id)
+                inside.set()
+                assert release.wait(10)
+        finally:
+            connection.close()  # this worker thread's own connection
+
+    holder = asyncio.ensure_future(sync_to_async(deactivate_in_a_transaction, thread_sensitive=False)())
+    deadline = time.monotonic() + 5
+    while not inside.is_set():
+        assert time.monotonic() < deadline, "the deactivating transaction never started"
+        await asyncio.sleep(0.01)
+    second = await connect_ok(None, headers=bearer(token))  # not committed yet: still active
+    assert (await second.command("ping"))["ok"] is True  # its connect (joining the user's group) is done
+    release.set()
+    await holder
+    assert await first.expect_close() == 4403
+    assert await second.expect_close() == 4403
 
 
 # --- roles -----------------------------------------------------------------------------------------------

@@ -1,74 +1,593 @@
-"""Isolation (PROTOCOL §6.3): a user who is not a member gets `not_found` for the conversation on
-every command — the same answer as for a conversation that does not exist — and never receives
-its events; a viewer may read but not send, type or cancel."""
+"""Isolation (PROTOCOL §6.3, §2 `not_found`, §7): no command, reply, event or endpoint ever carries
+data of a conversation the user is not a member of, nor lets them change it.
+
+The matrix below takes every socket command in chat/realtime/commands.py HANDLERS and every
+route in chatsite/urls.py (listed from the URL resolver) and tries each against another user's
+conversation id (also spelled in the other forms a UUID parser accepts), run id, workspace id and
+message id, a random uuid and malformed ids. For each attempt:
+  (a) "exists but not yours" answers byte for byte what "does not exist" answers;
+  (b) no frame or response body the attacker receives carries their title, text, usernames or ids;
+  (c) nothing of theirs changed: messages, events, read markers, runs, members, notifications,
+      presence;
+  (d) the victim's open socket received nothing the attacker caused (typing, read, presence).
+A command or route without an entry in the matrix fails `test_every_*_is_covered`, so a new one
+cannot ship without its isolation case. Role limits (viewers) are in
+test_websocket_authentication_security_integration.py.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from channels.db import database_sync_to_async
+from django.test import Client as HttpClient
+from django.urls import URLPattern, URLResolver, get_resolver
+from rest_framework.test import APIClient
+from rest_framework.views import APIView
 
-from chat.models import ConversationMember, Event
+from agents.models import AgentRun
+from chat.models import (
+    Conversation,
+    ConversationMember,
+    Event,
+    Message,
+    Notification,
+    User,
+    Workspace,
+    WorkspaceMember,
+)
+from chat.realtime import ephemeral
+from chat.realtime.commands import HANDLERS
+from chat.services.conversations import (
+    conversation_create,
+    conversation_member_add,
+    read_marker_set,
+    workspace_create,
+    workspace_member_add,
+)
+from chat.services.messages import message_send
 from tests.support import factories
-from tests.support.ws import Client
+from tests.support.ws import Client, access_token
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
-def conversation_commands(conv: str) -> list[tuple[str, dict[str, Any]]]:
-    return [
-        ("subscribe", {"conversation": conv}),
-        ("subscribe", {"conversation": conv, "since_seq": 0}),
-        ("unsubscribe", {"conversation": conv}),
-        ("send", {"conversation": conv, "client_msg_id": "x", "text": "let me in"}),
-        ("history", {"conversation": conv}),
-        ("typing", {"conversation": conv, "state": "start"}),
-        ("read", {"conversation": conv, "seq": 1}),
-        ("presence", {"conversation": conv}),
-    ]
+@pytest.fixture(autouse=True)
+def _fast_password_hashing_and_no_runner(settings: Any) -> None:
+    # PBKDF2 costs ~0.2 s per user and every test here makes several. No run executes: the
+    # victim's run stays queued, so any change to it can only come from an attack.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.AGENT_RUNNER = "worker"
 
 
-async def test_non_member_gets_not_found_on_every_command_same_as_nonexistent(make_user: Any) -> None:
-    owner = await database_sync_to_async(make_user)()
-    stranger = await database_sync_to_async(make_user)()
-    conv = await factories.conversation(owner)
-    owner_client, _, _ = await Client.connect(owner)
-    await owner_client.recv()
-    await owner_client.command("subscribe", conversation=conv, since_seq=0)
-    sent = await owner_client.command("send", conversation=conv, client_msg_id="o1", text="what is 2 * 2?")
-    await owner_client.seen_or_until(lambda f: f.get("type") == "agent_completed")
+# --- the victim's world ------------------------------------------------------------------------------------
+@dataclass
+class World:
+    alice: Any  # the victim: owns the conversation and the workspace
+    bob: Any  # a member of both (also the victim's barrier: see `victim_barrier`)
+    mallory: Any  # the attacker, with a conversation of her own
+    conv: str
+    run_id: str
+    message_id: str
+    workspace: str
+    own_conv: str
+    secrets: list[str] = field(default_factory=list)
 
-    client, _, _ = await Client.connect(stranger)
-    await client.recv()
-    missing = str(uuid.uuid4())
-    for command, fields in conversation_commands(conv):
-        hidden = await client.command(command, **fields)
-        absent = await client.command(command, **{**fields, "conversation": missing})
-        assert hidden["ok"] is False, command
-        assert hidden["error"] == absent["error"], command
-        assert hidden["error"]["code"] == "not_found", command
-    for bogus in ["not-a-uuid", 12, None, {"id": conv}]:
-        reply = await client.command("history", conversation=bogus)
-        assert reply["error"]["code"] == "not_found"
-    hidden_run = await client.command("cancel", run_id=sent["run_id"])
-    absent_run = await client.command("cancel", run_id=str(uuid.uuid4()))
-    assert hidden_run["error"] == absent_run["error"]
-    assert hidden_run["error"]["code"] == "not_found"
+    def ids(self) -> dict[str, object]:
+        """What the attacker puts where an id goes: theirs in every accepted spelling, then junk."""
+        return {
+            "their_conversation": self.conv,
+            "their_conversation_upper": self.conv.upper(),
+            "their_conversation_hex": self.conv.replace("-", ""),
+            "their_conversation_braces": "{" + self.conv + "}",
+            "their_conversation_urn": "urn:uuid:" + self.conv,
+            "their_run": self.run_id,
+            "their_workspace": self.workspace,
+            "their_message": self.message_id,
+            "malformed_text": "not-a-uuid",
+            "malformed_empty": "",
+            "malformed_int": 12,
+            "malformed_null": None,
+            "malformed_object": {"id": self.conv},
+            "malformed_list": [self.conv],
+            "malformed_injection": self.conv + "' OR '1'='1",
+        }
 
-    # Nothing the stranger did was stored, and no frame of the conversation reached them.
-    events = await database_sync_to_async(list)(
-        Event.objects.filter(conversation_id=conv).values_list("type", flat=True)
+
+def build_world(make_user: Any) -> World:
+    mark = uuid.uuid4().hex[:10]
+    alice, bob, mallory = make_user(), make_user(), make_user()
+    workspace = workspace_create(owner=alice, name=f"victim-workspace-{mark}")
+    workspace_member_add(workspace=workspace, actor=alice, username=bob.username, role="member")
+    conv = str(
+        conversation_create(creator=alice, title=f"victim-title-{mark}", workspace_id=workspace.id).conversation.id
     )
-    assert "message" in events
-    assert all(e.get("data", {}).get("text") != "let me in" for e in owner_client.frames)
-    assert not [f for f in client.frames if f.get("conversation") == conv and f.get("type") != "reply"]
-    assert conv not in str([f for f in client.frames if f.get("type") != "reply"])
-    await client.close()
-    await owner_client.close()
+    conversation_member_add(conversation_id=conv, actor_id=alice.id, username=bob.username, role="member")
+    sent = message_send(
+        conversation_id=conv,
+        author_id=alice.id,
+        username=alice.username,
+        client_msg_id="v1",
+        text=f"victim-text-{mark}",
+        can_write=True,
+    )
+    assert sent.run_id is not None  # queued: AGENT_RUNNER=worker and no worker
+    read_marker_set(conversation_id=conv, user_id=bob.id, seq=1)
+    own = str(conversation_create(creator=mallory, title="mallory's own", agent="").conversation.id)
+    world = World(alice, bob, mallory, conv, sent.run_id, sent.message_id, str(workspace.id), own)
+    world.secrets = [
+        f"victim-title-{mark}",
+        f"victim-text-{mark}",
+        f"victim-workspace-{mark}",
+        alice.username,
+        bob.username,
+        conv,
+        conv.upper(),
+        conv.replace("-", ""),
+        sent.run_id,
+        sent.message_id,
+        str(workspace.id),
+    ]
+    return world
 
 
+def victim_state(w: World) -> dict[str, list[str]]:
+    """Every row of the victim's that an attack could change, and what the attacker belongs to."""
+    victims = [w.alice.id, w.bob.id]
+    tables: dict[str, Any] = {
+        "conversation": Conversation.objects.filter(id=w.conv).values_list("title", "last_seq", "workspace_id"),
+        "members": ConversationMember.objects.filter(conversation_id=w.conv).values_list(
+            "user_id", "role", "last_read_seq"
+        ),
+        "workspace": Workspace.objects.filter(id=w.workspace).values_list("name"),
+        "workspace_members": WorkspaceMember.objects.filter(workspace_id=w.workspace).values_list("user_id", "role"),
+        "messages": Message.objects.filter(conversation_id=w.conv).values_list("id", "author_id", "text", "seq"),
+        "events": Event.objects.filter(conversation_id=w.conv).values_list("seq", "type", "data"),
+        "runs": AgentRun.objects.filter(conversation_id=w.conv).values_list(
+            "id", "status", "cancel_requested", "cancelled_by_id"
+        ),
+        "notifications": Notification.objects.filter(user_id__in=victims).values_list("user_id", "seq", "data"),
+        "users": User.objects.filter(id__in=victims).values_list("id", "is_active", "notification_seq"),
+        "attacker_memberships": ConversationMember.objects.filter(user=w.mallory).values_list(
+            "conversation_id", "role", "last_read_seq"
+        ),
+        "attacker_workspaces": WorkspaceMember.objects.filter(user=w.mallory).values_list("workspace_id", "role"),
+    }
+    return {name: sorted(map(repr, rows)) for name, rows in tables.items()}
+
+
+def assert_nothing_of_theirs(w: World, text: str, allowed: str = "") -> None:
+    """(b): none of the victim's strings in what the attacker got (except the id they sent)."""
+    for secret in w.secrets:
+        if secret and secret != allowed and secret not in allowed:
+            assert secret not in text, f"leaked {secret!r}: {text[:500]}"
+
+
+# --- sockets ----------------------------------------------------------------------------------------------
+@dataclass
+class Sockets:
+    world: World
+    victim: Client  # alice, subscribed to her conversation
+    attacker: Client  # mallory
+    raw: list[str] = field(default_factory=list)  # every text frame the attacker received
+
+
+@pytest.fixture
+async def sockets(make_user: Any) -> Sockets:
+    world = await database_sync_to_async(build_world)(make_user)
+    victim, _, _ = await Client.connect(world.alice)
+    assert (await victim.recv())["type"] == "welcome"
+    assert (await victim.command("subscribe", conversation=world.conv))["ok"] is True
+    attacker, _, _ = await Client.connect(world.mallory)
+    welcome, _ = await recv_raw(attacker)
+    assert welcome["type"] == "welcome"
+    return Sockets(world, victim, attacker)
+
+
+async def recv_raw(client: Client) -> tuple[dict[str, Any], str]:
+    out = await client.comm.receive_output(5)
+    if out["type"] == "websocket.close":
+        raise AssertionError(f"the socket was closed with {out.get('code')}")
+    frame = json.loads(out["text"])
+    client.frames.append(frame)
+    return frame, out["text"]
+
+
+async def probe_client(client: Client, raw: list[str], frame: dict[str, Any]) -> str:
+    """Send one command with the id "probe" and return its reply exactly as it went over the wire
+    (the same id every time, so two replies compare byte for byte). Every frame received on the
+    way is kept in `raw`."""
+    await client.send_raw(json.dumps({**frame, "id": "probe"}))
+    while True:
+        parsed, text = await recv_raw(client)
+        raw.append(text)
+        if parsed.get("id") == "probe":
+            return text
+
+
+async def probe(s: Sockets, frame: dict[str, Any]) -> str:
+    return await probe_client(s.attacker, s.raw, frame)
+
+
+async def victim_barrier(s: Sockets) -> None:
+    """Wait until everything sent to the victim's conversation so far has reached the victim: bob (a
+    member) types, and the victim sees it. Typing and read frames travel the same way, in order."""
+    bob, _, _ = await Client.connect(s.world.bob)
+    await bob.recv()
+    assert (await bob.command("typing", conversation=s.world.conv, state="start"))["ok"] is True
+    await s.victim.until(lambda f: f.get("type") == "typing" and f["data"]["user"]["id"] == s.world.bob.id)
+    await bob.close()
+
+
+async def assert_attack_left_no_trace(s: Sockets, before: dict[str, list[str]]) -> None:
+    w = s.world
+    # (b) flush the attacker's queue (a reply is queued behind anything a command pushed), then scan.
+    await probe(s, {"type": "ping"})
+    await victim_barrier(s)
+    await probe(s, {"type": "ping"})  # anything the barrier's typing caused for the attacker is here now
+    for text in s.raw:
+        assert_nothing_of_theirs(w, text)
+    # (c) the database, and presence (shared in Redis, and this process's pending announcements)
+    assert await database_sync_to_async(victim_state)(w) == before
+    online, seen = await ephemeral.store().online(w.conv, time.time())
+    assert w.mallory.id not in online
+    assert str(w.mallory.id) not in seen
+    assert w.mallory.id not in ephemeral.batcher().changes.get(w.conv, {})
+    # (d) the victim saw nothing of the attacker's
+    seen_by_victim = json.dumps(s.victim.frames)
+    assert w.mallory.username not in seen_by_victim
+    assert f'"id": {w.mallory.id},' not in seen_by_victim
+
+
+# Every command that takes an id: the field it goes in and the other fields (valid, so that only
+# the id decides the answer).
+ID_COMMANDS: dict[str, tuple[str, list[dict[str, Any]]]] = {
+    "subscribe": ("conversation", [{}, {"since_seq": 0}]),
+    "unsubscribe": ("conversation", [{}]),
+    "send": ("conversation", [{"client_msg_id": "attack", "text": "let me in"}]),
+    "history": ("conversation", [{}, {"before_seq": 2, "limit": 100}]),
+    "typing": ("conversation", [{"state": "start"}]),
+    "read": ("conversation", [{"seq": 1_000_000}]),
+    "presence": ("conversation", [{}]),
+    "cancel": ("run_id", [{}]),
+}
+# Commands that take no id of anyone's: tested for what they return and change instead.
+NO_ID_COMMANDS = {"sync_notifications", "auth", "ping"}
+
+
+def test_every_socket_command_is_covered() -> None:
+    assert set(HANDLERS) == set(ID_COMMANDS) | NO_ID_COMMANDS, "a command without an isolation case"
+
+
+@pytest.mark.parametrize("command", sorted(ID_COMMANDS))
+async def test_a_foreign_id_answers_exactly_like_a_missing_one(sockets: Sockets, command: str) -> None:
+    s, w = sockets, sockets.world
+    id_field, variants = ID_COMMANDS[command]
+    before = await database_sync_to_async(victim_state)(w)
+    for extra in variants:
+        missing = await probe(s, {"type": command, **extra, id_field: str(uuid.uuid4())})
+        assert json.loads(missing)["ok"] is False
+        assert json.loads(missing)["error"]["code"] == "not_found"
+        for name, target in w.ids().items():
+            answer = await probe(s, {"type": command, **extra, id_field: target})
+            assert answer == missing, f"{command} {extra} with {name}: {answer} != {missing}"
+    await assert_attack_left_no_trace(s, before)
+
+
+async def test_sync_notifications_returns_only_the_callers_own(sockets: Sockets) -> None:
+    s, w = sockets, sockets.world
+    before = await database_sync_to_async(victim_state)(w)
+    bobs_head = await database_sync_to_async(User.objects.values_list("notification_seq", flat=True).get)(id=w.bob.id)
+    assert bobs_head >= 1  # bob has notifications (being added) that must stay his
+    for since in (0, bobs_head - 1, 10**9):
+        reply = json.loads(await probe(s, {"type": "sync_notifications", "since_seq": since}))
+        assert reply["ok"] is True
+        assert reply["head_seq"] == 0  # mallory's own head
+    await assert_attack_left_no_trace(s, before)
+    assert not [f for f in s.attacker.frames if f.get("type") == "notification"]
+
+
+async def test_auth_with_someone_elses_token_keeps_the_attackers_identity(sockets: Sockets) -> None:
+    s, w = sockets, sockets.world
+    before = await database_sync_to_async(victim_state)(w)
+    for victim in (w.alice, w.bob):
+        token = await database_sync_to_async(access_token)(victim)
+        reply = json.loads(await probe(s, {"type": "auth", "token": token}))
+        assert (reply["ok"], reply["error"]["code"]) == (False, "forbidden")
+    # Still mallory: the victim's conversation is as unknown as a missing one.
+    missing = await probe(s, {"type": "history", "conversation": str(uuid.uuid4())})
+    assert await probe(s, {"type": "history", "conversation": w.conv}) == missing
+    await assert_attack_left_no_trace(s, before)
+
+
+async def test_ping_carries_nothing_but_the_time(sockets: Sockets) -> None:
+    s = sockets
+    before = await database_sync_to_async(victim_state)(s.world)
+    reply = json.loads(await probe(s, {"type": "ping"}))
+    assert set(reply) == {"type", "id", "ok", "server_time"}
+    await assert_attack_left_no_trace(s, before)
+
+
+async def test_own_conversation_answers_carry_nothing_of_others(sockets: Sockets) -> None:
+    """The attacker's legitimate reads of her own conversation (head, active runs, members,
+    history) do not mix in the victim's queued run or anything else of theirs."""
+    s, w = sockets, sockets.world
+    before = await database_sync_to_async(victim_state)(w)
+    for frame in (
+        {"type": "subscribe", "conversation": w.own_conv, "since_seq": 0},
+        {"type": "history", "conversation": w.own_conv},
+        {"type": "presence", "conversation": w.own_conv},
+        {"type": "unsubscribe", "conversation": w.own_conv},
+    ):
+        reply = json.loads(await probe(s, frame))
+        assert reply["ok"] is True, reply
+        if frame["type"] == "subscribe":
+            assert reply["active_runs"] == []
+    await assert_attack_left_no_trace(s, before)
+
+
+# --- REST and pages --------------------------------------------------------------------------------------
+def discovered_routes() -> set[tuple[str, str]]:
+    """Every route of chatsite/urls.py: (pattern, METHOD) for each handler of a DRF view, (pattern,
+    "*") for a Django view or an included app (the admin)."""
+    found: set[tuple[str, str]] = set()
+    for entry in get_resolver().url_patterns:
+        route = str(entry.pattern)
+        view_class = getattr(entry.callback, "view_class", None) if isinstance(entry, URLPattern) else None
+        if isinstance(entry, URLResolver) or view_class is None or not issubclass(view_class, APIView):
+            found.add((route, "*"))
+            continue
+        for method in ("get", "post", "put", "patch", "delete"):
+            if hasattr(view_class, method):
+                found.add((route, method.upper()))
+    return found
+
+
+@dataclass
+class Rest:
+    world: World
+    api: APIClient  # mallory, with a real access token
+    pages: HttpClient  # mallory's browser session
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, bytes, str]:
+        client: Any = self.api if path.startswith("/api/") else self.pages
+        kwargs: dict[str, Any] = {"format": "json"} if client is self.api else {}
+        response = getattr(client, method.lower())(path, body or {}, **kwargs)
+        return response.status_code, response.content, response.get("Location", "")
+
+
+@pytest.fixture
+def rest(make_user: Any) -> Rest:
+    world = build_world(make_user)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {access_token(world.mallory)}")
+    pages = HttpClient()
+    pages.force_login(world.mallory)
+    return Rest(world, api, pages)
+
+
+CSRF_TOKEN = re.compile(r'name="csrfmiddlewaretoken" value="[^"]*"')
+
+
+def same_as_missing(r: Rest, method: str, template: str, body: dict[str, Any] | None = None) -> None:
+    """(a) and (b) for a route with an id in its path: every foreign or malformed id answers what a
+    random uuid answers (status, body and redirect, with the id the caller sent put back as <id>)."""
+    w = r.world
+
+    def answer(target: str) -> tuple[int, str, str]:
+        status, content, location = r.call(method, template.format(id=target), body)
+        assert_nothing_of_theirs(w, content.decode(errors="replace"), allowed=target)
+        location = unquote(unquote(location))  # the admin's ?next= quotes the already quoted path
+        assert_nothing_of_theirs(w, location, allowed=target)
+        location = location.replace(target, "<id>")
+        return status, CSRF_TOKEN.sub("", content.decode(errors="replace")).replace(target, "<id>"), location
+
+    missing = answer(str(uuid.uuid4()))
+    assert missing[0] in (302, 404), missing
+    targets = {name: t for name, t in w.ids().items() if isinstance(t, str) and t and "/" not in t and "'" not in t}
+    targets |= {"malformed_dotdot": "..", "malformed_long": "f" * 300, "malformed_zero_uuid": str(uuid.UUID(int=0))}
+    for name, target in targets.items():
+        assert answer(target) == missing, f"{method} {template} with {name}"
+
+
+def rest_conversation_get(r: Rest) -> None:
+    same_as_missing(r, "GET", "/api/conversations/{id}/")
+
+
+def rest_conversation_members_get(r: Rest) -> None:
+    same_as_missing(r, "GET", "/api/conversations/{id}/members/")
+
+
+def rest_conversation_members_post(r: Rest) -> None:
+    # Mallory tries to add herself (and, as a viewer, to be let in quietly).
+    same_as_missing(r, "POST", "/api/conversations/{id}/members/", {"username": r.world.mallory.username})
+    same_as_missing(
+        r, "POST", "/api/conversations/{id}/members/", {"username": r.world.mallory.username, "role": "viewer"}
+    )
+
+
+def rest_conversation_events_get(r: Rest) -> None:
+    same_as_missing(r, "GET", "/api/conversations/{id}/events/?limit=100")
+
+
+def rest_workspace_members_get(r: Rest) -> None:
+    same_as_missing(r, "GET", "/api/workspaces/{id}/members/")
+
+
+def rest_workspace_members_post(r: Rest) -> None:
+    same_as_missing(
+        r, "POST", "/api/workspaces/{id}/members/", {"username": r.world.mallory.username, "role": "member"}
+    )
+
+
+def rest_conversation_page(r: Rest) -> None:
+    same_as_missing(r, "GET", "/c/{id}/")
+
+
+def rest_conversation_list(r: Rest) -> None:
+    status, content, _ = r.call("GET", "/api/conversations/")
+    assert status == 200
+    assert [c["id"] for c in json.loads(content)] == [r.world.own_conv]
+    assert_nothing_of_theirs(r.world, content.decode())
+
+
+def rest_conversation_create(r: Rest) -> None:
+    """Creating a conversation in their workspace answers like a missing workspace; nothing is made."""
+    w = r.world
+    missing = r.call("POST", "/api/conversations/", {"title": "in", "workspace": str(uuid.uuid4())})
+    assert missing[0] == 404
+    for target in (w.workspace, w.workspace.upper(), "urn:uuid:" + w.workspace, w.conv, w.run_id):
+        assert r.call("POST", "/api/conversations/", {"title": "in", "workspace": target}) == missing, target
+    for junk in ("not-a-uuid", 12, {"id": w.workspace}, [w.workspace]):  # (null: the own workspace)
+        answer = r.call("POST", "/api/conversations/", {"title": "in", "workspace": junk})
+        # Refused as malformed, or (12 is UUID(int=12) to DRF) exactly like any missing workspace.
+        assert answer[0] == 400 or answer == missing, junk
+        assert_nothing_of_theirs(w, answer[1].decode())
+    assert Conversation.objects.filter(title="in").count() == 0
+
+
+def rest_workspace_list(r: Rest) -> None:
+    status, content, _ = r.call("GET", "/api/workspaces/")
+    assert status == 200
+    assert len(json.loads(content)) == 1  # her personal workspace only
+    assert_nothing_of_theirs(r.world, content.decode())
+
+
+def rest_workspace_create(r: Rest) -> None:
+    """Creating a workspace (even under the victim's workspace's name) makes only the caller's."""
+    w = r.world
+    name = w.secrets[2]
+    status, content, _ = r.call("POST", "/api/workspaces/", {"name": name})
+    assert status == 201
+    created = json.loads(content)
+    assert created["id"] != w.workspace
+    assert (
+        WorkspaceMember.objects.filter(workspace_id=created["id"]).values_list("user_id", flat=True).get()
+        == w.mallory.id
+    )
+    assert WorkspaceMember.objects.filter(workspace_id=w.workspace, user=w.mallory).count() == 0
+
+
+def rest_index_page(r: Rest) -> None:
+    status, content, _ = r.call("GET", "/")
+    assert status == 200
+    assert "mallory&#x27;s own" in content.decode() or "mallory's own" in content.decode()
+    assert_nothing_of_theirs(r.world, content.decode())
+
+
+def rest_login(r: Rest) -> None:
+    """A wrong password for the victim answers like an unknown user (no account probing) and logs
+    nobody in."""
+    w = r.world
+    anonymous = HttpClient()
+    wrong = anonymous.post("/login/", {"username": w.alice.username, "password": "wrong-password"})
+    unknown = anonymous.post("/login/", {"username": "no-such-user-x", "password": "wrong-password"})
+    assert wrong.status_code == unknown.status_code == 200
+    assert CSRF_TOKEN.sub("", wrong.content.decode()).replace(w.alice.username, "<u>") == CSRF_TOKEN.sub(
+        "", unknown.content.decode()
+    ).replace("no-such-user-x", "<u>")
+    assert "_auth_user_id" not in anonymous.session
+
+
+def rest_logout(r: Rest) -> None:
+    """The attacker logging out ends her session only: the victim's browser session still works."""
+    w = r.world
+    victim = HttpClient()
+    victim.force_login(w.alice)
+    assert r.pages.post("/logout/").status_code in (200, 302)
+    assert r.pages.get("/").status_code == 302  # mallory is logged out...
+    assert victim.get("/").status_code == 200  # ...alice is not
+
+
+def rest_admin(r: Rest) -> None:
+    """A non-staff user gets the admin's login redirect whether the object exists or not."""
+    same_as_missing(r, "GET", "/admin/chat/conversation/{id}/change/")
+    same_as_missing(r, "GET", "/admin/chat/workspace/{id}/change/")
+    same_as_missing(r, "GET", "/admin/agents/agentrun/{id}/change/")
+    status, content, location = r.call("GET", "/admin/chat/message/?q=" + r.world.secrets[1])
+    assert status == 302
+    assert "/admin/login/" in location
+    assert_nothing_of_theirs(r.world, content.decode(), allowed=r.world.secrets[1])
+
+
+def rest_token(r: Rest) -> None:
+    """The victim's username with a wrong password answers exactly like an unknown username."""
+    anonymous = APIClient()
+    wrong = anonymous.post("/api/auth/token/", {"username": r.world.alice.username, "password": "x"}, format="json")
+    unknown = anonymous.post("/api/auth/token/", {"username": "no-such-user-x", "password": "x"}, format="json")
+    assert (wrong.status_code, wrong.content) == (unknown.status_code, unknown.content) == (401, unknown.content)
+
+
+def rest_token_refresh(r: Rest) -> None:
+    """The victim's access token is no refresh token: no new token comes back."""
+    anonymous = APIClient()
+    for token in (access_token(r.world.alice), "garbage"):
+        response = anonymous.post("/api/auth/token/refresh/", {"refresh": token}, format="json")
+        assert response.status_code == 401
+        assert "access" not in response.json()
+
+
+def rest_health(r: Rest) -> None:
+    for path in ("/healthz", "/readyz"):
+        status, content, _ = r.call("GET", path)
+        assert status == 200
+        assert_nothing_of_theirs(r.world, content.decode())
+
+
+def rest_metrics(r: Rest) -> None:
+    status, content, location = r.call("GET", "/metrics")
+    assert status == 302  # staff only
+    assert "/admin/login/" in location
+    assert_nothing_of_theirs(r.world, content.decode())
+
+
+REST_CASES: dict[tuple[str, str], Callable[[Rest], None]] = {
+    ("", "*"): rest_index_page,
+    ("c/<str:conversation_id>/", "*"): rest_conversation_page,
+    ("login/", "*"): rest_login,
+    ("logout/", "*"): rest_logout,
+    ("admin/", "*"): rest_admin,
+    ("api/auth/token/", "POST"): rest_token,
+    ("api/auth/token/refresh/", "POST"): rest_token_refresh,
+    ("api/conversations/", "GET"): rest_conversation_list,
+    ("api/conversations/", "POST"): rest_conversation_create,
+    ("api/conversations/<str:conversation_id>/", "GET"): rest_conversation_get,
+    ("api/conversations/<str:conversation_id>/members/", "GET"): rest_conversation_members_get,
+    ("api/conversations/<str:conversation_id>/members/", "POST"): rest_conversation_members_post,
+    ("api/conversations/<str:conversation_id>/events/", "GET"): rest_conversation_events_get,
+    ("api/workspaces/", "GET"): rest_workspace_list,
+    ("api/workspaces/", "POST"): rest_workspace_create,
+    ("api/workspaces/<str:workspace_id>/members/", "GET"): rest_workspace_members_get,
+    ("api/workspaces/<str:workspace_id>/members/", "POST"): rest_workspace_members_post,
+    ("healthz", "*"): rest_health,
+    ("readyz", "*"): rest_health,
+    ("metrics", "*"): rest_metrics,
+}
+
+
+def test_every_route_is_covered() -> None:
+    assert discovered_routes() == set(REST_CASES), "a route without an isolation case (or a stale case)"
+
+
+@pytest.mark.parametrize("route", sorted(REST_CASES), ids=lambda r: f"{r[1]} /{r[0]}")
+def test_rest_route_isolation(rest: Rest, route: tuple[str, str]) -> None:
+    before = victim_state(rest.world)
+    REST_CASES[route](rest)
+    after = victim_state(rest.world)
+    if route == ("api/workspaces/", "POST"):  # her own new workspace is the one legitimate change
+        after["attacker_workspaces"] = before["attacker_workspaces"]
+    assert after == before
+
+
+# --- membership revoked and other membership changes ---------------------------------------------------
 async def test_events_reach_members_only(make_user: Any) -> None:
     alice = await database_sync_to_async(make_user)()
     bob = await database_sync_to_async(make_user)()
@@ -93,33 +612,6 @@ async def test_events_reach_members_only(make_user: Any) -> None:
         await client.close()
 
 
-async def test_viewer_reads_but_cannot_send_type_or_cancel(make_user: Any) -> None:
-    owner = await database_sync_to_async(make_user)()
-    viewer = await database_sync_to_async(make_user)()
-    conv = await factories.conversation(owner, members=((viewer, "viewer"),))
-    owner_client, _, _ = await Client.connect(owner)
-    await owner_client.recv()
-    sent = await owner_client.command("send", conversation=conv, client_msg_id="o", text="what is 3 + 4?")
-
-    client, _, _ = await Client.connect(viewer)
-    await client.recv()
-    sub = await client.command("subscribe", conversation=conv, since_seq=0)
-    assert sub["ok"] is True
-    refused = await client.command("send", conversation=conv, client_msg_id="v", text="hi")
-    assert refused["error"]["code"] == "forbidden"
-    typing = await client.command("typing", conversation=conv, state="start")
-    assert typing["error"]["code"] == "forbidden"
-    cancel = await client.command("cancel", run_id=sent["run_id"])
-    assert cancel["error"]["code"] == "forbidden"
-    await client.seen_or_until(lambda f: f.get("type") == "agent_completed", timeout=15)
-    history = await client.command("history", conversation=conv)
-    assert history["events"][0]["data"]["text"] == "what is 3 + 4?"
-    stored = await database_sync_to_async(Event.objects.filter(conversation_id=conv, type="message").count)()
-    assert stored == 1
-    await client.close()
-    await owner_client.close()
-
-
 async def test_membership_removed_means_not_found_from_then_on(make_user: Any) -> None:
     owner = await database_sync_to_async(make_user)()
     member = await database_sync_to_async(make_user)()
@@ -134,24 +626,48 @@ async def test_membership_removed_means_not_found_from_then_on(make_user: Any) -
     await client.close()
 
 
-async def test_a_removed_member_stops_receiving_at_once(make_user: Any) -> None:
+async def test_a_removed_member_stops_receiving_at_once_and_then_finds_nothing(make_user: Any) -> None:
+    """Removed mid-session (the service the API and admin use): both of the member's sockets get the
+    revocation notice, then nothing of the conversation — not its next message, typing or read,
+    sent right after the removal without waiting — and every command on it, and on its run,
+    answers exactly like a conversation or run that does not exist."""
     from chat.services.conversations import conversation_member_remove
 
     owner = await database_sync_to_async(make_user)()
     member = await database_sync_to_async(make_user)()
-    conv = await factories.conversation(owner, agent="", members=((member, "member"),))
+    conv = await factories.conversation(owner, members=((member, "member"),))
     owner_client, _, _ = await Client.connect(owner)
     await owner_client.recv()
-    client, _, _ = await Client.connect(member)
-    await client.recv()
-    await client.command("subscribe", conversation=conv)
-    await owner_client.command("send", conversation=conv, client_msg_id="1", text="still visible")
-    await client.seen_or_until(lambda f: f.get("type") == "message")
+    await owner_client.command("subscribe", conversation=conv)
+    tabs = [(await Client.connect(member))[0] for _ in range(2)]
+    for tab in tabs:
+        await tab.recv()
+        assert (await tab.command("subscribe", conversation=conv))["ok"] is True
+    sent = await owner_client.command("send", conversation=conv, client_msg_id="1", text="still visible")
+    for tab in tabs:
+        await tab.seen_or_until(lambda f: f.get("type") == "message")
+
     await database_sync_to_async(conversation_member_remove)(conversation_id=conv, actor_id=owner.id, user_id=member.id)
-    notice = await client.seen_or_until(lambda f: f.get("type") == "error")
-    assert notice["error"]["code"] == "not_found"
     await owner_client.command("send", conversation=conv, client_msg_id="2", text="after removal")
-    assert (await client.command("ping"))["ok"] is True  # a round trip: anything queued arrived
-    assert "after removal" not in str(client.frames)
-    # The subscription is already gone, and the conversation is now invisible to this user.
-    assert (await client.command("unsubscribe", conversation=conv))["error"]["code"] == "not_found"
+    await owner_client.command("typing", conversation=conv, state="start")
+    await owner_client.command("read", conversation=conv, seq=2)
+    for tab in tabs:
+        notice = await tab.seen_or_until(lambda f: f.get("type") == "error")
+        assert notice["error"]["code"] == "not_found"
+        assert (await tab.command("ping"))["ok"] is True  # a round trip: anything queued has arrived
+        assert "after removal" not in json.dumps(tab.frames)
+        assert not [f for f in tab.frames if f.get("type") in ("typing", "read")]
+
+    tab = tabs[0]
+    raw: list[str] = []
+    for command, (id_field, variants) in ID_COMMANDS.items():
+        for extra in variants:
+            target = sent["run_id"] if id_field == "run_id" else conv
+            missing = await probe_client(tab, raw, {"type": command, **extra, id_field: str(uuid.uuid4())})
+            answer = await probe_client(tab, raw, {"type": command, **extra, id_field: target})
+            assert answer == missing, f"{command} {extra}: {answer} != {missing}"
+    assert "after removal" not in "".join(raw)
+    stored = await database_sync_to_async(list)(
+        Message.objects.filter(conversation_id=conv).order_by("seq").values_list("text", flat=True)
+    )
+    assert stored == ["still visible", "after removal"]  # the member's attempts stored nothing
