@@ -107,14 +107,14 @@ def notifications_after(*, user_id: int, after_seq: int, limit: int = 500) -> li
     return list(Notification.objects.filter(user_id=user_id, seq__gt=after_seq).order_by("seq")[:limit])
 
 
-def search_messages(
-    *, user_id: int, query: str, conversation_id: str | None = None, limit: int = 5
-) -> list[dict[str, Any]]:
-    """Messages matching `query` in conversations the user is a member of (only those)."""
+def search_messages(*, user_id: int, query: str, conversation_id: str, limit: int = 5) -> list[dict[str, Any]]:
+    """Messages matching `query` in one conversation, if the user is a member of it.
+
+    Always one conversation: the agent's search result becomes an event every member of the
+    conversation reads, so a search over all of the requester's conversations would hand the
+    other members text from conversations they are not in (PROTOCOL §6.3)."""
     visible = ConversationMember.objects.filter(user_id=user_id).values("conversation_id")
-    qs = Message.objects.filter(conversation_id__in=visible)
-    if conversation_id is not None:
-        qs = qs.filter(conversation_id=conversation_id)
+    qs = Message.objects.filter(conversation_id__in=visible).filter(conversation_id=conversation_id)
     terms = [t for t in query.split() if len(t) > 1][:8]
     if not terms:
         return []

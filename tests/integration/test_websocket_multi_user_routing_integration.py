@@ -671,3 +671,35 @@ async def test_a_removed_member_stops_receiving_at_once_and_then_finds_nothing(m
         Message.objects.filter(conversation_id=conv).order_by("seq").values_list("text", flat=True)
     )
     assert stored == ["still visible", "after removal"]  # the member's attempts stored nothing
+
+
+async def test_the_agents_history_search_never_reaches_into_another_conversation(make_user: Any, settings: Any) -> None:
+    """The search_history tool runs as the requester, who may be in conversations the other members
+    are not: its result (an event all members read) must come from this conversation only."""
+    settings.AGENT_RUNNER = "inprocess"
+    alice = await database_sync_to_async(make_user)()
+    bob = await database_sync_to_async(make_user)()
+    shared = await factories.conversation(alice, members=((bob, "member"),))
+    private = await factories.conversation(alice, agent="")
+    mark = uuid.uuid4().hex[:8]
+    await database_sync_to_async(message_send)(
+        conversation_id=private,
+        author_id=alice.id,
+        username=alice.username,
+        client_msg_id="p",
+        text=f"zebra{mark} is alice's private note",
+        can_write=True,
+    )
+    bob_client, _, _ = await Client.connect(bob)
+    await bob_client.recv()
+    await bob_client.command("subscribe", conversation=shared)
+    alice_client, _, _ = await Client.connect(alice)
+    await alice_client.recv()
+    sent = await alice_client.command("send", conversation=shared, client_msg_id="q", text=f"search for zebra{mark}")
+    assert sent["ok"] is True
+    tool = await bob_client.seen_or_until(lambda f: f.get("type") == "tool_completed", timeout=15)
+    assert tool["data"]["tool"] == "search_history"
+    await bob_client.seen_or_until(lambda f: f.get("type") == "agent_completed", timeout=15)
+    assert "private note" not in json.dumps(bob_client.frames)
+    stored = await database_sync_to_async(list)(Event.objects.filter(conversation_id=shared).values_list("data"))
+    assert "private note" not in json.dumps(stored, default=str)
