@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from redis.exceptions import RedisError
 
+from chat import ratelimit
 from chat.realtime import ephemeral
 from chat.realtime.auth import AuthFailed, Identity, identity_from_token
 from chat.realtime.commands import HANDLERS
@@ -36,16 +37,25 @@ from chat.realtime.protocol import (
     parse_frame,
     reply_error,
     reply_ok,
+    req_str,
 )
+from chat.realtime.throttle import CommandThrottle, RateLimited
+from chat.resilience import CircuitOpen, breaker
 from chat.services.events import rfc3339
+from chat.tiers import TierLimits, limits_for
 from monitoring.metrics import metrics
+
+# A dependency failing under a command: the client is told to retry (PROTOCOL `unavailable`).
+DEPENDENCY_ERRORS = (OSError, RedisError, OperationalError, InterfaceError)
 
 logger = logging.getLogger(__name__)
 
-# A client that sends this many bad frames within ABUSE_WINDOW_S is closed with 4400: it is
-# broken or hostile, and answering it costs more than closing it.
-ABUSE_LIMIT = 30
-ABUSE_WINDOW_S = 10.0
+# Commands that touch no database: they are not refused while the PostgreSQL circuit is open.
+NO_DATABASE = frozenset({"ping", "unsubscribe"})
+
+
+def _database_failure(exc: BaseException) -> bool:
+    return isinstance(exc, DEPENDENCY_ERRORS) and not isinstance(exc, RedisError)
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -55,6 +65,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     identity: Identity
     outbox: Outbox
     hub: Hub
+    limits: TierLimits
+    throttle: CommandThrottle
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         self.session_id = uuid.uuid4().hex
@@ -65,6 +77,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self._bad_frames: deque[float] = deque()
         self._expiry_task: asyncio.Task[None] | None = None
         self._closing = False
+        self._slot_held = False
         if PROTOCOL not in self.scope.get("subprotocols", []):
             await self.close()  # refuse the handshake: we only speak chat.v1
             return
@@ -72,6 +85,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         metrics.inc("connections_opened")
         if not self.scope.get("origin_ok", True):
             await self._close(4403)
+            return
+        if self.scope.get("auth_unavailable"):
+            await self._close(1013)  # the database could not say who this is: try again later, not 4401
             return
         if self.scope.get("auth_error"):
             await self._close(4401)
@@ -89,6 +105,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _authenticated(self, identity: Identity) -> None:
         self.identity = identity
+        self.limits = limits_for(identity.tier)
+        # The per-tier connection limit holds across processes (chat/ratelimit.py ConnectionSlots).
+        if not await ratelimit.get_slots().acquire(identity.user_id, self.session_id, self.limits.connections):
+            metrics.inc("connections_refused", reason="tier_limit")
+            await self._close(4429)
+            return
+        self._slot_held = True
+        self.throttle = CommandThrottle(identity.user_id, self.limits)
         self.authenticated = True
         self.hub = get_hub()
         self.outbox = Outbox(
@@ -120,14 +144,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             "server_time": rfc3339(timezone.now()),
             "heartbeat_ms": settings.CHAT_HEARTBEAT_MS,
             "typing_ttl_ms": settings.CHAT_TYPING_TTL_MS,
-            "limits": {
-                "max_frame_bytes": settings.CHAT_MAX_FRAME_BYTES,
-                "max_text_chars": settings.CHAT_MAX_TEXT_CHARS,
-                "replay_limit": settings.CHAT_REPLAY_LIMIT,
-                "history_page_max": settings.CHAT_HISTORY_MAX,
-                "max_subscriptions": settings.CHAT_MAX_SUBSCRIPTIONS,
-                "outbound_queue": settings.CHAT_OUTBOUND_QUEUE,
-            },
+            "limits": self.limits.as_welcome(),
         }
 
     def user_public(self) -> dict[str, Any]:
@@ -152,6 +169,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await asyncio.sleep(interval)
             with contextlib.suppress(Exception):
                 await ephemeral.presence_refresh(self)
+            with contextlib.suppress(Exception):
+                await ratelimit.get_slots().refresh(self.identity.user_id, self.session_id)
 
     def _schedule_expiry(self, expires_at: int | None) -> None:
         if self._expiry_task is not None:
@@ -211,10 +230,32 @@ class ChatConsumer(AsyncWebsocketConsumer):
             handler = HANDLERS.get(command.type)
             if handler is None:
                 raise ProtocolError("unknown_command", f"unknown command {command.type!r}")
-            outcome = await handler(self, command.fields)
+            if command.type != "send":  # send is admitted in its handler, once it knows whether it starts a run
+                await self.throttle.admit(command.type)
+            database = breaker("postgres") if command.type not in NO_DATABASE else None
+            if database is not None:
+                database.before_call()  # open circuit: answer `unavailable` now instead of waiting on the pool
+            try:
+                outcome = await handler(self, command.fields)
+            except BaseException as exc:
+                if database is not None:
+                    if _database_failure(exc):
+                        database.record_failure(exc)
+                    else:
+                        database.release()  # no verdict on the database (refused before reaching it, or else)
+                raise
+            if database is not None:
+                database.record_success()
             if command_id is not None:
                 self.outbox.send_frame(reply_ok(command_id, outcome or {}))
             self._run_after_reply()
+        except CircuitOpen as exc:
+            self._after_reply.clear()
+            metrics.inc("command_errors", code="unavailable")
+            self._send_error(
+                command_id,
+                ProtocolError("unavailable", f"{exc.name} is unavailable; retry", retry_after_ms=exc.retry_after_ms),
+            )
         except ProtocolError as exc:
             self._after_reply.clear()
             if self._closing:
@@ -228,18 +269,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
             else:
                 await self.send(text_data=frame)
             await self._count_bad_frame(exc)
-        except (OSError, RedisError, OperationalError, InterfaceError):
-            # A dependency (Redis, PostgreSQL) is down or slow: say so, so the client retries.
+        except DEPENDENCY_ERRORS as exc:
+            # A dependency (Redis, PostgreSQL) is down or slow: say so, so the client retries, and
+            # count it into that dependency's circuit breaker.
             self._after_reply.clear()
+            failed = breaker("postgres" if _database_failure(exc) else "redis")
+            if failed.name == "redis":  # (postgres failures were counted around the handler)
+                failed.record_failure(exc)
             metrics.inc("command_errors", code="unavailable")
-            logger.warning("command failed: dependency unavailable", exc_info=True)
-            frame = reply_error(
-                command_id, ProtocolError("unavailable", "a dependency is unavailable; retry", retry_after_ms=1000)
-            )
-            if self.authenticated:
-                self.outbox.send_frame(frame)
-            else:
-                await self.send(text_data=frame)
+            logger.warning("command failed: %s unavailable (%s)", failed.name, type(exc).__name__)
+            retry = max(1000, failed.retry_after_ms())
+            self._send_error(command_id, ProtocolError("unavailable", f"{failed.name} is unavailable; retry", retry))
         except Exception:
             self._after_reply.clear()
             logger.exception("command failed")
@@ -248,6 +288,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 self.outbox.send_frame(frame)
             else:
                 await self.send(text_data=frame)
+
+    def _send_error(self, command_id: str | None, error: ProtocolError) -> None:
+        frame = reply_error(command_id, error)
+        if self.authenticated:
+            self.outbox.send_frame(frame)
+        else:
+            self._spawn(self.send(text_data=frame))
 
     def after_reply(self, fn: Callable[[], Any]) -> None:
         """Run `fn` right after this command's reply is queued (e.g. a subscribe's replay)."""
@@ -259,20 +306,31 @@ class ChatConsumer(AsyncWebsocketConsumer):
             fn()
 
     async def _count_bad_frame(self, exc: ProtocolError) -> None:
+        if isinstance(exc, RateLimited):
+            # Told to wait and still sending: a broken retry loop or a flood; either way, close it.
+            if self.throttle.over_hammer_limit:
+                metrics.inc("connections_closed_abuse", reason="rate_limit")
+                await self._close(4400)
+            return
         if exc.code not in ("bad_request", "unknown_command", "too_large"):
             return
         now = time.monotonic()
         self._bad_frames.append(now)
-        while self._bad_frames and self._bad_frames[0] < now - ABUSE_WINDOW_S:
+        while self._bad_frames and self._bad_frames[0] < now - settings.CHAT_ABUSE_WINDOW_S:
             self._bad_frames.popleft()
-        if len(self._bad_frames) > ABUSE_LIMIT:
+        if len(self._bad_frames) > settings.CHAT_ABUSE_LIMIT:
+            metrics.inc("connections_closed_abuse", reason="bad_frames")
             await self._close(4400)
 
     async def refresh_auth(self, token: Any) -> dict[str, Any]:
-        if not isinstance(token, str) or not token or len(token) > 4096:
-            raise ProtocolError("bad_request", "token must be a non-empty string")
+        # req_str also refuses NUL and lone surrogates (PyJWT cannot UTF-8-encode "\ud800").
+        token = req_str({"token": token}, "token", max_len=4096)
         try:
             identity = await database_sync_to_async(identity_from_token)(token)
+        except DEPENDENCY_ERRORS:
+            if not self.authenticated:
+                await self._close(1013)  # cannot tell who this is right now: try again later
+            raise
         except AuthFailed:
             if not self.authenticated:
                 await self._close(4401)
@@ -287,6 +345,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 task.cancel()
             self._tasks.clear()
             await self._authenticated(identity)
+            if not self.authenticated:  # refused (4429): no reply on a closed socket
+                raise ProtocolError("rate_limited", "too many connections for this user's tier")
         from datetime import UTC, datetime
 
         expires = datetime.fromtimestamp(identity.expires_at or 0, UTC)
@@ -310,5 +370,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             for conversation_id in list(self.subscriptions):
                 await self.drop_subscription(conversation_id)
             await self.hub.leave_user(self.identity.user_id, self.outbox)
+        if self._slot_held:
+            await ratelimit.get_slots().release(self.identity.user_id, self.session_id)
         metrics.inc("connections_closed")
         await super().websocket_disconnect(message)

@@ -7,6 +7,7 @@ in-process) so it can be tried on a laptop. With DATABASE_URL and REDIS_URL it r
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -150,7 +151,6 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "DEFAULT_THROTTLE_RATES": {"token": os.environ.get("TOKEN_THROTTLE_RATE", "30/min")},
 }
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(seconds=env_int("JWT_ACCESS_LIFETIME_S", 15 * 60)),
@@ -179,7 +179,7 @@ AGENT_DELTA_COALESCE_MS = env_int("AGENT_DELTA_COALESCE_MS", 40)
 # Pace of the offline agent's answer stream, so streaming is visible to a person (0 in tests).
 AGENT_OFFLINE_TOKEN_DELAY_MS = env_int("AGENT_OFFLINE_TOKEN_DELAY_MS", 30)
 
-# --- Realtime limits (PROTOCOL §2/§3; issue 4 moves them per tier) -------------------------------
+# --- Realtime limits (PROTOCOL §2/§3): server-wide caps; per-tier values are in CHAT_TIERS below ------
 CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 64 * 1024)
 CHAT_REPLAY_LIMIT = env_int("CHAT_REPLAY_LIMIT", 500)
 CHAT_HISTORY_MAX = 100
@@ -196,6 +196,73 @@ CHAT_MAX_SUBSCRIPTIONS = env_int("CHAT_MAX_SUBSCRIPTIONS", 100)
 # minutes covers a laptop lid closed over a meeting. Older replays read the log.
 CHAT_BUFFER_MAX_EVENTS = env_int("CHAT_BUFFER_MAX_EVENTS", 1000)
 CHAT_BUFFER_MAX_AGE_S = float(os.environ.get("CHAT_BUFFER_MAX_AGE_S", "900"))
+
+# --- Tiers, rate limits and abuse (chat/tiers.py, chat/ratelimit.py, docs/protocol.md §8) ----------
+# Rates are [limit, window seconds], sliding windows per user, shared by every server process
+# through Redis (in-memory in embedded mode). Command classes: "messages" (send), "agent_runs" (a send
+# that starts an agent run), "typing", "commands" (everything else, pings included).
+CHAT_TIERS: dict[str, dict[str, object]] = {
+    "free": {
+        "connections": 5,
+        "rates": {"messages": [30, 60], "agent_runs": [20, 3600], "typing": [30, 60], "commands": [300, 60]},
+        "max_frame_bytes": 64 * 1024,
+        "max_text_chars": 8_000,
+        "max_subscriptions": 50,
+        "replay_limit": CHAT_REPLAY_LIMIT,
+        "buffer_max_events": 500,
+        "buffer_max_age_s": 15 * 60,
+        "history_retention_days": 30,
+    },
+    "pro": {
+        "connections": 20,
+        "rates": {"messages": [120, 60], "agent_runs": [200, 3600], "typing": [60, 60], "commands": [1200, 60]},
+        "max_frame_bytes": 64 * 1024,
+        "max_text_chars": CHAT_MAX_TEXT_CHARS,
+        "max_subscriptions": CHAT_MAX_SUBSCRIPTIONS,
+        "replay_limit": CHAT_REPLAY_LIMIT,
+        "buffer_max_events": 1000,
+        "buffer_max_age_s": 60 * 60,
+        "history_retention_days": 365,
+    },
+    "enterprise": {
+        "connections": 100,
+        "rates": {"messages": [600, 60], "agent_runs": [2000, 3600], "typing": [120, 60], "commands": [6000, 60]},
+        "max_frame_bytes": 64 * 1024,
+        "max_text_chars": CHAT_MAX_TEXT_CHARS,
+        "max_subscriptions": CHAT_MAX_SUBSCRIPTIONS,
+        "replay_limit": CHAT_REPLAY_LIMIT,
+        "buffer_max_events": 1000,
+        "buffer_max_age_s": 24 * 60 * 60,
+        "history_retention_days": None,
+    },
+}
+# A deployment (or a load test) overrides parts of the table without a code change, e.g.
+# CHAT_TIERS_JSON='{"free": {"rates": {"messages": [100, 60]}}}' (merged key by key).
+if os.environ.get("CHAT_TIERS_JSON"):
+
+    def _merge(base: dict[str, object], extra: dict[str, object]) -> dict[str, object]:
+        out = dict(base)
+        for key, value in extra.items():
+            current = out.get(key)
+            out[key] = _merge(current, value) if isinstance(current, dict) and isinstance(value, dict) else value
+        return out
+
+    CHAT_TIERS = _merge(CHAT_TIERS, json.loads(os.environ["CHAT_TIERS_JSON"]))  # type: ignore[arg-type,assignment]
+# More than this many malformed frames (bad_request, unknown_command, too_large) within the window,
+# or more than CHAT_RATE_HAMMER_LIMIT commands sent while already told to wait: close 4400.
+CHAT_ABUSE_LIMIT = env_int("CHAT_ABUSE_LIMIT", 30)
+CHAT_ABUSE_WINDOW_S = float(os.environ.get("CHAT_ABUSE_WINDOW_S", "10"))
+CHAT_RATE_HAMMER_LIMIT = env_int("CHAT_RATE_HAMMER_LIMIT", 20)
+# A socket's slot in its user's connection count is refreshed by the socket and expires this long
+# after its process died without releasing it.
+CHAT_CONNECTION_TTL_S = float(os.environ.get("CHAT_CONNECTION_TTL_S", "60"))
+# Per client IP on POST /login/, /api/auth/token/ and /api/auth/token/refresh/: [limit, window s].
+CHAT_LOGIN_RATE = [env_int("CHAT_LOGIN_RATE_LIMIT", 20), float(os.environ.get("CHAT_LOGIN_RATE_WINDOW_S", "60"))]
+# Circuit breakers (chat/resilience.py): this many transient failures within the window open the
+# circuit; after the reset timeout one probe call is let through.
+CHAT_BREAKER_FAILURES = env_int("CHAT_BREAKER_FAILURES", 5)
+CHAT_BREAKER_WINDOW_S = float(os.environ.get("CHAT_BREAKER_WINDOW_S", "10"))
+CHAT_BREAKER_RESET_S = float(os.environ.get("CHAT_BREAKER_RESET_S", "5"))
 
 STATIC_URL = "static/"
 # Serve /static/ from the ASGI app (single-machine layout); set SERVE_STATIC=0 behind a CDN/proxy.

@@ -85,15 +85,38 @@ def _close_db_pools(django_db_setup: Any, django_db_blocker: Any) -> Iterator[No
             )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.fixture(autouse=True)
+def _async_cleanup_for_coroutine_tests(request: pytest.FixtureRequest) -> None:
     # Only coroutine tests own an event loop that can hold a run supervisor; a sync test (e.g. one
     # driving Playwright's sync API, which runs its own loop on this thread) must not get the async
-    # teardown fixture at all.
+    # teardown fixture at all. (A `usefixtures` marker added at collection time is not honoured.)
     import inspect
 
-    for item in items:
-        if inspect.iscoroutinefunction(getattr(item, "function", None)):
-            item.add_marker(pytest.mark.usefixtures("_async_test_cleanup"))
+    if inspect.iscoroutinefunction(getattr(request, "function", None)):
+        request.getfixturevalue("_async_test_cleanup")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_breakers() -> Iterator[None]:
+    """A circuit opened by one test must not answer `unavailable` in the next."""
+    from chat.resilience import reset_breakers
+
+    reset_breakers()
+    yield
+    reset_breakers()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fresh_rate_windows() -> None:
+    """Rate windows are keyed by user id, and ids restart in every new test database: forget the
+    windows an earlier session with the same CHANNEL_PREFIX left behind."""
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    for key in client.scan_iter(match=f"{settings.CHANNEL_PREFIX}:rl:*", count=1000):
+        client.delete(key)
+    client.close()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import OperationalError
 
 from agents import runner
 from agents import selectors as run_selectors
@@ -78,8 +77,9 @@ async def subscribe(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str,
     since_seq = opt_int(fields, "since_seq", minimum=0)
     access = await access_for(consumer, fields)
     conversation_id = access.conversation_id
-    if conversation_id not in consumer.subscriptions and len(consumer.subscriptions) >= settings.CHAT_MAX_SUBSCRIPTIONS:
-        raise ProtocolError("bad_request", f"at most {settings.CHAT_MAX_SUBSCRIPTIONS} subscriptions per socket")
+    max_subscriptions = consumer.limits.max_subscriptions
+    if conversation_id not in consumer.subscriptions and len(consumer.subscriptions) >= max_subscriptions:
+        raise ProtocolError("bad_request", f"at most {max_subscriptions} subscriptions per socket on this tier")
     already = conversation_id in consumer.subscriptions
     # Join the process hub first, then read the head: an event committed in between is both
     # at or below the head we read and delivered live, and the outbox drops the repeat.
@@ -95,7 +95,7 @@ async def subscribe(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str,
     result: dict[str, Any] = {"conversation": conversation_id, "head_seq": head_seq, "active_runs": active}
     start = head_seq
     if since_seq is not None:
-        recovered = head_seq - since_seq <= settings.CHAT_REPLAY_LIMIT
+        recovered = head_seq - since_seq <= consumer.limits.replay_limit
         result["recovered"] = recovered
         if recovered:
             start = min(since_seq, head_seq)
@@ -132,21 +132,18 @@ async def unsubscribe(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[st
 @command("send")
 async def send(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, Any]:
     client_msg_id = req_str(fields, "client_msg_id", max_len=64)
-    text = req_str(fields, "text", max_len=settings.CHAT_MAX_TEXT_CHARS)
+    text = req_str(fields, "text", max_len=consumer.limits.max_text_chars)
     access = await access_for(consumer, fields)
-    try:
-        result = await database_sync_to_async(message_services.message_send)(
-            conversation_id=access.conversation_id,
-            author_id=consumer.identity.user_id,
-            username=consumer.identity.username,
-            client_msg_id=client_msg_id,
-            text=text,
-            can_write=access.can_write,
-        )
-    except ServiceError as exc:
-        raise service_error(exc) from exc
-    except OperationalError as exc:
-        raise ProtocolError("unavailable", "the database is unavailable; retry", retry_after_ms=1000) from exc
+    if not access.can_write:
+        raise ProtocolError("forbidden", "your role in this conversation does not allow sending")
+    # A resend of a stored message is answered from the store and costs no quota (idempotency
+    # must keep working for a client that was rate limited); only a new message is admitted.
+    result = await database_sync_to_async(message_services.message_existing)(
+        access.conversation_id, consumer.identity.user_id, client_msg_id
+    )
+    if result is None:
+        await consumer.throttle.admit_send(starts_run=bool(access.agent))
+        result = await _store_message(consumer, access, client_msg_id, text)
     await publish_events(result.events)
     if result.run_id and not result.duplicate:
         await runner.wake()
@@ -158,6 +155,22 @@ async def send(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, Any]
     if result.run_id:
         reply["run_id"] = result.run_id
     return reply
+
+
+async def _store_message(
+    consumer: ChatConsumer, access: Access, client_msg_id: str, text: str
+) -> message_services.SendResult:
+    try:
+        return await database_sync_to_async(message_services.message_send)(
+            conversation_id=access.conversation_id,
+            author_id=consumer.identity.user_id,
+            username=consumer.identity.username,
+            client_msg_id=client_msg_id,
+            text=text,
+            can_write=access.can_write,
+        )
+    except ServiceError as exc:
+        raise service_error(exc) from exc
 
 
 @command("history")

@@ -50,7 +50,7 @@ def message_send(
     if len(text) > settings.CHAT_MAX_TEXT_CHARS:
         raise ServiceError("too_large", f"text is longer than {settings.CHAT_MAX_TEXT_CHARS} characters")
 
-    existing = _existing(conversation_id, author_id, client_msg_id)
+    existing = message_existing(conversation_id, author_id, client_msg_id)
     if existing is not None:
         return existing
     try:
@@ -59,13 +59,14 @@ def message_send(
     except IntegrityError:
         # Two sockets of one user raced with the same key: the unique constraint decided, and the
         # loser answers like any other repeat.
-        existing = _existing(conversation_id, author_id, client_msg_id)
+        existing = message_existing(conversation_id, author_id, client_msg_id)
         if existing is not None:
             return existing
         raise
 
 
-def _existing(conversation_id: str, author_id: int, client_msg_id: str) -> SendResult | None:
+def message_existing(conversation_id: str, author_id: int, client_msg_id: str) -> SendResult | None:
+    """The message this author already stored under `client_msg_id`, as a duplicate send's result."""
     row = (
         Message.objects.filter(conversation_id=conversation_id, author_id=author_id, client_msg_id=client_msg_id)
         .values("id", "seq")

@@ -103,7 +103,7 @@ async def test_subscribe_without_since_seq_starts_live_at_head(make_user: Any) -
 
 
 async def test_replay_beyond_the_limit_answers_recovered_false(make_user: Any, settings: Any) -> None:
-    settings.CHAT_REPLAY_LIMIT = 3
+    settings.CHAT_TIERS = {**settings.CHAT_TIERS, "free": {**settings.CHAT_TIERS["free"], "replay_limit": 3}}
     alice = await database_sync_to_async(make_user)()
     conv = await factories.conversation(alice, agent="")
     client, _, _ = await Client.connect(alice)
