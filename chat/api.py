@@ -10,11 +10,11 @@ from rest_framework.exceptions import NotFound as DRFNotFound
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import AnonRateThrottle
+from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
-from chat import selectors
+from chat import ratelimit, selectors
 from chat.models import ConversationMember, Workspace, WorkspaceMember
 from chat.serializers import (
     ConversationCreateSerializer,
@@ -32,18 +32,30 @@ def error_response(exc: ServiceError) -> Response:
     return Response({"error": {"code": exc.code, "message": exc.message}}, status=ERROR_STATUS.get(exc.code, 400))
 
 
-class TokenThrottle(AnonRateThrottle):
-    """Per-IP limit on the token endpoints (password guessing)."""
+class IPThrottle(BaseThrottle):
+    """Per-IP limit on the token endpoints (password guessing, token farming), held in Redis so
+    it holds across server processes. DRF answers 429 with a Retry-After header."""
 
-    scope = "token"
+    endpoint = "token"
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        self.decision = ratelimit.ip_admit(self.endpoint, ratelimit.client_ip(request.META))
+        return self.decision.allowed
+
+    def wait(self) -> float:
+        return self.decision.retry_after_ms / 1000
+
+
+class RefreshThrottle(IPThrottle):
+    endpoint = "token-refresh"
 
 
 class TokenView(TokenObtainPairView):
-    throttle_classes = [TokenThrottle]
+    throttle_classes = [IPThrottle]
 
 
 class TokenRefresh(TokenRefreshView):
-    throttle_classes = [TokenThrottle]
+    throttle_classes = [RefreshThrottle]
 
 
 def uid(request: Request) -> int:

@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from chat import selectors
+from chat import ratelimit, selectors
+
+
+class LoginView(auth_views.LoginView):
+    """Django's login page with a per-IP limit on attempts (password guessing)."""
+
+    template_name = "chat/login.html"
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        decision = ratelimit.ip_admit("login", ratelimit.client_ip(request.META))
+        if not decision.allowed:
+            seconds = math.ceil(decision.retry_after_ms / 1000)
+            form = self.get_form()
+            form.add_error(None, f"Too many login attempts from your address; try again in {seconds} s.")
+            response = self.render_to_response(self.get_context_data(form=form), status=429)
+            response["Retry-After"] = str(seconds)
+            return response
+        return super().post(request, *args, **kwargs)
 
 
 @login_required

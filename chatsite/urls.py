@@ -8,7 +8,7 @@ from monitoring import views as monitoring_views
 urlpatterns = [
     path("", views.index, name="index"),
     path("c/<str:conversation_id>/", views.conversation, name="conversation"),
-    path("login/", auth_views.LoginView.as_view(template_name="chat/login.html"), name="login"),
+    path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/auth/token/", api.TokenView.as_view(), name="token"),

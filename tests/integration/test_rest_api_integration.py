@@ -157,26 +157,32 @@ def test_workspaces_and_workspace_members(make_user: Any) -> None:
     assert api_for(other).get(f"/api/workspaces/{personal[0]['id']}/members/").status_code == 404
 
 
-def test_token_endpoint_is_rate_limited_per_ip(make_user: Any, settings: Any) -> None:
-    from django.core.cache import cache
+def test_token_endpoints_are_rate_limited_per_ip(make_user: Any, settings: Any) -> None:
+    settings.CHAT_LOGIN_RATE = [3, 60]
+    settings.CHANNEL_PREFIX = f"iptest{uuid.uuid4().hex[:8]}"  # fresh windows for this test
+    client = APIClient(REMOTE_ADDR="10.1.2.3")
+    codes = [
+        client.post("/api/auth/token/", {"username": "x", "password": "y"}, format="json").status_code for _ in range(4)
+    ]
+    assert codes == [401, 401, 401, 429]
+    refused = client.post("/api/auth/token/", {"username": "x", "password": "y"}, format="json")
+    assert 1 <= int(refused["Retry-After"]) <= 60
+    # Another address has its own budget; the refresh endpoint has its own window.
+    other = APIClient(REMOTE_ADDR="10.9.9.9")
+    assert other.post("/api/auth/token/", {"username": "x", "password": "y"}, format="json").status_code == 401
+    assert client.post("/api/auth/token/refresh/", {"refresh": "bad"}, format="json").status_code == 401
 
-    cache.clear()
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"token": "3/min"}}
-    from rest_framework.settings import api_settings
 
-    api_settings.reload()
-    from chat.api import TokenThrottle
+def test_login_page_is_rate_limited_per_ip(make_user: Any, settings: Any) -> None:
+    from django.test import Client as DjangoClient
 
-    TokenThrottle.THROTTLE_RATES = api_settings.DEFAULT_THROTTLE_RATES
-    try:
-        client = APIClient()
-        codes = [
-            client.post("/api/auth/token/", {"username": "x", "password": "y"}, format="json").status_code
-            for _ in range(4)
-        ]
-        assert codes == [401, 401, 401, 429]
-    finally:
-        cache.clear()
-        settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"token": "30/min"}}
-        api_settings.reload()
-        TokenThrottle.THROTTLE_RATES = api_settings.DEFAULT_THROTTLE_RATES
+    settings.CHAT_LOGIN_RATE = [2, 60]
+    settings.CHANNEL_PREFIX = f"iptest{uuid.uuid4().hex[:8]}"
+    user = make_user()
+    browser = DjangoClient(REMOTE_ADDR="10.4.5.6")
+    assert browser.post("/login/", {"username": user.username, "password": "wrong"}).status_code == 200
+    assert browser.post("/login/", {"username": user.username, "password": "wrong"}).status_code == 200
+    refused = browser.post("/login/", {"username": user.username, "password": "wrong"})
+    assert refused.status_code == 429
+    assert b"Too many login attempts" in refused.content
+    assert int(refused["Retry-After"]) >= 1
