@@ -61,7 +61,7 @@ async def _send_ephemeral(conversation_id: str, message: dict[str, Any]) -> None
         from chat.realtime.hub import get_hub
 
         metrics.inc("ephemeral_local_only")
-        logger.info("ephemeral %s for %s delivered locally only: %s", message.get("type"), conversation_id, exc)
+        logger.info("ephemeral frame for %s delivered to this process only: %r", conversation_id, exc)
         get_hub().deliver_locally(message)
 
 

@@ -239,6 +239,9 @@ class Hub:
         whose group is not joined yet are always checked against the log."""
         conversations = [c for c in self.conversations if c in self.next_seq]
         if not conversations:
+            # Nothing local to catch up on; a conversation subscribed later starts from the head
+            # its subscriber reads from the database.
+            self.check_log_next = False
             return 0
         buffer = self._buffer or get_buffer()
         buffered: list[int] = []
@@ -256,20 +259,26 @@ class Hub:
             if self._buffer_epoch is not None and epoch != self._buffer_epoch:
                 self.check_log_next = True  # Redis restarted empty: what it held before is gone
             self._buffer_epoch = epoch
-        use_log = self.check_log_next
-        pending = {c for c in conversations if conversation_group(c) in self.pending_groups}
         heads = buffered
-        if use_log or pending:
-            from_log = await self._log_heads(conversations)  # raises if PostgreSQL is down too
-            metrics.inc("hub_resyncs_from_log")
-            if use_log:
-                heads = from_log
-                if redis_ok:  # one log check after Redis is healthy again covers what it lost
-                    self.check_log_next = False
-            else:
-                heads = [
-                    log if c in pending else buf for c, log, buf in zip(conversations, from_log, buffered, strict=True)
-                ]
+        pending = {c for c in conversations if conversation_group(c) in self.pending_groups}
+        if self.check_log_next or pending:
+            try:
+                from_log = await self._log_heads(conversations)
+            except Exception:
+                if not redis_ok:
+                    raise  # neither Redis nor the database answers: next round
+                from_log = None  # the database is down: the buffer's heads will do for now
+            if from_log is not None:
+                metrics.inc("hub_resyncs_from_log")
+                if self.check_log_next:
+                    heads = from_log
+                    if redis_ok:  # one log check after Redis is healthy again covers what it lost
+                        self.check_log_next = False
+                else:
+                    heads = [
+                        log if c in pending else buf
+                        for c, log, buf in zip(conversations, from_log, buffered, strict=True)
+                    ]
         found = 0
         for conversation_id, head in zip(conversations, heads, strict=True):
             delivered = self.next_seq.get(conversation_id, head + 1) - 1

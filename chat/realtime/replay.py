@@ -48,6 +48,8 @@ def _heads(conversation_ids: list[str]) -> list[int]:
 
 
 async def log_heads(conversation_ids: list[str]) -> list[int]:
-    """The newest seq of each conversation, from the log, in one query."""
+    """The newest seq of each conversation, from the log, in one query. A background read (the
+    hub's resync), so not on the process's shared database thread: queued behind commands, or
+    holding them up while the database is slow, it would cost more than the thread it needs."""
     async with breaker("postgres").guard():
-        return await database_sync_to_async(_heads)(conversation_ids)
+        return await database_sync_to_async(_heads, thread_sensitive=False)(conversation_ids)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import signal
 import socket
@@ -23,7 +22,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from tests.support.servers import free_port
@@ -239,12 +237,6 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-@contextlib.contextmanager
-def postgres_proxy(host: str = "127.0.0.1", port: int = 5432) -> Iterator[TcpProxy]:
-    with TcpProxy(host, port) as proxy:
-        yield proxy
-
-
 def refused(port: int) -> bool:
     """True when nothing listens on 127.0.0.1:<port> (connect() is refused)."""
     try:
@@ -254,11 +246,3 @@ def refused(port: int) -> bool:
         return True
     except OSError:
         return False
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
