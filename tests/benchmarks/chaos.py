@@ -47,6 +47,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `chat` and `tests.support
     sys.path.insert(0, str(ROOT))
 
 from chat.client import Backoff, ChatClient, ConnectionLost  # noqa: E402
+from tests.support.limits import LOAD_TEST_ENV  # noqa: E402
 from tests.support.servers import Stack, running_stack  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -60,7 +61,7 @@ STACK_ENV = {
     "AGENT_OFFLINE_TOKEN_DELAY_MS": "50",
     "AGENT_LOST_AFTER_S": "6",
     "AGENT_HEARTBEAT_S": "1",
-    "TOKEN_THROTTLE_RATE": "100000/min",
+    **LOAD_TEST_ENV,
 }
 REDIS_PORT = 6379
 REDIS_START = [

@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script: make `tests.support` importable
     sys.path.insert(0, str(ROOT))
 
+from tests.support.limits import LOAD_TEST_ENV  # noqa: E402
 from tests.support.servers import Stack, running_stack  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -839,7 +840,7 @@ def run(opts: Options) -> dict[str, Any]:
     names = [f"bench{i:04d}" for i in range(opts.sockets)]
     total_messages = int(round(opts.rate * opts.duration))
     log(opts.quiet, f"starting {opts.server} x {opts.processes} (fresh database, migrate, seed_demo)")
-    env = {"TOKEN_THROTTLE_RATE": "100000/min", **opts.server_env}
+    env = {**LOAD_TEST_ENV, **opts.server_env}
     with running_stack(processes=opts.processes, server=opts.server, env_overrides=env) as stack:
         log(opts.quiet, f"creating {opts.sockets} users")
         tokens = create_users(stack, names, via_api=opts.login_via_api, quiet=opts.quiet)

@@ -31,6 +31,7 @@ from tests.benchmarks.fanout import (  # noqa: E402
     staff_client,
     token_for,
 )
+from tests.support.limits import LOAD_TEST_ENV  # noqa: E402
 from tests.support.servers import running_stack  # noqa: E402
 
 # Every wait is bounded so a broken server fails the run instead of hanging it.
@@ -50,7 +51,7 @@ async def bounded_gather(coros: list[Any], limit: int) -> list[Any]:
 
 
 async def storm(args: argparse.Namespace) -> dict[str, Any]:
-    env = {"TOKEN_THROTTLE_RATE": "100000/min"}
+    env = dict(LOAD_TEST_ENV)
     with running_stack(processes=args.processes, env_overrides=env) as stack:
         names = [f"storm{i}" for i in range(args.clients)]
         tokens = create_users(stack, names, via_api=False, quiet=True)
