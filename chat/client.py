@@ -28,6 +28,10 @@ from typing import Any
 
 import websockets
 
+# Refusals a send retries after the server's retry_after_ms (capped): waiting helps for these.
+RETRYABLE = ("rate_limited", "unavailable")
+MAX_RETRY_WAIT_S = 30.0
+
 logger = logging.getLogger(__name__)
 
 EventCallback = Callable[[dict[str, Any]], None]
@@ -258,14 +262,20 @@ class ChatClient:
     async def send(
         self, conversation_id: str, text: str, *, client_msg_id: str | None = None, attempts: int = 20
     ) -> dict[str, Any]:
-        """Send until acknowledged, with one client_msg_id across retries (so at most one message)."""
+        """Send until acknowledged, with one client_msg_id across retries (so at most one message).
+        `rate_limited` and `unavailable` are retried after the server's `retry_after_ms`; other
+        refusals (forbidden, not_found, bad_request, ...) are returned as they are."""
         key = client_msg_id or uuid.uuid4().hex
         for _ in range(attempts):
             await self.wait_connected()
             try:
-                return await self.command("send", conversation=conversation_id, client_msg_id=key, text=text)
+                reply = await self.command("send", conversation=conversation_id, client_msg_id=key, text=text)
             except ConnectionLost:
                 continue
+            error = reply.get("error") or {}
+            if reply.get("ok") or error.get("code") not in RETRYABLE:
+                return reply
+            await asyncio.sleep(min(MAX_RETRY_WAIT_S, max(0.05, error.get("retry_after_ms", 1000) / 1000)))
         raise ConnectionLost(f"send {key} not acknowledged after {attempts} attempts")
 
     def events(self, conversation_id: str) -> list[dict[str, Any]]:

@@ -54,6 +54,15 @@ logger = logging.getLogger(__name__)
 NO_DATABASE = frozenset({"ping", "unsubscribe"})
 
 
+def _still_active(user_id: int) -> bool:
+    from chat.models import User
+
+    try:
+        return User.objects.filter(id=user_id, is_active=True).exists()
+    except (OperationalError, InterfaceError):
+        return True  # cannot look now; the handshake's check stands
+
+
 def _database_failure(exc: BaseException) -> bool:
     return isinstance(exc, DEPENDENCY_ERRORS) and not isinstance(exc, RedisError)
 
@@ -133,6 +142,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             get_supervisor()  # embedded mode: runs queued before a restart start without a new prompt
         self.outbox.send_frame(encode({"type": "welcome", "data": self._welcome()}))  # before any user event
         await self.hub.join_user(identity.user_id, self.outbox)
+        # A logout or deactivation published between the handshake's check and the join above
+        # missed this socket: look once more now that it would be heard.
+        if not await database_sync_to_async(_still_active)(identity.user_id):
+            await self._close(4403)
 
     def _welcome(self) -> dict[str, Any]:
         from django.utils import timezone
@@ -193,6 +206,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         elif action == "revoke":
             conversation_id = str(message.get("conversation"))
             if conversation_id in self.subscriptions:
+                # Stop now: the hub may dispatch the next event before the spawned clean-up runs.
+                self.outbox.stop_stream(conversation_id)
                 self._spawn(self.drop_subscription(conversation_id))
                 self.outbox.send_frame(
                     reply_error(None, ProtocolError("not_found", f"conversation {conversation_id} not found"))

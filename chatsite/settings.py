@@ -102,8 +102,11 @@ if DATABASE_URL:
         _db.setdefault("OPTIONS", {})["pool"] = {
             "min_size": env_int("DB_POOL_MIN", 2),
             "max_size": env_int("DB_POOL_MAX", 20),
-            "timeout": 10,
+            # How long a query waits for a pooled connection. Short: while PostgreSQL is down every
+            # command would wait this long before answering `unavailable` (until the breaker opens).
+            "timeout": float(os.environ.get("DB_POOL_TIMEOUT_S", "5")),
         }
+        _db["OPTIONS"].setdefault("connect_timeout", 3)
         _db.setdefault("TEST", {})["NAME"] = os.environ.get("TEST_DATABASE_NAME") or None
     DATABASES = {"default": _db}
 else:
@@ -263,6 +266,11 @@ CHAT_LOGIN_RATE = [env_int("CHAT_LOGIN_RATE_LIMIT", 20), float(os.environ.get("C
 CHAT_BREAKER_FAILURES = env_int("CHAT_BREAKER_FAILURES", 5)
 CHAT_BREAKER_WINDOW_S = float(os.environ.get("CHAT_BREAKER_WINDOW_S", "10"))
 CHAT_BREAKER_RESET_S = float(os.environ.get("CHAT_BREAKER_RESET_S", "5"))
+# A database or model-server failure can take as long as its timeout (pool 5 s, LLM 60 s): their
+# windows are wide enough that consecutive slow failures still add up to an open circuit.
+CHAT_BREAKER_POSTGRES_FAILURES = env_int("CHAT_BREAKER_POSTGRES_FAILURES", 3)
+CHAT_BREAKER_POSTGRES_WINDOW_S = float(os.environ.get("CHAT_BREAKER_POSTGRES_WINDOW_S", "60"))
+CHAT_BREAKER_LLM_WINDOW_S = float(os.environ.get("CHAT_BREAKER_LLM_WINDOW_S", "300"))
 
 STATIC_URL = "static/"
 # Serve /static/ from the ASGI app (single-machine layout); set SERVE_STATIC=0 behind a CDN/proxy.

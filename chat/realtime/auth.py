@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, unquote_plus, urlsplit
 from channels.auth import get_user
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.http.cookie import parse_cookie
 from django.http.request import validate_host
 from rest_framework_simplejwt.exceptions import TokenError
@@ -174,7 +175,19 @@ class ChatAuthMiddleware:
             scope["auth_error"] = (
                 "tokens in the query string are refused; use the Authorization header or an auth frame"
             )
-        elif authorization is not None:
+        else:
+            try:
+                await self._identify(scope, authorization)
+            except (OSError, OperationalError, InterfaceError) as exc:
+                # The database cannot say who this is: the consumer closes 1013 (try again later),
+                # never 4401, which would tell a client with a good token to log in again.
+                logger.warning("handshake: cannot authenticate, database unavailable (%s)", type(exc).__name__)
+                scope["auth_unavailable"] = True
+        return await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _identify(scope: dict[str, Any], authorization: str | None) -> None:
+        if authorization is not None:
             scheme, _, raw = authorization.partition(" ")
             if scheme.lower() != "bearer" or not raw.strip():
                 scope["auth_error"] = "Authorization must be 'Bearer <access token>'"
@@ -185,4 +198,3 @@ class ChatAuthMiddleware:
                     scope["auth_error"] = str(exc)
         else:
             scope["identity"] = await _session_identity(scope)
-        return await self.app(scope, receive, send)

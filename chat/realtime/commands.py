@@ -86,6 +86,7 @@ async def subscribe(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str,
     await consumer.hub.join(conversation_id, consumer.outbox)
     consumer.subscriptions.add(conversation_id)
     try:
+        await access_for(consumer, fields)  # a removal published before the join missed this socket
         head_seq, active = await database_sync_to_async(_head_and_runs)(conversation_id)
     except BaseException:
         if not already:  # no half-registered subscription that silently receives nothing
