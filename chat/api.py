@@ -24,6 +24,7 @@ from chat.serializers import (
 )
 from chat.services import conversations as conversation_services
 from chat.services.conversations import ServiceError
+from chat.tiers import limits_for
 
 ERROR_STATUS = {"bad_request": 400, "forbidden": 403, "not_found": 404, "conflict": 409, "too_large": 413}
 
@@ -155,6 +156,7 @@ class ConversationEvents(APIView):
             conversation_id=access.conversation_id,
             before_seq=query.validated_data.get("before_seq"),
             limit=query.validated_data["limit"],
+            retention_days=limits_for(request.user.tier).history_retention_days,  # type: ignore[union-attr]
         )
         return Response({"events": [e.frame() for e in events], "has_more": has_more})
 

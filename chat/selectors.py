@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from chat.models import ConversationMember, Event, Message, Notification, Role
 from chat.services.events import StoredEvent
@@ -91,9 +93,17 @@ def events_after(
     return [StoredEvent.from_row(row) for row in qs.order_by("seq")[:limit]]
 
 
-def events_before(*, conversation_id: str, before_seq: int | None, limit: int) -> tuple[list[StoredEvent], bool]:
-    """A history page: up to `limit` events with seq < before_seq, oldest first, and has_more."""
+def events_before(
+    *, conversation_id: str, before_seq: int | None, limit: int, retention_days: int | None = None
+) -> tuple[list[StoredEvent], bool]:
+    """A history page: up to `limit` events with seq < before_seq, oldest first, and has_more.
+
+    `retention_days` is the caller's tier's history retention: older events are not served (the
+    page ends there with has_more false). Members of one conversation on different tiers each
+    see as far back as their own tier allows."""
     qs = Event.objects.filter(conversation_id=conversation_id)
+    if retention_days is not None:
+        qs = qs.filter(created_at__gte=timezone.now() - timedelta(days=retention_days))
     if before_seq is not None:
         qs = qs.filter(seq__lt=before_seq)
     rows = list(qs.order_by("-seq")[: limit + 1])

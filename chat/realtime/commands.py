@@ -180,7 +180,10 @@ async def history(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, A
     limit = opt_int(fields, "limit", minimum=1, maximum=settings.CHAT_HISTORY_MAX) or 50
     access = await access_for(consumer, fields)
     events, has_more = await database_sync_to_async(selectors.events_before)(
-        conversation_id=access.conversation_id, before_seq=before_seq, limit=limit
+        conversation_id=access.conversation_id,
+        before_seq=before_seq,
+        limit=limit,
+        retention_days=consumer.limits.history_retention_days,
     )
     return {"conversation": access.conversation_id, "events": [e.frame() for e in events], "has_more": has_more}
 

@@ -1,0 +1,161 @@
+"""Tiers over a live consumer (issue 4): each user gets their tier's limits in `welcome` and is held
+to them — text size, subscriptions, rates per command class with no side effect when refused,
+connections (4429), history retention — while another user, or another tier, is unaffected."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from django.utils import timezone
+
+from chat.models import Event, Message
+from tests.support import factories
+from tests.support.ws import Client
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+def tier_table(settings: Any, tier: str, **changes: Any) -> None:
+    """Override part of one tier's limits for this test (the table is read per connection)."""
+    row = {**settings.CHAT_TIERS[tier], **changes}
+    if "rates" in changes:
+        row["rates"] = {**settings.CHAT_TIERS[tier]["rates"], **changes["rates"]}
+    settings.CHAT_TIERS = {**settings.CHAT_TIERS, tier: row}
+
+
+async def connected(user: Any) -> tuple[Client, dict[str, Any]]:
+    client, ok, _ = await Client.connect(user)
+    assert ok
+    welcome = await client.recv()
+    assert welcome["type"] == "welcome"
+    return client, welcome["data"]
+
+
+async def test_welcome_carries_each_users_own_tier_limits(make_user: Any, settings: Any) -> None:
+    free = await database_sync_to_async(make_user)(tier="free")
+    enterprise = await database_sync_to_async(make_user)(tier="enterprise")
+    _, free_welcome = await connected(free)
+    _, ent_welcome = await connected(enterprise)
+    assert free_welcome["user"]["tier"] == "free"
+    assert free_welcome["limits"]["tier"] == "free"
+    assert ent_welcome["limits"]["tier"] == "enterprise"
+    for name in ("messages", "agent_runs", "typing", "commands"):
+        assert free_welcome["limits"]["rates"][name]["limit"] == settings.CHAT_TIERS["free"]["rates"][name][0]
+        assert ent_welcome["limits"]["rates"][name]["limit"] == settings.CHAT_TIERS["enterprise"]["rates"][name][0]
+    assert free_welcome["limits"]["connections"] < ent_welcome["limits"]["connections"]
+    assert free_welcome["limits"]["max_text_chars"] == settings.CHAT_TIERS["free"]["max_text_chars"]
+    assert free_welcome["limits"]["history_retention_days"] == 30
+    assert ent_welcome["limits"]["history_retention_days"] is None
+
+
+async def test_text_limit_is_the_tiers(make_user: Any, settings: Any) -> None:
+    free = await database_sync_to_async(make_user)(tier="free")
+    pro = await database_sync_to_async(make_user)(tier="pro")
+    conv = await factories.conversation(free, agent="", members=((pro, "member"),))
+    free_client, welcome = await connected(free)
+    pro_client, _ = await connected(pro)
+    too_long = "x" * (welcome["limits"]["max_text_chars"] + 1)
+    refused = await free_client.command("send", conversation=conv, client_msg_id="long", text=too_long)
+    assert refused["error"]["code"] == "too_large"
+    accepted = await pro_client.command("send", conversation=conv, client_msg_id="long", text=too_long)
+    assert accepted["ok"] is True
+    assert await database_sync_to_async(Message.objects.filter(conversation_id=conv).count)() == 1
+
+
+async def test_rate_limited_send_has_no_side_effect_and_other_members_see_nothing(
+    make_user: Any, settings: Any
+) -> None:
+    tier_table(settings, "free", rates={"messages": [2, 60]})
+    alice = await database_sync_to_async(make_user)(tier="free")
+    bob = await database_sync_to_async(make_user)(tier="free")
+    conv = await factories.conversation(alice, agent="", members=((bob, "member"),))
+    sender, _ = await connected(alice)
+    watcher, _ = await connected(bob)
+    assert (await watcher.command("subscribe", conversation=conv))["ok"] is True
+    for i in range(2):
+        assert (await sender.command("send", conversation=conv, client_msg_id=f"m{i}", text=f"hi {i}"))["ok"] is True
+    refused = await sender.command("send", conversation=conv, client_msg_id="m2", text="one too many")
+    assert refused["ok"] is False
+    assert refused["error"]["code"] == "rate_limited"
+    assert 0 < refused["error"]["retry_after_ms"] <= 60_000
+    assert "messages" in refused["error"]["message"]
+    # Nothing stored, no seq used, nothing broadcast; bob is not limited by alice's budget.
+    assert await database_sync_to_async(Message.objects.filter(conversation_id=conv).count)() == 2
+    assert await database_sync_to_async(Event.objects.filter(conversation_id=conv).count)() == 2
+    mine = await watcher.command("send", conversation=conv, client_msg_id="b0", text="bob here")
+    assert mine["ok"] is True
+    assert mine["message"]["seq"] == 3
+    await watcher.until(lambda f: f.get("type") == "message" and f.get("seq") == 3)
+    texts = [f["data"]["text"] for f in watcher.frames if f.get("type") == "message"]
+    assert "one too many" not in texts
+    # The stored message can still be re-sent (idempotency needs no quota).
+    again = await sender.command("send", conversation=conv, client_msg_id="m1", text="hi 1")
+    assert again["duplicate"] is True
+
+
+async def test_typing_spam_does_not_starve_messages(make_user: Any, settings: Any) -> None:
+    tier_table(settings, "free", rates={"typing": [3, 60]})
+    alice = await database_sync_to_async(make_user)(tier="free")
+    conv = await factories.conversation(alice, agent="")
+    client, _ = await connected(alice)
+    codes = [
+        (await client.command("typing", conversation=conv, state="start")).get("error", {}).get("code")
+        for _ in range(5)
+    ]
+    assert codes == [None, None, None, "rate_limited", "rate_limited"]
+    assert (await client.command("send", conversation=conv, client_msg_id="m", text="still talking"))["ok"] is True
+    assert (await client.command("history", conversation=conv))["ok"] is True
+
+
+async def test_connection_limit_closes_the_extra_socket_4429(make_user: Any, settings: Any) -> None:
+    tier_table(settings, "free", connections=2)
+    alice = await database_sync_to_async(make_user)(tier="free")
+    first, _ = await connected(alice)
+    second, _ = await connected(alice)
+    third, ok, _ = await Client.connect(alice)
+    assert ok  # accepted, then closed with the reason: a handshake refusal could only say 403
+    assert await third.expect_close(timeout=5) == 4429
+    assert (await first.command("ping"))["ok"] is True
+    await second.close()
+    # The closed socket's slot is released as it disconnects; the next connection fits.
+    fourth, _ = await connected(alice)
+    assert (await fourth.command("ping"))["ok"] is True
+
+
+async def test_history_retention_is_the_callers_tier(make_user: Any, settings: Any) -> None:
+    free = await database_sync_to_async(make_user)(tier="free")  # 30 days
+    enterprise = await database_sync_to_async(make_user)(tier="enterprise")  # forever
+    conv = await factories.conversation(enterprise, agent="", members=((free, "member"),))
+    writer, _ = await connected(enterprise)
+    for i in range(4):
+        await writer.command("send", conversation=conv, client_msg_id=f"m{i}", text=f"m{i}")
+    old = timezone.now() - timedelta(days=40)
+    await database_sync_to_async(Event.objects.filter(conversation_id=conv, seq__lte=2).update)(created_at=old)
+
+    reader, _ = await connected(free)
+    free_page = await reader.command("history", conversation=conv)
+    assert [e["seq"] for e in free_page["events"]] == [3, 4]
+    assert free_page["has_more"] is False
+    ent_page = await writer.command("history", conversation=conv)
+    assert [e["seq"] for e in ent_page["events"]] == [1, 2, 3, 4]
+
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    await database_sync_to_async(api.force_authenticate)(free)
+    response = await database_sync_to_async(api.get)(f"/api/conversations/{conv}/events/")
+    assert [e["seq"] for e in response.json()["events"]] == [3, 4]
+
+
+async def test_an_unknown_tier_on_a_user_row_gets_the_free_limits(make_user: Any) -> None:
+    from chat.models import User
+
+    odd = await database_sync_to_async(make_user)()
+    # A row whose tier no longer exists in the table (e.g. a retired plan, edited in the database).
+    await database_sync_to_async(User.objects.filter(id=odd.id).update)(tier="legacy-gold")
+    _, welcome = await connected(odd)
+    assert welcome["limits"]["tier"] == "free"
+    assert welcome["user"]["tier"] == "legacy-gold"
