@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 # Frames above this ride the log, not the doorbell: pub/sub payloads stay small (DESIGN "facts").
 DOORBELL_INLINE_MAX = 16 * 1024
 # A publish (buffer append or doorbell) that takes longer than this is given up and retried later.
-PUBLISH_TIMEOUT_S = 2.0
+PUBLISH_TIMEOUT_S = 1.0
 # Background republishing: full-jitter exponential backoff from 0.2 s, capped at 3 s, and never
 # sooner than the redis circuit's own retry time. At most this many events (and user control
 # messages) wait per process; beyond that the oldest are dropped: they are in the log, and
