@@ -76,6 +76,17 @@ def faults_healed(redis_server: RedisServer, pg_proxy: TcpProxy) -> Iterator[Non
         pg_proxy.restore()
 
 
+async def connect(stack: Stack, token: str, process: int) -> Any:
+    return await websockets.connect(
+        stack.ws_url(process),
+        subprotocols=["chat.v1"],  # type: ignore[list-item]
+        additional_headers={"Authorization": f"Bearer {token}"},
+        open_timeout=10,
+        ping_interval=None,
+        max_size=2**20,
+    )
+
+
 class Socket:
     """A real WebSocket client of /ws/chat/ that records every frame and how the socket ended."""
 
@@ -91,14 +102,7 @@ class Socket:
 
     @classmethod
     async def open(cls, stack: Stack, token: str, *, process: int = 0, label: str = "") -> Socket:
-        ws = await websockets.connect(
-            stack.ws_url(process),
-            subprotocols=["chat.v1"],  # type: ignore[list-item]
-            additional_headers={"Authorization": f"Bearer {token}"},
-            open_timeout=10,
-            ping_interval=None,
-            max_size=2**20,
-        )
+        ws = await connect(stack, token, process)
         sock = cls(ws, label or f"p{process}")
         await sock.until(lambda f: f["type"] == "welcome", timeout=10)
         return sock
@@ -393,17 +397,20 @@ async def test_a_hung_redis_never_hangs_a_command(stack: Stack, redis_server: Re
 
 
 async def connect_close_code(stack: Stack, token: str, process: int) -> int | None:
-    """Open a socket and return the close code it gets before (or instead of) a welcome."""
+    """The close code a new socket gets instead of a welcome (None: it was welcomed; a negative
+    number: the handshake itself was refused with that HTTP status)."""
     try:
-        sock = await Socket.open(stack, token, process=process, label="late")
-    except AssertionError:
-        raise
-    except InvalidStatus as exc:  # the handshake itself was refused
+        ws = await connect(stack, token, process)
+    except InvalidStatus as exc:
         return -exc.response.status_code
-    except ConnectionClosed as exc:
-        return exc.rcvd.code if exc.rcvd else None
-    await sock.close()
-    return None  # welcomed
+    try:
+        async with asyncio.timeout(15):
+            first = json.loads(await ws.recv())
+    except ConnectionClosed:
+        return ws.close_code
+    assert first["type"] == "welcome", first
+    await ws.close()
+    return None
 
 
 async def test_postgres_refusing_connections_degrades_gracefully_and_recovers(
