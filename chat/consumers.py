@@ -305,6 +305,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self.send(text_data=frame)
 
     def _send_error(self, command_id: str | None, error: ProtocolError) -> None:
+        if self._closing:
+            return  # (e.g. closed 1013 while authenticating): nothing more goes out
         frame = reply_error(command_id, error)
         if self.authenticated:
             self.outbox.send_frame(frame)
