@@ -409,6 +409,8 @@ def test_the_registry_hands_out_one_breaker_per_name_from_settings(settings: Any
     settings.CHAT_BREAKER_WINDOW_S = 30
     settings.CHAT_BREAKER_RESET_S = 2.5
     settings.CHAT_BREAKER_LLM_RESET_S = 20
+    settings.CHAT_BREAKER_POSTGRES_FAILURES = None  # no per-dependency override for postgres here
+    settings.CHAT_BREAKER_POSTGRES_WINDOW_S = None
     reset_breakers()
     pg = breaker("postgres")
     assert breaker("postgres") is pg
