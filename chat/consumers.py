@@ -41,6 +41,7 @@ from chat.realtime.protocol import (
 )
 from chat.realtime.throttle import CommandThrottle, RateLimited
 from chat.resilience import CircuitOpen, breaker
+from chat.selectors import Access
 from chat.services.events import rfc3339
 from chat.tiers import TierLimits, limits_for
 from monitoring.metrics import metrics
@@ -80,6 +81,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         self.session_id = uuid.uuid4().hex
         self.subscriptions: set[str] = set()
+        # The access each subscription was granted with, used only while PostgreSQL is unreachable
+        # (see degraded_access). Revocation drops the subscription, and with it this entry.
+        self.subscription_access: dict[str, Access] = {}
         self.authenticated = False
         self._tasks: list[asyncio.Task[Any]] = []
         self._after_reply: list[Callable[[], Any]] = []
@@ -248,6 +252,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if command.type != "send":  # send is admitted in its handler, once it knows whether it starts a run
                 await self.throttle.admit(command.type)
             database = breaker("postgres") if command.type not in NO_DATABASE else None
+            if command.type == "typing" and self.degraded_access(command.fields) is not None:
+                database = None  # typing on a subscribed conversation works through a database outage
             if database is not None:
                 database.before_call()  # open circuit: answer `unavailable` now instead of waiting on the pool
             try:
@@ -303,6 +309,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 self.outbox.send_frame(frame)
             else:
                 await self.send(text_data=frame)
+
+    def degraded_access(self, fields: dict[str, Any]) -> Access | None:
+        """While the PostgreSQL circuit is not closed, ephemeral commands (typing) on a conversation
+        this socket is subscribed to use the access its subscription was granted with, instead of
+        failing for lack of a membership query. Otherwise every command checks membership afresh."""
+        if breaker("postgres").state == "closed":
+            return None
+        conversation = fields.get("conversation")
+        return self.subscription_access.get(conversation) if isinstance(conversation, str) else None
 
     def _send_error(self, command_id: str | None, error: ProtocolError) -> None:
         if self._closing:
@@ -373,6 +388,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if conversation_id not in self.subscriptions:
             return
         self.subscriptions.discard(conversation_id)
+        self.subscription_access.pop(conversation_id, None)
         self.outbox.stop_stream(conversation_id)
         await self.hub.leave(conversation_id, self.outbox)
         with contextlib.suppress(Exception):

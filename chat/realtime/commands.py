@@ -93,6 +93,7 @@ async def subscribe(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str,
             await consumer.drop_subscription(conversation_id)
         raise
     consumer.hub.observe_head(conversation_id, head_seq)
+    consumer.subscription_access[conversation_id] = access
     result: dict[str, Any] = {"conversation": conversation_id, "head_seq": head_seq, "active_runs": active}
     start = head_seq
     if since_seq is not None:
@@ -230,7 +231,7 @@ async def typing(consumer: ChatConsumer, fields: dict[str, Any]) -> None:
     state = fields.get("state")
     if state not in ("start", "stop"):
         raise ProtocolError("bad_request", "state must be 'start' or 'stop'")
-    access = await access_for(consumer, fields)
+    access = consumer.degraded_access(fields) or await access_for(consumer, fields)
     if not access.can_write:
         raise ProtocolError("forbidden", "viewers cannot type")
     await ephemeral.broadcast(
