@@ -26,6 +26,7 @@ from agents.backends import get_backend
 from agents.runtime import execute_run
 from agents.tools import default_registry
 from chat.realtime.bus import publish_events
+from chat.realtime.redis_client import redis_call
 from chat.resilience import all_breakers, publish_breakers, shared_state_max_age_s, withdraw_breakers
 
 logger = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class RunSupervisor:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                logger.exception("claiming runs failed; retrying")
+                _log_loop_failure("claiming runs failed; retrying")
                 await asyncio.sleep(POLL_INTERVAL_S)
 
     async def claim_available(self) -> int:
@@ -136,7 +137,7 @@ class RunSupervisor:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                logger.exception("heartbeat failed")
+                _log_loop_failure("heartbeat failed")
                 continue
             for run_id in to_cancel:  # a cancel doorbell we missed
                 self.cancel(run_id)
@@ -167,7 +168,7 @@ class RunSupervisor:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                logger.exception("reaping lost runs failed")
+                _log_loop_failure("reaping lost runs failed")
                 continue
             if events:
                 logger.warning("failed %d run(s) whose worker was lost", len(events))
@@ -198,8 +199,8 @@ async def wake() -> None:
     if settings.AGENT_RUNNER == "inprocess":
         get_supervisor().wake()
         return
-    with contextlib.suppress(Exception):  # the worker polls anyway
-        await get_channel_layer().send(AGENT_RUNS_CHANNEL, {"type": "run.wake"})
+    with contextlib.suppress(Exception):  # the worker polls anyway (bounded: a hung Redis must not delay a send)
+        await redis_call(functools.partial(get_channel_layer().send, AGENT_RUNS_CHANNEL, {"type": "run.wake"}))
 
 
 async def cancel(run_id: str) -> None:
@@ -208,4 +209,19 @@ async def cancel(run_id: str) -> None:
         get_supervisor().cancel(run_id)
         return
     with contextlib.suppress(Exception):  # the holder's heartbeat sees the flag anyway
-        await get_channel_layer().send(AGENT_RUNS_CHANNEL, {"type": "run.cancel", "run_id": run_id})
+        message = {"type": "run.cancel", "run_id": run_id}
+        await redis_call(functools.partial(get_channel_layer().send, AGENT_RUNS_CHANNEL, message))
+
+
+def _log_loop_failure(what: str) -> None:
+    """A loop iteration failed: a dependency outage (transient) is one line per iteration, not a
+    traceback a second; anything else is a bug and keeps its traceback."""
+    import sys
+
+    from chat.resilience import ErrorClass, classify
+
+    exc = sys.exc_info()[1]
+    if exc is not None and classify(exc) is ErrorClass.TRANSIENT:
+        logger.warning("%s: a dependency is unavailable (%s)", what, type(exc).__name__)
+    else:
+        logger.exception(what)

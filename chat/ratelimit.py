@@ -18,7 +18,7 @@ must share a clock (one host, or NTP) since every caller passes its own `now`.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import itertools
 import logging
 import threading
@@ -31,6 +31,8 @@ from typing import Any, Protocol
 
 from django.conf import settings
 
+from chat.realtime.redis_client import redis_call
+from chat.resilience import CircuitOpen
 from monitoring.metrics import metrics
 
 logger = logging.getLogger(__name__)
@@ -152,10 +154,13 @@ class RedisLimiter:
             args += [w.limit, w.window_ms]
         try:
             client = self.client_factory()
-            answer = await asyncio.wait_for(
-                client.eval(_HIT_LUA, len(windows), *[w.key for w in windows], *args), REDIS_TIMEOUT_S
+            # Bounded and counted into breaker("redis"); while that circuit is open this fails at
+            # once (CircuitOpen) and the in-process twin answers without waiting on Redis.
+            answer = await redis_call(
+                functools.partial(client.eval, _HIT_LUA, len(windows), *[w.key for w in windows], *args),
+                timeout_s=REDIS_TIMEOUT_S,
             )
-        except (OSError, TimeoutError, asyncio.TimeoutError) + _redis_errors() as exc:
+        except (OSError, TimeoutError, CircuitOpen) + _redis_errors() as exc:
             metrics.inc("ratelimit_fallback")
             logger.warning("rate limiter: Redis unavailable (%s); limiting per process", type(exc).__name__)
             return self.fallback.hit_sync(windows)
@@ -288,10 +293,13 @@ class ConnectionSlots:
         from chat.realtime.redis_client import redis_client
 
         try:
-            granted = await asyncio.wait_for(
-                redis_client().eval(_ACQUIRE_LUA, 1, self._key(user_id), now, session_id, limit, ttl), REDIS_TIMEOUT_S
+            granted = await redis_call(
+                functools.partial(
+                    redis_client().eval, _ACQUIRE_LUA, 1, self._key(user_id), now, session_id, limit, ttl
+                ),
+                timeout_s=REDIS_TIMEOUT_S,
             )
-        except (OSError, TimeoutError, asyncio.TimeoutError) + _redis_errors():
+        except (OSError, TimeoutError, CircuitOpen) + _redis_errors():
             metrics.inc("connection_slots_unavailable")
             logger.warning("connection slots: Redis unavailable; granting the slot")
             return True
@@ -319,8 +327,8 @@ class ConnectionSlots:
         from chat.realtime.redis_client import redis_client
 
         try:
-            await asyncio.wait_for(redis_client().zrem(self._key(user_id), session_id), REDIS_TIMEOUT_S)
-        except (OSError, TimeoutError, asyncio.TimeoutError) + _redis_errors():
+            await redis_call(functools.partial(redis_client().zrem, self._key(user_id), session_id))
+        except (OSError, TimeoutError, CircuitOpen) + _redis_errors():
             pass  # the slot expires on its own
 
 
