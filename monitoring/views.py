@@ -54,11 +54,21 @@ async def readyz(request: HttpRequest) -> JsonResponse:
         except Exception as exc:
             checks[name] = {"ok": False, "error": type(exc).__name__}
         checks[name]["ms"] = round((time.monotonic() - started) * 1000, 1)
-    ready = all(c["ok"] for c in checks.values())
+    # Only the database decides readiness: without Redis a process still serves (history, sends,
+    # delivery through the log resync; docs/operations.md), and a balancer that dropped every
+    # process during a Redis outage would turn a degradation into a full outage.
+    ready = bool(checks["database"]["ok"])
     breakers = await _breakers()
-    degraded = sorted(name for name, snap in breakers.items() if snap["state"] != "closed")
+    degraded = {name for name, snap in breakers.items() if snap["state"] != "closed"}
+    if not checks["channel_layer"]["ok"]:
+        degraded.add("redis")
     return JsonResponse(
-        {"status": "ready" if ready else "unavailable", "checks": checks, "degraded": degraded, "breakers": breakers},
+        {
+            "status": "ready" if ready else "unavailable",
+            "checks": checks,
+            "degraded": sorted(degraded),
+            "breakers": breakers,
+        },
         status=200 if ready else 503,
     )
 
