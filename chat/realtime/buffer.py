@@ -25,8 +25,17 @@ Clock = Callable[[], float]
 
 
 class Buffer(Protocol):
-    async def append(self, stream: str, entries: Sequence[tuple[int, str]]) -> None: ...
-    async def read(self, stream: str, after_seq: int, up_to_seq: int) -> list[tuple[int, str]] | None: ...
+    async def append(
+        self,
+        stream: str,
+        entries: Sequence[tuple[int, str]],
+        *,
+        max_events: int | None = None,
+        max_age_s: float | None = None,
+    ) -> None: ...
+    async def read(
+        self, stream: str, after_seq: int, up_to_seq: int, *, max_age_s: float | None = None
+    ) -> list[tuple[int, str]] | None: ...
     async def heads(self, streams: Sequence[str]) -> list[int]: ...
     async def epoch(self) -> str: ...
 
@@ -53,7 +62,14 @@ class MemoryBuffer:
         self._streams: dict[str, OrderedDict[int, tuple[float, str]]] = {}
         self._lock = asyncio.Lock()
 
-    async def append(self, stream: str, entries: Sequence[tuple[int, str]]) -> None:
+    async def append(
+        self,
+        stream: str,
+        entries: Sequence[tuple[int, str]],
+        *,
+        max_events: int | None = None,
+        max_age_s: float | None = None,
+    ) -> None:
         now = self.clock()
         async with self._lock:
             buf = self._streams.setdefault(stream, OrderedDict())
@@ -61,19 +77,21 @@ class MemoryBuffer:
                 buf[seq] = (now, text)
             if any(seq < last for seq, last in zip(list(buf)[1:], list(buf), strict=False)):
                 self._streams[stream] = buf = OrderedDict(sorted(buf.items()))
-            while len(buf) > self.max_events:
+            while len(buf) > (max_events or self.max_events):
                 buf.popitem(last=False)
-            self._expire(stream, now)
+            self._expire(stream, now, max_age_s)
 
-    def _expire(self, stream: str, now: float) -> None:
+    def _expire(self, stream: str, now: float, max_age_s: float | None = None) -> None:
         buf = self._streams.get(stream)
-        while buf and next(iter(buf.values()))[0] < now - self.max_age_s:
+        while buf and next(iter(buf.values()))[0] < now - (max_age_s or self.max_age_s):
             buf.popitem(last=False)
         if buf is not None and not buf:
             del self._streams[stream]
 
-    async def read(self, stream: str, after_seq: int, up_to_seq: int) -> list[tuple[int, str]] | None:
-        self._expire(stream, self.clock())
+    async def read(
+        self, stream: str, after_seq: int, up_to_seq: int, *, max_age_s: float | None = None
+    ) -> list[tuple[int, str]] | None:
+        self._expire(stream, self.clock(), max_age_s)
         buf = self._streams.get(stream, OrderedDict())
         rows = [(seq, buf[seq][1]) for seq in range(after_seq + 1, up_to_seq + 1) if seq in buf]
         return rows if _complete(rows, after_seq, up_to_seq) else None
@@ -106,20 +124,33 @@ class RedisBuffer:
     def key(self, stream: str) -> str:
         return f"{self.prefix}:buf:{stream}"
 
-    async def append(self, stream: str, entries: Sequence[tuple[int, str]]) -> None:
+    async def append(
+        self,
+        stream: str,
+        entries: Sequence[tuple[int, str]],
+        *,
+        max_events: int | None = None,
+        max_age_s: float | None = None,
+    ) -> None:
+        """`max_events`/`max_age_s` override the buffer's bounds for this stream (a user's
+        notification buffer follows their tier); readers pass the same age."""
         if not entries:
             return
+        max_events = max_events or self.max_events
+        max_age_s = max_age_s or self.max_age_s
         stamp = int(self.clock() * 1000)
         key = self.key(stream)
         pipe = self._redis().pipeline(transaction=False)
         pipe.zadd(key, {f"{stamp}|{text}": seq for seq, text in entries})
-        pipe.zremrangebyrank(key, 0, -(self.max_events + 1))  # keep the newest max_events
-        pipe.expire(key, int(self.max_age_s) + 1)  # an idle stream disappears on its own
+        pipe.zremrangebyrank(key, 0, -(max_events + 1))  # keep the newest max_events
+        pipe.expire(key, int(max_age_s) + 1)  # an idle stream disappears on its own
         await pipe.execute()
 
-    async def read(self, stream: str, after_seq: int, up_to_seq: int) -> list[tuple[int, str]] | None:
+    async def read(
+        self, stream: str, after_seq: int, up_to_seq: int, *, max_age_s: float | None = None
+    ) -> list[tuple[int, str]] | None:
         members = await self._redis().zrangebyscore(self.key(stream), after_seq + 1, up_to_seq, withscores=True)
-        oldest_ok = (self.clock() - self.max_age_s) * 1000
+        oldest_ok = (self.clock() - (max_age_s or self.max_age_s)) * 1000
         rows: list[tuple[int, str]] = []
         for member, score in members:
             stamp, _, text = member.partition("|")
@@ -167,13 +198,15 @@ def get_buffer() -> Buffer:
     return _buffer
 
 
-async def buffered_or_none(stream: str, after_seq: int, up_to_seq: int) -> list[tuple[int, str]] | None:
+async def buffered_or_none(
+    stream: str, after_seq: int, up_to_seq: int, *, max_age_s: float | None = None
+) -> list[tuple[int, str]] | None:
     """Read the buffer; any failure (Redis down, slow, or its circuit open) is a miss, not an error:
     the log answers. Bounded by redis_call's timeout, so a hung Redis costs a replay a second at
     most, and nothing while the circuit is open."""
     buffer = get_buffer()
     try:
-        rows = await redis_call(lambda: buffer.read(stream, after_seq, up_to_seq))
+        rows = await redis_call(lambda: buffer.read(stream, after_seq, up_to_seq, max_age_s=max_age_s))
     except Exception:
         metrics.inc("buffer_errors")
         return None

@@ -123,11 +123,16 @@ async def _buffer_events(events: Sequence[StoredEvent]) -> None:
         logger.warning("buffer append failed: %r", exc, exc_info=not _transient(exc))
 
 
-async def publish_notification(user_id: int, seq: int, frame: str) -> None:
-    """A stored notification: into the user's hot buffer, then to every socket of the user."""
+async def publish_notification(
+    user_id: int, seq: int, frame: str, *, max_events: int | None = None, max_age_s: float | None = None
+) -> None:
+    """A stored notification: into the user's hot buffer (bounded by their tier), then to every
+    socket of the user."""
     buffer = get_buffer()
     try:
-        append = functools.partial(buffer.append, user_stream(user_id), [(seq, frame)])
+        append = functools.partial(
+            buffer.append, user_stream(user_id), [(seq, frame)], max_events=max_events, max_age_s=max_age_s
+        )
         await redis_call(append, timeout_s=PUBLISH_TIMEOUT_S)
     except Exception as exc:  # the database has it; sync_notifications reads it from there instead
         metrics.inc("buffer_errors")

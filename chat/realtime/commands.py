@@ -254,7 +254,11 @@ async def sync_notifications(consumer: ChatConsumer, fields: dict[str, Any]) -> 
     since_seq = req_int(fields, "since_seq", minimum=0)
     user_id = consumer.identity.user_id
     head = await database_sync_to_async(_notification_head)(user_id)
-    buffered = await buffered_or_none(user_stream(user_id), since_seq, head) if head > since_seq else []
+    if head > since_seq:
+        max_age_s = consumer.limits.buffer_max_age_s  # the user's buffer follows their tier
+        buffered = await buffered_or_none(user_stream(user_id), since_seq, head, max_age_s=max_age_s)
+    else:
+        buffered = []
     if buffered is not None:
         metrics.inc("notification_replays", source="buffer")
         rows = [frame for _, frame in buffered]

@@ -32,14 +32,18 @@ def notification_frame(notification: Notification) -> str:
 def notification_create(*, user_id: int, data: dict[str, Any]) -> Notification:
     """Store a notification (the user row lock orders seqs) and push it once the transaction commits."""
     User.objects.filter(id=user_id).update(notification_seq=F("notification_seq") + 1)
-    seq = User.objects.filter(id=user_id).values_list("notification_seq", flat=True).get()
+    seq, tier = User.objects.filter(id=user_id).values_list("notification_seq", "tier").get()
     notification = Notification.objects.create(user_id=user_id, seq=seq, data=data, created_at=timezone.now())
     frame = notification_frame(notification)
-    transaction.on_commit(lambda: _push(user_id, seq, frame))
+    transaction.on_commit(lambda: _push(user_id, seq, frame, tier))
     return notification
 
 
-def _push(user_id: int, seq: int, frame: str) -> None:
+def _push(user_id: int, seq: int, frame: str, tier: str) -> None:
     from chat.realtime.bus import publish_notification
+    from chat.tiers import limits_for
 
-    async_to_sync(publish_notification)(user_id, seq, frame)
+    limits = limits_for(tier)
+    async_to_sync(publish_notification)(
+        user_id, seq, frame, max_events=limits.buffer_max_events, max_age_s=limits.buffer_max_age_s
+    )

@@ -105,3 +105,14 @@ async def test_memory_buffer_forgets_expired_streams() -> None:
     await buffer.append(conversation_stream("new"), frames(1))
     assert await buffer.read(conversation_stream("old"), 0, 1) is None
     assert buffer.streams() == 1
+
+
+async def test_per_stream_bounds_override_the_buffers_for_a_users_tier(buffer_and_clock: Any) -> None:
+    """A user's notification buffer follows their tier: fewer events and a shorter age than the
+    buffer's defaults (5 events, 60 s here) when the tier says so."""
+    buffer, clock = buffer_and_clock
+    await buffer.append("u:1", frames(1, 2, 3, 4), max_events=2, max_age_s=10)
+    assert await buffer.read("u:1", 2, 4, max_age_s=10) == frames(3, 4)
+    assert await buffer.read("u:1", 0, 4, max_age_s=10) is None  # 1 and 2 were trimmed by the tier's count
+    clock.now += 11
+    assert await buffer.read("u:1", 2, 4, max_age_s=10) is None  # older than the tier keeps (default: 60 s)
