@@ -145,41 +145,41 @@ class RedisLimiter:
         self.clock = clock
         self.fallback = MemoryLimiter(clock)
 
+    def _eval_args(self, windows: Sequence[Window]) -> list[Any]:
+        """KEYS and ARGV of _HIT_LUA for these windows, stamped now."""
+        now = int(self.clock() * 1000)
+        args: list[Any] = [_HIT_LUA, len(windows), *[w.key for w in windows], now, _member(now)]
+        for w in windows:
+            args += [w.limit, w.window_ms]
+        return args
+
+    def _fallback(self, windows: Sequence[Window], exc: BaseException) -> Decision:
+        metrics.inc("ratelimit_fallback")
+        logger.warning("rate limiter: Redis unavailable (%s); limiting per process", type(exc).__name__)
+        return self.fallback.hit_sync(windows)
+
     async def hit(self, windows: Sequence[Window]) -> Decision:
         if not windows:
             return Decision(True)
-        now = int(self.clock() * 1000)
-        args: list[Any] = [now, _member(now)]
-        for w in windows:
-            args += [w.limit, w.window_ms]
         try:
-            client = self.client_factory()
             # Bounded and counted into breaker("redis"); while that circuit is open this fails at
             # once (CircuitOpen) and the in-process twin answers without waiting on Redis.
+            client = self.client_factory()
             answer = await redis_call(
-                functools.partial(client.eval, _HIT_LUA, len(windows), *[w.key for w in windows], *args),
-                timeout_s=REDIS_TIMEOUT_S,
+                functools.partial(client.eval, *self._eval_args(windows)), timeout_s=REDIS_TIMEOUT_S
             )
         except (OSError, TimeoutError, CircuitOpen) + _redis_errors() as exc:
-            metrics.inc("ratelimit_fallback")
-            logger.warning("rate limiter: Redis unavailable (%s); limiting per process", type(exc).__name__)
-            return self.fallback.hit_sync(windows)
+            return self._fallback(windows, exc)
         return _decision(answer)
 
     def hit_sync(self, windows: Sequence[Window]) -> Decision:
         """For sync callers (the REST throttle, which runs in a worker thread)."""
         if not windows:
             return Decision(True)
-        now = int(self.clock() * 1000)
-        args: list[Any] = [now, _member(now)]
-        for w in windows:
-            args += [w.limit, w.window_ms]
         try:
-            answer = _sync_client().eval(_HIT_LUA, len(windows), *[w.key for w in windows], *args)
+            answer = _sync_client().eval(*self._eval_args(windows))
         except (OSError, TimeoutError) + _redis_errors() as exc:
-            metrics.inc("ratelimit_fallback")
-            logger.warning("rate limiter: Redis unavailable (%s); limiting per process", type(exc).__name__)
-            return self.fallback.hit_sync(windows)
+            return self._fallback(windows, exc)
         return _decision(answer)
 
 
