@@ -52,7 +52,7 @@ DEPENDENCY_ERRORS = (OSError, RedisError, OperationalError, InterfaceError)
 logger = logging.getLogger(__name__)
 
 # Commands that touch no database: they are not refused while the PostgreSQL circuit is open.
-NO_DATABASE = frozenset({"ping", "unsubscribe"})
+NO_DATABASE = frozenset({"ping"})
 
 
 def _still_active(user_id: int) -> bool:
@@ -125,6 +125,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._close(4429)
             return
         self._slot_held = True
+        try:
+            await self._start_session(identity)
+        except BaseException:
+            # Nothing may keep the slot alive (the heartbeat refreshes it) once this socket failed.
+            for task in self._tasks:
+                task.cancel()
+            await ratelimit.get_slots().release(identity.user_id, self.session_id)
+            self._slot_held = False
+            raise
+
+    async def _start_session(self, identity: Identity) -> None:
         self.throttle = CommandThrottle(identity.user_id, self.limits)
         self.authenticated = True
         self.hub = get_hub()
@@ -237,6 +248,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         command_id: str | None = None
         try:
+            if self.authenticated and text_data is not None and len(text_data) > self.limits.max_frame_bytes:
+                # The tier's frame limit (parse_frame enforces the server-wide cap).
+                raise ProtocolError("too_large", f"frame exceeds {self.limits.max_frame_bytes} bytes for this tier")
             command = parse_frame(text_data, bytes_data)
             command_id = command.id
             if not self.authenticated:
@@ -254,6 +268,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             database = breaker("postgres") if command.type not in NO_DATABASE else None
             if command.type == "typing" and self.degraded_access(command.fields) is not None:
                 database = None  # typing on a subscribed conversation works through a database outage
+            leaving = command.fields.get("conversation")
+            if command.type == "unsubscribe" and isinstance(leaving, str) and leaving in self.subscriptions:
+                database = None  # leaving a subscription is the socket's own state: no query
             if database is not None:
                 database.before_call()  # open circuit: answer `unavailable` now instead of waiting on the pool
             try:
@@ -294,9 +311,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # A dependency (Redis, PostgreSQL) is down or slow: say so, so the client retries, and
             # count it into that dependency's circuit breaker.
             self._after_reply.clear()
+            # (Counted already: postgres failures around the handler, Redis ones by redis_call.)
             failed = breaker("postgres" if _database_failure(exc) else "redis")
-            if failed.name == "redis":  # (postgres failures were counted around the handler)
-                failed.record_failure(exc)
             metrics.inc("command_errors", code="unavailable")
             logger.warning("command failed: %s unavailable (%s)", failed.name, type(exc).__name__)
             retry = max(1000, failed.retry_after_ms())
@@ -371,6 +387,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if identity.user_id != self.identity.user_id:
                 raise ProtocolError("forbidden", "the token belongs to another user")
             self.identity = identity
+            if identity.tier != self.limits.name:  # the user changed tier: the new limits apply now
+                self.limits = limits_for(identity.tier)
+                self.throttle = CommandThrottle(identity.user_id, self.limits)
             self._schedule_expiry(identity.expires_at)
         else:
             for task in self._tasks:

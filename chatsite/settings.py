@@ -106,7 +106,15 @@ if DATABASE_URL:
             # command would wait this long before answering `unavailable` (until the breaker opens).
             "timeout": float(os.environ.get("DB_POOL_TIMEOUT_S", "5")),
         }
+        # Bound what a frozen server (stopped, packets dropped) can hold: connecting, a query, and
+        # a dead TCP peer. Without these one stuck query blocks the process's database thread.
         _db["OPTIONS"].setdefault("connect_timeout", 3)
+        _db["OPTIONS"].setdefault("options", f"-c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 30_000)}")
+        _db["OPTIONS"].setdefault("keepalives", 1)
+        _db["OPTIONS"].setdefault("keepalives_idle", 10)
+        _db["OPTIONS"].setdefault("keepalives_interval", 5)
+        _db["OPTIONS"].setdefault("keepalives_count", 3)
+        _db["OPTIONS"].setdefault("tcp_user_timeout", 15_000)
         _db.setdefault("TEST", {})["NAME"] = os.environ.get("TEST_DATABASE_NAME") or None
     DATABASES = {"default": _db}
 else:

@@ -135,6 +135,8 @@ async def unsubscribe(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[st
 async def send(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, Any]:
     client_msg_id = req_str(fields, "client_msg_id", max_len=64)
     text = req_str(fields, "text", max_len=consumer.limits.max_text_chars)
+    if not text.strip():  # refused before it can take quota (the service would refuse it too)
+        raise ProtocolError("bad_request", "text must not be empty")
     access = await access_for(consumer, fields)
     if not access.can_write:
         raise ProtocolError("forbidden", "your role in this conversation does not allow sending")

@@ -69,6 +69,8 @@ class CommandThrottle:
         now_ms = int(self.clock() * 1000)
         if now_ms < self._told_until_ms.get(key, 0):
             self._hammering[key] = self._hammering.get(key, 0) + 1
+        else:
+            self._hammering.pop(key, None)  # it waited as told (another tab may have used the budget)
         self._told_until_ms[key] = max(self._told_until_ms.get(key, 0), now_ms + decision.retry_after_ms)
         refused = classes[decision.refused] if 0 <= decision.refused < len(classes) else classes[0]
         metrics.inc("rate_limited", cls=refused)

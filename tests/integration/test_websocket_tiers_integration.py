@@ -4,6 +4,7 @@ connections (4429), history retention — while another user, or another tier, i
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -159,3 +160,32 @@ async def test_an_unknown_tier_on_a_user_row_gets_the_free_limits(make_user: Any
     _, welcome = await connected(odd)
     assert welcome["limits"]["tier"] == "free"
     assert welcome["user"]["tier"] == "legacy-gold"
+
+
+async def test_frame_limit_is_the_tiers(make_user: Any, settings: Any) -> None:
+    tier_table(settings, "free", max_frame_bytes=1024)
+    free = await database_sync_to_async(make_user)(tier="free")
+    pro = await database_sync_to_async(make_user)(tier="pro")
+    conv = await factories.conversation(free, agent="", members=((pro, "member"),))
+    free_client, welcome = await connected(free)
+    assert welcome["limits"]["max_frame_bytes"] == 1024
+    pro_client, _ = await connected(pro)
+    big = json.dumps({"type": "send", "conversation": conv, "client_msg_id": "big", "text": "y" * 2000})
+    await free_client.send_raw(big)
+    refused = await free_client.until(lambda f: f.get("type") == "error")
+    assert refused["error"]["code"] == "too_large"
+    await pro_client.send_raw(big)
+    assert await database_sync_to_async(Message.objects.filter(conversation_id=conv, client_msg_id="big").count)() == 0
+    assert (await pro_client.command("ping"))["ok"] is True
+    assert await database_sync_to_async(Message.objects.filter(conversation_id=conv, client_msg_id="big").count)() == 1
+
+
+async def test_a_send_refused_for_its_content_takes_no_quota(make_user: Any, settings: Any) -> None:
+    tier_table(settings, "free", rates={"messages": [2, 60]})
+    alice = await database_sync_to_async(make_user)(tier="free")
+    conv = await factories.conversation(alice, agent="")
+    client, _ = await connected(alice)
+    blank = await client.command("send", conversation=conv, client_msg_id="blank", text="   \n\t ")
+    assert blank["error"]["code"] == "bad_request"
+    for i in range(2):
+        assert (await client.command("send", conversation=conv, client_msg_id=f"m{i}", text="hi"))["ok"] is True

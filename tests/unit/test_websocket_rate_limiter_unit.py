@@ -321,3 +321,25 @@ def test_a_tier_frame_limit_above_the_server_cap_is_refused(settings: Any) -> No
     zero = {"free": {**settings.CHAT_TIERS["free"], "connections": 0}}
     with pytest.raises(ValueError, match="must be positive"):
         validate_table(zero)
+
+
+async def test_a_refusal_after_waiting_as_told_is_not_hammering(settings: Any) -> None:
+    """Another tab may have used the budget meanwhile: the client waited, so its count restarts."""
+    settings.CHAT_RATE_HAMMER_LIMIT = 1
+    clock = FakeClock()
+    limits = tier(commands=(1, 10))
+    user = uuid.uuid4().int % 10**9
+    tab, other_tab = throttle_for(limits, clock, user), throttle_for(limits, clock, user)
+    await tab.admit("ping")
+    with pytest.raises(RateLimited):
+        await tab.admit("ping")  # told: 10 s
+    clock.advance_ms(100)
+    with pytest.raises(RateLimited):
+        await tab.admit("ping")
+    assert tab.hammering == 1
+    clock.advance_ms(9_900)
+    await other_tab.admit("ping")  # the other tab takes the freed slot first
+    with pytest.raises(RateLimited):
+        await tab.admit("ping")  # refused again, but after waiting as told
+    assert tab.hammering == 0
+    assert not tab.over_hammer_limit
