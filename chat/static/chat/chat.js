@@ -179,6 +179,7 @@ class Client {
     switch (frame.type) {
       case 'welcome':
         this.attempt = 0; // reset the backoff on a successful welcome
+        this.lastCloseCode = null;
         this.ready = true;
         if (frame.data && frame.data.heartbeat_ms) this.heartbeatMs = frame.data.heartbeat_ms;
         this.startHeartbeat();
@@ -216,6 +217,7 @@ class Client {
       this.fatal = 'forbidden';
       this.setState('offline', { reason: 'forbidden' });
     } else {
+      this.lastCloseCode = code;
       this.scheduleReconnect();
     }
     this.handlers.onDisconnect(code, reason);
@@ -261,11 +263,14 @@ class Client {
     }
     // Exponential backoff with full jitter.
     const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** this.attempt);
-    const delay = Math.random() * ceiling;
+    // 4429: this user has as many sockets open as the plan allows (other tabs); retrying at once
+    // cannot succeed, so wait at least 10 s. 1013: the server is degraded; the jitter suffices.
+    const why = this.lastCloseCode;
+    const delay = (why === 4429 ? 10000 : 0) + Math.random() * ceiling;
     this.attempt += 1;
     const at = Date.now() + delay;
     const tick = () => {
-      this.setState('reconnecting', { seconds: Math.max(0, Math.ceil((at - Date.now()) / 1000)) });
+      this.setState('reconnecting', { seconds: Math.max(0, Math.ceil((at - Date.now()) / 1000)), why });
     };
     tick();
     this.countdownTimer = setInterval(tick, 250);
@@ -461,7 +466,12 @@ class ChatView {
     switch (state) {
       case 'online': label = 'Online'; break;
       case 'connecting': label = 'Connecting…'; break;
-      case 'reconnecting': label = `Reconnecting in ${detail.seconds ?? 0}s`; break;
+      case 'reconnecting': {
+        const prefix = detail.why === 4429 ? 'Too many open tabs for your plan — reconnecting'
+          : detail.why === 1013 ? 'Server busy — reconnecting' : 'Reconnecting';
+        label = `${prefix} in ${detail.seconds ?? 0}s`;
+        break;
+      }
       case 'offline':
         label = detail.reason === 'auth' ? 'Signed out' : detail.reason === 'forbidden' ? 'Refused' : 'Offline';
         break;
@@ -967,6 +977,7 @@ class ChatView {
         setTimeout(() => this.trySend(p), 500);
       } else if (err.code === 'rate_limited' || err.code === 'unavailable' || err.code === 'internal') {
         p.state = 'retrying';
+        p.retryReason = err.code === 'rate_limited' ? 'Sending too fast' : 'Server busy';
         const wait = err.retryAfterMs || Math.min(BACKOFF_CAP_MS, 1000 * 2 ** Math.min(p.attempts, 4));
         setTimeout(() => this.trySend(p), wait);
       } else {
@@ -1000,7 +1011,8 @@ class ChatView {
     }
     p.node.dataset.state = p.state;
     const labels = {
-      waiting: 'Waiting for connection…', sending: 'Sending…', sent: 'Sent', retrying: 'Retrying…',
+      waiting: 'Waiting for connection…', sending: 'Sending…', sent: 'Sent',
+      retrying: p.retryReason ? `${p.retryReason} — retrying…` : 'Retrying…',
       failed: `Not sent: ${p.error || 'error'}`,
     };
     p.statusEl.textContent = labels[p.state] || p.state;
