@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -218,6 +219,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self._spawn(self._close(int(message.get("code", 4401))))
         elif action == "notification":
             self.outbox.send_frame(message["f"])
+        elif action == "role":
+            conversation_id = str(message.get("conversation"))
+            held = self.subscription_access.get(conversation_id)
+            if held is not None:
+                self.subscription_access[conversation_id] = dataclasses.replace(held, role=str(message.get("role")))
         elif action == "revoke":
             conversation_id = str(message.get("conversation"))
             if conversation_id in self.subscriptions:

@@ -32,6 +32,12 @@ def membership_revoked(*, user_id: int, conversation_id: str) -> None:
     _after_commit(user_id, {"action": "revoke", "conversation": conversation_id})
 
 
+def membership_role_changed(*, user_id: int, conversation_id: str, role: str) -> None:
+    """The user's role changed: sockets that keep an access for the conversation (used only while
+    the database is unreachable) hold the new role once this commits."""
+    _after_commit(user_id, {"action": "role", "conversation": conversation_id, "role": role})
+
+
 def user_deactivate(*, user_id: int) -> None:
     User.objects.filter(id=user_id).update(is_active=False)
     user_sockets_close(user_id=user_id, code=CLOSE_DISABLED)

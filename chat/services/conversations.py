@@ -129,6 +129,10 @@ def conversation_member_add(*, conversation_id: str, actor_id: int, username: st
         )
     except IntegrityError as exc:  # pragma: no cover - raced with itself
         raise ServiceError("conflict", "membership changed concurrently") from exc
+    if not created:
+        from chat.services.accounts import membership_role_changed
+
+        membership_role_changed(user_id=user.id, conversation_id=access.conversation_id, role=role)
     from chat.services.notifications import notification_create
 
     notification_create(
