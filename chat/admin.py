@@ -21,7 +21,13 @@ from chat.models import (
     Workspace,
     WorkspaceMember,
 )
-from chat.services.accounts import CLOSE_DISABLED, membership_revoked, user_deactivate, user_sockets_close
+from chat.services.accounts import (
+    CLOSE_DISABLED,
+    membership_revoked,
+    membership_role_changed,
+    user_deactivate,
+    user_sockets_close,
+)
 
 
 @admin.register(User)
@@ -77,6 +83,11 @@ class ConversationAdmin(admin.ModelAdmin):
         for member in getattr(formset, "deleted_objects", []):
             if isinstance(member, ConversationMember):  # removed by staff: their sockets stop now
                 membership_revoked(user_id=member.user_id, conversation_id=str(member.conversation_id))
+        for member, changed in getattr(formset, "changed_objects", []):
+            if isinstance(member, ConversationMember) and "role" in changed:  # the sockets hold the new role
+                membership_role_changed(
+                    user_id=member.user_id, conversation_id=str(member.conversation_id), role=member.role
+                )
 
     @admin.display(description="Transcript")
     def transcript(self, obj: Conversation) -> str:

@@ -81,3 +81,55 @@ async def test_commands_during_a_database_outage_and_after(make_user: Any, setti
     assert breaker("postgres").state == "closed"
     await clients["owner"].until(lambda f: f.get("type") == "message" and f["data"]["text"] == "hello")
     assert (await clients["demoted"].command("history", conversation=conv))["ok"] is True
+
+
+def admin_form_data(response: Any) -> dict[str, Any]:
+    """The change form's current values, as the browser would post them back (main form + inlines)."""
+    data: dict[str, Any] = {}
+    form = response.context["adminform"].form
+    for name in form.fields:
+        value = form[name].value()
+        if value not in (None, False):
+            data[name] = value
+    for inline in response.context["inline_admin_formsets"]:
+        formset = inline.formset
+        for key, value in formset.management_form.initial.items():
+            data[f"{formset.prefix}-{key}"] = value
+        for sub in formset.forms:
+            for name in sub.fields:
+                value = sub[name].value()
+                if value not in (None, False):
+                    data[sub.add_prefix(name)] = value
+    return data
+
+
+async def test_a_role_changed_by_staff_in_the_admin_reaches_the_sockets(make_user: Any, settings: Any) -> None:
+    from django.test import Client as HttpClient
+
+    owner = await database_sync_to_async(make_user)()
+    member = await database_sync_to_async(make_user)()
+    staff = await database_sync_to_async(make_user)(is_staff=True, is_superuser=True)
+    conv = await factories.conversation(owner, agent="", members=((member, "member"),))
+    client, ok, _ = await Client.connect(member)
+    assert ok
+    await client.recv()
+    assert (await client.command("subscribe", conversation=conv))["ok"] is True
+
+    def demote_in_admin() -> int:
+        browser = HttpClient()
+        browser.force_login(staff)
+        url = f"/admin/chat/conversation/{conv}/change/"
+        data = admin_form_data(browser.get(url))
+        row = next(k for k, v in data.items() if k.endswith("-user") and str(v) == str(member.id))
+        data[row.replace("-user", "-role")] = "viewer"
+        return browser.post(url, data).status_code
+
+    assert await database_sync_to_async(demote_in_admin)() == 302
+    open_postgres_circuit()
+    deadline = time.monotonic() + 5
+    while True:  # the role message is delivered through the hub, asynchronously
+        typing = await client.command("typing", conversation=conv, state="start")
+        if typing.get("error", {}).get("code") == "forbidden":
+            break
+        assert time.monotonic() < deadline, "the socket never learned the new role"
+        await asyncio.sleep(0.2)  # (typing has its own rate budget: poll gently)
