@@ -26,6 +26,7 @@ from agents.backends import get_backend
 from agents.runtime import execute_run
 from agents.tools import default_registry
 from chat.realtime.bus import publish_events
+from chat.realtime.per_loop import PerLoop
 from chat.realtime.redis_client import redis_call
 from chat.resilience import all_breakers, publish_breakers, shared_state_max_age_s, withdraw_breakers
 
@@ -180,16 +181,11 @@ def _breaker_states() -> dict[str, str]:
     return {name: b.state for name, b in all_breakers().items()}
 
 
-_supervisors: dict[asyncio.AbstractEventLoop, RunSupervisor] = {}
+supervisors: PerLoop[RunSupervisor] = PerLoop(lambda: RunSupervisor())
 
 
 def get_supervisor() -> RunSupervisor:
-    loop = asyncio.get_running_loop()
-    supervisor = _supervisors.get(loop)
-    if supervisor is None:
-        for old in [lp for lp in _supervisors if lp.is_closed()]:
-            del _supervisors[old]
-        supervisor = _supervisors[loop] = RunSupervisor()
+    supervisor = supervisors.get()
     supervisor.start()
     return supervisor
 

@@ -124,16 +124,15 @@ async def _async_test_cleanup() -> Any:
     """Close the test's sockets (even after a failed assertion) and stop the in-process run
     supervisor of its event loop, so nothing outlives the test (and its database)."""
     yield
-    import asyncio
     import contextlib
 
-    from agents.runner import _supervisors
+    from agents.runner import supervisors
     from tests.support.ws import OPEN_CLIENTS
 
     while OPEN_CLIENTS:
         with contextlib.suppress(Exception):
             await OPEN_CLIENTS.pop().comm.disconnect(timeout=2)
 
-    supervisor = _supervisors.pop(asyncio.get_running_loop(), None)
+    supervisor = supervisors.pop_current()
     if supervisor is not None:
         await supervisor.stop()

@@ -26,6 +26,7 @@ from typing import Any
 from channels.layers import get_channel_layer
 
 from chat.realtime.buffer import conversation_stream, get_buffer, user_stream
+from chat.realtime.per_loop import PerLoop
 from chat.realtime.redis_client import redis_breaker, redis_call
 from chat.resilience import ErrorClass, backoff_delay, classify
 from chat.services.events import StoredEvent
@@ -263,15 +264,9 @@ class Republisher:
             self.user_messages.popleft()
 
 
-_republishers: dict[asyncio.AbstractEventLoop, Republisher] = {}
+_republishers: PerLoop[Republisher] = PerLoop(lambda: Republisher())
 
 
 def republisher() -> Republisher:
     """The running event loop's republisher (one per server process, one in the worker)."""
-    loop = asyncio.get_running_loop()
-    found = _republishers.get(loop)
-    if found is None:
-        for closed in [lp for lp in _republishers if lp.is_closed()]:
-            del _republishers[closed]
-        found = _republishers[loop] = Republisher()
-    return found
+    return _republishers.get()

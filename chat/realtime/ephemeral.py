@@ -24,6 +24,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from chat.realtime.bus import conversation_group
+from chat.realtime.per_loop import PerLoop
 from chat.realtime.protocol import encode
 from chat.realtime.redis_client import redis_call, redis_client
 from monitoring.metrics import metrics
@@ -165,17 +166,11 @@ class PresenceBatcher:
         await _send_ephemeral(conversation_id, {"type": "conv.ephemeral", "c": conversation_id, "f": frame, "x": None})
 
 
-_batchers: dict[asyncio.AbstractEventLoop, PresenceBatcher] = {}
+_batchers: PerLoop[PresenceBatcher] = PerLoop(lambda: PresenceBatcher())
 
 
 def batcher() -> PresenceBatcher:
-    loop = asyncio.get_running_loop()
-    found = _batchers.get(loop)
-    if found is None:
-        for closed in [lp for lp in _batchers if lp.is_closed()]:
-            del _batchers[closed]
-        found = _batchers[loop] = PresenceBatcher()
-    return found
+    return _batchers.get()
 
 
 async def presence_join(consumer: ChatConsumer, conversation_id: str) -> None:

@@ -24,6 +24,7 @@ from channels.layers import get_channel_layer
 
 from chat.realtime.buffer import Buffer, conversation_stream, get_buffer
 from chat.realtime.bus import conversation_group, user_group
+from chat.realtime.per_loop import PerLoop
 from chat.realtime.redis_client import redis_call
 from chat.realtime.replay import load_events, log_heads
 from chat.resilience import ErrorClass, backoff_delay, classify
@@ -424,15 +425,9 @@ class Hub:
         self.dispatch(message)
 
 
-_hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
+_hubs: PerLoop[Hub] = PerLoop(lambda: Hub())
 
 
 def get_hub() -> Hub:
     """The hub of the running event loop (one per server process in production)."""
-    loop = asyncio.get_running_loop()
-    hub = _hubs.get(loop)
-    if hub is None:
-        for old in [lp for lp in _hubs if lp.is_closed()]:
-            del _hubs[old]
-        hub = _hubs[loop] = Hub()
-    return hub
+    return _hubs.get()

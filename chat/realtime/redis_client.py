@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import redis.exceptions
 from django.conf import settings
 
+from chat.realtime.per_loop import PerLoop
 from chat.resilience import CircuitBreaker, breaker
 
 T = TypeVar("T")
@@ -36,27 +37,26 @@ REDIS_TIMEOUT_S = 1.0
 SOCKET_CONNECT_TIMEOUT_S = 1.0
 SOCKET_TIMEOUT_S = 2.0
 
-_clients: dict[asyncio.AbstractEventLoop, Any] = {}
+
+def _new_client(url: str) -> Any:
+    import redis.asyncio as aioredis
+
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=POOL_TIMEOUT_S,
+        decode_responses=True,
+        socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_S,
+        socket_timeout=SOCKET_TIMEOUT_S,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+_clients: PerLoop[Any] = PerLoop(_new_client)
 
 
 def redis_client(url: str | None = None) -> Any:
-    import redis.asyncio as aioredis
-
-    loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None:
-        for closed in [lp for lp in _clients if lp.is_closed()]:
-            del _clients[closed]
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url or settings.REDIS_URL,
-            max_connections=MAX_CONNECTIONS,
-            timeout=POOL_TIMEOUT_S,
-            decode_responses=True,
-            socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_S,
-            socket_timeout=SOCKET_TIMEOUT_S,
-        )
-        client = _clients[loop] = aioredis.Redis(connection_pool=pool)
-    return client
+    return _clients.get(url or settings.REDIS_URL)
 
 
 def redis_breaker() -> CircuitBreaker:

@@ -3,7 +3,6 @@ member, against PostgreSQL and Redis. The model server is the fake one (tests/su
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -56,7 +55,9 @@ async def subscribed_client(user: Any, conv: str) -> AsyncIterator[Client]:
 
 
 def loop_backend() -> Any:
-    return runner._supervisors[asyncio.get_running_loop()].backend
+    supervisor = runner.supervisors.current()
+    assert supervisor is not None, "no run supervisor on this loop"
+    return supervisor.backend
 
 
 async def test_a_tool_using_answer_streams_every_agent_event_in_seq_order(make_user: Any, fake_llm: FakeLLM) -> None:
