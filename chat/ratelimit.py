@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from chat.realtime.redis_client import redis_call
 from chat.resilience import CircuitOpen, breaker
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 Clock = Callable[[], float]
 # How long a limiter call may wait for Redis before the in-process twin answers instead.
 REDIS_TIMEOUT_S = 0.5
+# Redis unreachable, too slow, or its circuit open: the in-process twin answers (or the slot is granted).
+REDIS_DOWN: tuple[type[BaseException], ...] = (OSError, TimeoutError, RedisError, CircuitOpen)
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,7 @@ class RedisLimiter:
             answer = await redis_call(
                 functools.partial(client.eval, *self._eval_args(windows)), timeout_s=REDIS_TIMEOUT_S
             )
-        except (OSError, TimeoutError, CircuitOpen) + _redis_errors() as exc:
+        except REDIS_DOWN as exc:
             return self._fallback(windows, exc)
         return _decision(answer)
 
@@ -182,7 +185,7 @@ class RedisLimiter:
             answer = _sync_client().eval(*self._eval_args(windows))
         except CircuitOpen as exc:
             return self._fallback(windows, exc)
-        except (OSError, TimeoutError) + _redis_errors() as exc:
+        except REDIS_DOWN as exc:
             redis.record_failure(exc)
             return self._fallback(windows, exc)
         redis.record_success()
@@ -193,12 +196,6 @@ def _decision(answer: list[Any]) -> Decision:
     if int(answer[0]):
         return Decision(True, remaining=max(0, int(answer[1])))
     return Decision(False, retry_after_ms=max(1, int(answer[1])), refused=int(answer[2]) - 1)
-
-
-def _redis_errors() -> tuple[type[BaseException], ...]:
-    from redis.exceptions import RedisError
-
-    return (RedisError,)
 
 
 _sync: Any = None
@@ -228,12 +225,6 @@ def get_limiter() -> Limiter:
         else:
             _limiter = MemoryLimiter()
     return _limiter
-
-
-def set_limiter(limiter: Limiter | None) -> None:
-    """Tests install a limiter with a fake clock; None restores the default on next use."""
-    global _limiter
-    _limiter = limiter
 
 
 def hit_sync(windows: Sequence[Window]) -> Decision:
@@ -305,7 +296,7 @@ class ConnectionSlots:
                 ),
                 timeout_s=REDIS_TIMEOUT_S,
             )
-        except (OSError, TimeoutError, CircuitOpen) + _redis_errors():
+        except REDIS_DOWN:
             metrics.inc("connection_slots_unavailable")
             logger.warning("connection slots: Redis unavailable; granting the slot")
             return True
@@ -334,7 +325,7 @@ class ConnectionSlots:
 
         try:
             await redis_call(functools.partial(redis_client().zrem, self._key(user_id), session_id))
-        except (OSError, TimeoutError, CircuitOpen) + _redis_errors():
+        except REDIS_DOWN:
             pass  # the slot expires on its own
 
 
@@ -346,8 +337,3 @@ def get_slots() -> ConnectionSlots:
     if _slots is None:
         _slots = ConnectionSlots()
     return _slots
-
-
-def set_slots(slots: ConnectionSlots | None) -> None:
-    global _slots
-    _slots = slots

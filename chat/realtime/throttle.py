@@ -8,6 +8,7 @@ decides; this says when).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from django.conf import settings
@@ -39,7 +40,7 @@ class CommandThrottle:
         self.user_id = user_id
         self.limits = limits
         self.limiter = limiter or ratelimit.get_limiter()
-        self.clock = clock or getattr(self.limiter, "clock", None) or _wall
+        self.clock = clock or getattr(self.limiter, "clock", None) or time.time
         # Per rate class: the latest retry deadline this socket was given, and how many commands
         # of that class it sent before that deadline (since the class last admitted one).
         self._told_until_ms: dict[str, int] = {}
@@ -84,9 +85,3 @@ class CommandThrottle:
     @property
     def over_hammer_limit(self) -> bool:
         return self.hammering > settings.CHAT_RATE_HAMMER_LIMIT
-
-
-def _wall() -> float:
-    import time
-
-    return time.time()
