@@ -41,7 +41,7 @@ from chat.realtime.protocol import (
     req_str,
 )
 from chat.realtime.throttle import CommandThrottle, RateLimited
-from chat.resilience import CircuitOpen, breaker
+from chat.resilience import CircuitBreaker, CircuitOpen, breaker
 from chat.selectors import Access
 from chat.services.events import rfc3339
 from chat.tiers import TierLimits, limits_for
@@ -271,12 +271,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 raise ProtocolError("unknown_command", f"unknown command {command.type!r}")
             if command.type != "send":  # send is admitted in its handler, once it knows whether it starts a run
                 await self.throttle.admit(command.type)
-            database = breaker("postgres") if command.type not in NO_DATABASE else None
-            if command.type == "typing" and self.degraded_access(command.fields) is not None:
-                database = None  # typing on a subscribed conversation works through a database outage
-            leaving = command.fields.get("conversation")
-            if command.type == "unsubscribe" and isinstance(leaving, str) and leaving in self.subscriptions:
-                database = None  # leaving a subscription is the socket's own state: no query
+            database = self._database_breaker(command.type, command.fields)
             if database is not None:
                 database.before_call()  # open circuit: answer `unavailable` now instead of waiting on the pool
             try:
@@ -296,7 +291,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except CircuitOpen as exc:
             self._after_reply.clear()
             metrics.inc("command_errors", code="unavailable")
-            self._send_error(
+            await self._send_error(
                 command_id,
                 ProtocolError("unavailable", f"{exc.name} is unavailable; retry", retry_after_ms=exc.retry_after_ms),
             )
@@ -307,11 +302,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if isinstance(exc, CommandError):
                 command_id = exc.command_id
             metrics.inc("command_errors", code=exc.code)
-            frame = reply_error(command_id, exc)
-            if self.authenticated:
-                self.outbox.send_frame(frame)
-            else:
-                await self.send(text_data=frame)
+            await self._send_error(command_id, exc)
             await self._count_bad_frame(exc)
         except DEPENDENCY_ERRORS as exc:
             # A dependency (Redis, PostgreSQL) is down or slow: say so, so the client retries, and
@@ -322,15 +313,25 @@ class ChatConsumer(AsyncWebsocketConsumer):
             metrics.inc("command_errors", code="unavailable")
             logger.warning("command failed: %s unavailable (%s)", failed.name, type(exc).__name__)
             retry = max(1000, failed.retry_after_ms())
-            self._send_error(command_id, ProtocolError("unavailable", f"{failed.name} is unavailable; retry", retry))
+            await self._send_error(
+                command_id, ProtocolError("unavailable", f"{failed.name} is unavailable; retry", retry)
+            )
         except Exception:
             self._after_reply.clear()
             logger.exception("command failed")
-            frame = reply_error(command_id, ProtocolError("internal", "internal error"))
-            if self.authenticated:
-                self.outbox.send_frame(frame)
-            else:
-                await self.send(text_data=frame)
+            await self._send_error(command_id, ProtocolError("internal", "internal error"))
+
+    def _database_breaker(self, command_type: str, fields: dict[str, Any]) -> CircuitBreaker | None:
+        """The circuit a command must pass, or None for one that needs no database: ping, leaving a
+        subscription (the socket's own state), typing while the database is down (degraded_access)."""
+        if command_type in NO_DATABASE:
+            return None
+        if command_type == "typing" and self.degraded_access(fields) is not None:
+            return None
+        leaving = fields.get("conversation")
+        if command_type == "unsubscribe" and isinstance(leaving, str) and leaving in self.subscriptions:
+            return None
+        return breaker("postgres")
 
     def degraded_access(self, fields: dict[str, Any]) -> Access | None:
         """While the PostgreSQL circuit is not closed, ephemeral commands (typing) on a conversation
@@ -341,14 +342,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         conversation = fields.get("conversation")
         return self.subscription_access.get(conversation) if isinstance(conversation, str) else None
 
-    def _send_error(self, command_id: str | None, error: ProtocolError) -> None:
+    async def _send_error(self, command_id: str | None, error: ProtocolError) -> None:
         if self._closing:
             return  # (e.g. closed 1013 while authenticating): nothing more goes out
         frame = reply_error(command_id, error)
         if self.authenticated:
             self.outbox.send_frame(frame)
-        else:
-            self._spawn(self.send(text_data=frame))
+        else:  # no outbox before authentication: the only writer is this frame's handling
+            await self.send(text_data=frame)
 
     def after_reply(self, fn: Callable[[], Any]) -> None:
         """Run `fn` right after this command's reply is queued (e.g. a subscribe's replay)."""
