@@ -135,11 +135,11 @@ async def unsubscribe(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[st
 async def send(consumer: ChatConsumer, fields: dict[str, Any]) -> dict[str, Any]:
     client_msg_id = req_str(fields, "client_msg_id", max_len=64)
     text = req_str(fields, "text", max_len=consumer.limits.max_text_chars)
-    if not text.strip():  # refused before it can take quota (the service would refuse it too)
-        raise ProtocolError("bad_request", "text must not be empty")
     access = await access_for(consumer, fields)
-    if not access.can_write:
-        raise ProtocolError("forbidden", "your role in this conversation does not allow sending")
+    try:  # refused for its role or content before it can take quota
+        message_services.message_check(can_write=access.can_write, client_msg_id=client_msg_id, text=text)
+    except ServiceError as exc:
+        raise service_error(exc) from exc
     # A resend of a stored message is answered from the store and costs no quota (idempotency
     # must keep working for a client that was rate limited); only a new message is admitted.
     result = await database_sync_to_async(message_services.message_existing)(

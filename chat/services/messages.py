@@ -32,14 +32,9 @@ def message_event_data(message: Message, *, username: str) -> dict[str, object]:
     }
 
 
-def message_send(
-    *, conversation_id: str, author_id: int, username: str, client_msg_id: str, text: str, can_write: bool
-) -> SendResult:
-    """Store a user's message and its `message` event, and queue an agent run if the conversation
-    has an agent. A repeat of the same client_msg_id returns the first message and starts nothing.
-
-    The caller has resolved access with `conversation_for_member`; `can_write` is that role check.
-    """
+def message_check(*, can_write: bool, client_msg_id: str, text: str) -> str:
+    """Whether this author may send this message at all (role, key, text), as the stored text.
+    The socket asks before spending rate-limit quota; message_send asks again for every caller."""
     if not can_write:
         raise ServiceError("forbidden", "your role in this conversation does not allow sending")
     if not client_msg_id or len(client_msg_id) > 64:
@@ -49,7 +44,18 @@ def message_send(
         raise ServiceError("bad_request", "text must not be empty")
     if len(text) > settings.CHAT_MAX_TEXT_CHARS:
         raise ServiceError("too_large", f"text is longer than {settings.CHAT_MAX_TEXT_CHARS} characters")
+    return text
 
+
+def message_send(
+    *, conversation_id: str, author_id: int, username: str, client_msg_id: str, text: str, can_write: bool
+) -> SendResult:
+    """Store a user's message and its `message` event, and queue an agent run if the conversation
+    has an agent. A repeat of the same client_msg_id returns the first message and starts nothing.
+
+    The caller has resolved access with `conversation_for_member`; `can_write` is that role check.
+    """
+    text = message_check(can_write=can_write, client_msg_id=client_msg_id, text=text)
     existing = message_existing(conversation_id, author_id, client_msg_id)
     if existing is not None:
         return existing
