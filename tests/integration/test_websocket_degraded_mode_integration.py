@@ -2,7 +2,7 @@
 PostgreSQL and Redis. The circuit is opened the way production opens it — by recording transient
 failures into this process's breaker — so the test controls when "PostgreSQL is down" for the
 consumer without stopping the database the test itself needs (the real outage, with PostgreSQL
-behind a refusing proxy, is tests/integration/test_websocket_error_resilience_integration.py).
+behind a refusing proxy, is tests/integration/websocket_core/test_websocket_error_resilience_integration.py).
 
 - database commands are answered `unavailable` at once, with the circuit's retry_after_ms;
 - typing on a subscribed conversation keeps working, with the role the socket last knew: a member

@@ -1,7 +1,7 @@
 """Stack settings for load and fault tests that measure delivery, not admission: every tier's
 rates and connection limit lifted far above what the test generates, and the per-IP login limit
 too (hundreds of clients log in from 127.0.0.1). Limits themselves are tested in
-tests/unit/test_websocket_rate_limiter_unit.py and tests/e2e/test_rate_limits_e2e.py."""
+tests/unit/websocket_core/test_websocket_rate_limiter_unit.py and tests/e2e/test_rate_limits_e2e.py."""
 
 from __future__ import annotations
 
