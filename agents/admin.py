@@ -45,7 +45,7 @@ class AgentRunAdmin(admin.ModelAdmin):
         from asgiref.sync import async_to_sync
 
         from agents import runner
-        from chat.realtime.bus import publish_events
+        from chat.infra.bus import publish_events
 
         count = 0
         for run in queryset.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]):

@@ -3,7 +3,7 @@
 Order per PROTOCOL §4: agent_started (emitted by the claim), then thinking / tool_executing /
 tool_completed / coalesced agent_delta as the steps come, then exactly one terminal event.
 
-The model backend is called through the process's `breaker("llm")` (chat/resilience.py): while
+The model backend is called through the process's `breaker("llm")` (chat/infra/error_recovery.py): while
 the model server is down, runs fail at once with `llm_unavailable` (no connect attempt, no
 timeout to wait out) and a message saying the user's message was kept; after the breaker's reset
 timeout one run probes the server, and its first step closes the breaker again. Only the
@@ -34,8 +34,8 @@ from agents.backends.base import (
 )
 from agents.services import ClaimedRun
 from agents.tools import ToolContext, ToolRegistry
-from chat.realtime.bus import publish_events
-from chat.resilience import CircuitBreaker, CircuitOpen, ErrorClass, breaker, classify
+from chat.infra.bus import publish_events
+from chat.infra.error_recovery import CircuitBreaker, CircuitOpen, ErrorClass, breaker, classify
 from chat.services.conversations import ServiceError
 from chat.services.events import StoredEvent
 

@@ -14,7 +14,8 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
-from chat import ratelimit, selectors
+from chat import selectors
+from chat.infra import rate_limiter
 from chat.models import ConversationMember, Workspace, WorkspaceMember
 from chat.serializers import (
     ConversationCreateSerializer,
@@ -40,7 +41,7 @@ class IPThrottle(BaseThrottle):
     endpoint = "token"
 
     def allow_request(self, request: Request, view: Any) -> bool:
-        self.decision = ratelimit.ip_admit(self.endpoint, ratelimit.client_ip(request.META))
+        self.decision = rate_limiter.ip_admit(self.endpoint, rate_limiter.client_ip(request.META))
         return self.decision.allowed
 
     def wait(self) -> float:

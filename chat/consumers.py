@@ -24,11 +24,11 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from redis.exceptions import RedisError
 
-from chat import ratelimit
+from chat.infra import rate_limiter
 from chat.realtime import ephemeral
 from chat.realtime.auth import AuthFailed, Identity, identity_from_token
 from chat.realtime.commands import HANDLERS
-from chat.realtime.hub import Hub, get_hub
+from chat.realtime.broadcast_manager import Hub, get_hub
 from chat.realtime.outbox import Outbox
 from chat.realtime.protocol import (
     PROTOCOL,
@@ -41,7 +41,7 @@ from chat.realtime.protocol import (
     req_str,
 )
 from chat.realtime.throttle import CommandThrottle, RateLimited
-from chat.resilience import CircuitBreaker, CircuitOpen, breaker
+from chat.infra.error_recovery import CircuitBreaker, CircuitOpen, breaker
 from chat.selectors import Access
 from chat.services.events import rfc3339
 from chat.tiers import TierLimits, limits_for
@@ -120,8 +120,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _authenticated(self, identity: Identity) -> None:
         self.identity = identity
         self.limits = limits_for(identity.tier)
-        # The per-tier connection limit holds across processes (chat/ratelimit.py ConnectionSlots).
-        if not await ratelimit.get_slots().acquire(identity.user_id, self.session_id, self.limits.connections):
+        # The per-tier connection limit holds across processes (chat/infra/rate_limiter.py ConnectionSlots).
+        if not await rate_limiter.get_slots().acquire(identity.user_id, self.session_id, self.limits.connections):
             metrics.inc("connections_refused", reason="tier_limit")
             await self._close(4429)
             return
@@ -132,7 +132,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # Nothing may keep the slot alive (the heartbeat refreshes it) once this socket failed.
             for task in self._tasks:
                 task.cancel()
-            await ratelimit.get_slots().release(identity.user_id, self.session_id)
+            await rate_limiter.get_slots().release(identity.user_id, self.session_id)
             self._slot_held = False
             raise
 
@@ -199,7 +199,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             with contextlib.suppress(Exception):
                 await ephemeral.presence_refresh(self)
             with contextlib.suppress(Exception):
-                await ratelimit.get_slots().refresh(self.identity.user_id, self.session_id)
+                await rate_limiter.get_slots().refresh(self.identity.user_id, self.session_id)
 
     def _schedule_expiry(self, expires_at: int | None) -> None:
         if self._expiry_task is not None:
@@ -430,6 +430,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self.drop_subscription(conversation_id)
             await self.hub.leave_user(self.identity.user_id, self.outbox)
         if self._slot_held:
-            await ratelimit.get_slots().release(self.identity.user_id, self.session_id)
+            await rate_limiter.get_slots().release(self.identity.user_id, self.session_id)
         metrics.inc("connections_closed")
         await super().websocket_disconnect(message)

@@ -6,7 +6,7 @@ they must be cheap to read and identical everywhere, and a change is a deploy-re
 Staff change a *user's* tier in the admin; the tier's limits apply from that user's next
 connection (or `auth` refresh).
 
-Rates are sliding windows (chat/ratelimit.py): at most `limit` actions in any `window_s` seconds.
+Rates are sliding windows (chat/infra/rate_limiter.py): at most `limit` actions in any `window_s` seconds.
 Command classes are separate so that typing spam cannot starve chat messages.
 """
 

@@ -10,7 +10,8 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from chat import ratelimit, selectors
+from chat import selectors
+from chat.infra import rate_limiter
 
 
 class LoginView(auth_views.LoginView):
@@ -19,7 +20,7 @@ class LoginView(auth_views.LoginView):
     template_name = "chat/login.html"
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        decision = ratelimit.ip_admit("login", ratelimit.client_ip(request.META))
+        decision = rate_limiter.ip_admit("login", rate_limiter.client_ip(request.META))
         if not decision.allowed:
             seconds = math.ceil(decision.retry_after_ms / 1000)
             form = self.get_form()

@@ -1,7 +1,7 @@
 """Health and metrics endpoints. /healthz: the process answers. /readyz: it can reach the database
 and the channel layer (load balancers stop routing to a process that cannot).
 
-/readyz also shows every circuit breaker (chat/resilience.py): this process's, merged with those
+/readyz also shows every circuit breaker (chat/infra/error_recovery.py): this process's, merged with those
 the agent runners publish through Redis. A breaker that is not closed is listed under `degraded`
 but does not make the process unready: with the model server down (`llm` open) chat still works,
 and taking the process out of rotation would turn a degraded service into no service. Readiness
@@ -18,7 +18,7 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
-from chat.resilience import all_breakers, shared_breakers, shared_state_max_age_s, worse
+from chat.infra.error_recovery import all_breakers, shared_breakers, shared_state_max_age_s, worse
 from monitoring.metrics import metrics
 from monitoring.selectors import event_counts
 

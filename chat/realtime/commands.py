@@ -15,8 +15,8 @@ from agents import selectors as run_selectors
 from agents import services as run_services
 from chat import selectors
 from chat.realtime import ephemeral
-from chat.realtime.buffer import buffered_or_none, user_stream
-from chat.realtime.bus import publish_events
+from chat.infra.message_buffer import buffered_or_none, user_stream
+from chat.infra.bus import publish_events
 from chat.realtime.protocol import ProtocolError, opt_int, req_int, req_str
 from chat.selectors import Access, NotFound
 from chat.services import conversations as conversation_services

@@ -23,10 +23,10 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from chat.realtime.bus import conversation_group
-from chat.realtime.per_loop import PerLoop
+from chat.infra.bus import conversation_group
+from chat.infra.per_loop import PerLoop
 from chat.realtime.protocol import encode
-from chat.realtime.redis_client import redis_call, redis_client
+from chat.infra.redis_client import redis_call, redis_client
 from monitoring.metrics import metrics
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ async def _send_ephemeral(conversation_id: str, message: dict[str, Any]) -> None
     try:
         await redis_call(functools.partial(layer.group_send, conversation_group(conversation_id), message))
     except Exception as exc:
-        from chat.realtime.hub import get_hub
+        from chat.realtime.broadcast_manager import get_hub
 
         metrics.inc("ephemeral_local_only")
         logger.info("ephemeral frame for %s delivered to this process only: %r", conversation_id, exc)

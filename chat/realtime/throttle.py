@@ -1,4 +1,4 @@
-"""Per-socket admission of commands against the user's tier rates (chat/tiers.py, chat/ratelimit.py).
+"""Per-socket admission of commands against the user's tier rates (chat/tiers.py, chat/infra/rate_limiter.py).
 
 The windows are per user, not per socket: five tabs share one budget, on whichever server process
 each tab landed. The socket-local part is only the hammering count: a client that keeps sending
@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 from django.conf import settings
 
-from chat import ratelimit
-from chat.ratelimit import Decision, Limiter, Window
+from chat.infra import rate_limiter
+from chat.infra.rate_limiter import Decision, Limiter, Window
 from chat.realtime.protocol import ProtocolError
 from chat.tiers import COMMAND_CLASSES, TierLimits
 from monitoring.metrics import metrics
@@ -39,7 +39,7 @@ class CommandThrottle:
     ) -> None:
         self.user_id = user_id
         self.limits = limits
-        self.limiter = limiter or ratelimit.get_limiter()
+        self.limiter = limiter or rate_limiter.get_limiter()
         self.clock = clock or getattr(self.limiter, "clock", None) or time.time
         # Per rate class: the latest retry deadline this socket was given, and how many commands
         # of that class it sent before that deadline (since the class last admitted one).
@@ -48,7 +48,7 @@ class CommandThrottle:
 
     def window(self, rate_class: str) -> Window:
         rate = self.limits.rate(rate_class)
-        return Window(ratelimit.key(rate_class, self.user_id), rate.limit, rate.window_ms)
+        return Window(rate_limiter.key(rate_class, self.user_id), rate.limit, rate.window_ms)
 
     async def admit(self, command_type: str) -> None:
         """Admit a command of this type, or raise RateLimited (nothing recorded)."""

@@ -2,5 +2,5 @@
 
 Services are sync and transactional; async callers use `database_sync_to_async`. Services that
 append durable events return them, and the caller publishes them *after* the transaction commits
-(`chat.realtime.bus.publish_events`): the channel layer only ever rings a doorbell for rows that exist.
+(`chat.infra.bus.publish_events`): the channel layer only ever rings a doorbell for rows that exist.
 """

@@ -10,7 +10,7 @@ from django.dispatch import receiver
 from django.http import HttpRequest
 
 from chat.models import User
-from chat.realtime.bus import publish_to_user
+from chat.infra.bus import publish_to_user
 
 CLOSE_LOGGED_OUT = 4401
 CLOSE_DISABLED = 4403

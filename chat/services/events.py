@@ -76,7 +76,7 @@ def append_event(
     seq = int(row[0])
     now = timezone.now()
     Event.objects.create(conversation_id=conversation_id, seq=seq, type=type, data=data, created_at=now, run_id=run_id)
-    from monitoring.recorder import record_event  # monitoring observes the one write path
+    from monitoring.event_monitor import record_event  # monitoring observes the one write path
 
     record_event(type=type, data=data, at=now, conversation_id=str(conversation_id))
     return StoredEvent(str(conversation_id), seq, type, rfc3339(now), data)

@@ -40,7 +40,7 @@ def notification_create(*, user_id: int, data: dict[str, Any]) -> Notification:
 
 
 def _push(user_id: int, seq: int, frame: str, tier: str) -> None:
-    from chat.realtime.bus import publish_notification
+    from chat.infra.bus import publish_notification
     from chat.tiers import limits_for
 
     limits = limits_for(tier)

@@ -23,7 +23,7 @@ from channels.db import database_sync_to_async
 from django.test import AsyncClient
 
 from agents.runtime import LLM_UNAVAILABLE_MESSAGE
-from chat.resilience import (
+from chat.infra.error_recovery import (
     breaker,
     publish_breakers,
     reset_breakers,
@@ -63,7 +63,7 @@ def forget_published_breakers() -> None:
     import redis
     from django.conf import settings
 
-    from chat.resilience import shared_state_key
+    from chat.infra.error_recovery import shared_state_key
 
     client = redis.Redis.from_url(settings.REDIS_URL)
     try:
@@ -250,7 +250,7 @@ async def test_readyz_sees_a_breaker_another_process_published_until_it_is_withd
 ) -> None:
     """In production runs execute in the agent worker: its "llm" breaker reaches /readyz (served
     by the web processes) through Redis. Here another process is played by a published entry."""
-    from chat.resilience import CircuitBreaker, _registry, _registry_lock
+    from chat.infra.error_recovery import CircuitBreaker, _registry, _registry_lock
 
     source = f"worker-test-{time.monotonic_ns()}"
     remote = CircuitBreaker("llm", failure_threshold=1, reset_timeout_s=30.0)

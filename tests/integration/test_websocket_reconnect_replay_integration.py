@@ -68,7 +68,7 @@ async def test_replay_falls_back_to_the_log_when_the_buffer_lacks_the_range(make
 
 
 async def test_an_event_whose_doorbell_was_lost_still_arrives(make_user: Any) -> None:
-    from chat.realtime.bus import _buffer_events
+    from chat.infra.bus import _buffer_events
     from chat.services.messages import message_send
 
     owner = await database_sync_to_async(make_user)()

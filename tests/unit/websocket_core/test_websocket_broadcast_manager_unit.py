@@ -8,8 +8,8 @@ import json
 
 from channels.layers import InMemoryChannelLayer
 
-from chat.realtime.buffer import MemoryBuffer, conversation_stream
-from chat.realtime.hub import Hub as _Hub
+from chat.infra.message_buffer import MemoryBuffer, conversation_stream
+from chat.realtime.broadcast_manager import Hub as _Hub
 from chat.realtime.outbox import Outbox
 
 

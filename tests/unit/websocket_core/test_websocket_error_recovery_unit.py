@@ -1,4 +1,4 @@
-"""Error recovery building blocks (chat/resilience.py): how failures are classified, the circuit
+"""Error recovery building blocks (chat/infra/error_recovery.py): how failures are classified, the circuit
 breaker's state machine on an injected clock (no sleeps), and retries with full-jitter backoff."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from django.db import DataError, IntegrityError, InterfaceError, OperationalErro
 from agents.backends.base import BackendError
 from chat.realtime.auth import AuthFailed
 from chat.realtime.protocol import CommandError, ProtocolError
-from chat.resilience import (
+from chat.infra.error_recovery import (
     CircuitBreaker,
     CircuitOpen,
     ErrorClass,
@@ -373,7 +373,7 @@ def test_transitions_log_once_and_are_counted(clock: Clock, caplog: pytest.LogCa
     opened = metrics.counter("breaker_transitions", name=name, state="open")
     closed = metrics.counter("breaker_transitions", name=name, state="closed")
     b = make(clock, name)
-    with caplog.at_level(logging.INFO, logger="chat.resilience"):
+    with caplog.at_level(logging.INFO, logger="chat.infra.error_recovery"):
         trip(b, 10)  # failures while already open change nothing
         clock.advance(5.0)
         b.before_call()

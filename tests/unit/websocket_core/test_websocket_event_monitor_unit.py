@@ -10,7 +10,7 @@ import pytest
 
 from monitoring.metrics import Metrics
 from monitoring.models import RunEventRecord
-from monitoring.recorder import record_event
+from monitoring.event_monitor import record_event
 
 pytestmark = [pytest.mark.django_db]
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from chat.realtime.buffer import MemoryBuffer, RedisBuffer, conversation_stream, user_stream
+from chat.infra.message_buffer import MemoryBuffer, RedisBuffer, conversation_stream, user_stream
 
 
 class Clock:

@@ -1,4 +1,4 @@
-"""Rate limits and connection limits (chat/ratelimit.py, chat/realtime/throttle.py, chat/tiers.py).
+"""Rate limits and connection limits (chat/infra/rate_limiter.py, chat/realtime/throttle.py, chat/tiers.py).
 
 Every window is driven by an injected clock, never by sleeping. The Redis limiter runs against
 the real Redis; the in-memory twin (embedded mode, Redis outages) must answer identically, so
@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from chat import ratelimit
-from chat.ratelimit import ConnectionSlots, MemoryLimiter, RedisLimiter, Window
-from chat.realtime.redis_client import redis_client
+from chat.infra import rate_limiter
+from chat.infra.rate_limiter import ConnectionSlots, MemoryLimiter, RedisLimiter, Window
+from chat.infra.redis_client import redis_client
 from chat.realtime.throttle import CommandThrottle, RateLimited
 from chat.tiers import Rate, TierLimits, limits_for, validate_table
 
@@ -32,7 +32,7 @@ class FakeClock:
 
 
 def fresh_key(name: str = "k") -> str:
-    return ratelimit.key("unit", name, uuid.uuid4().hex)
+    return rate_limiter.key("unit", name, uuid.uuid4().hex)
 
 
 def make_limiter(kind: str, clock: FakeClock) -> Any:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from django.conf import settings
 
-from chat.realtime.redis_client import redis_call, redis_client
+from chat.infra.redis_client import redis_call, redis_client
 from monitoring.metrics import metrics
 
 Clock = Callable[[], float]

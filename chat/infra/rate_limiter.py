@@ -32,8 +32,8 @@ from typing import Any, Protocol
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from chat.realtime.redis_client import redis_call
-from chat.resilience import CircuitOpen, breaker
+from chat.infra.redis_client import redis_call
+from chat.infra.error_recovery import CircuitOpen, breaker
 from monitoring.metrics import metrics
 
 logger = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ def get_limiter() -> Limiter:
     global _limiter
     if _limiter is None:
         if settings.REDIS_URL:
-            from chat.realtime.redis_client import redis_client
+            from chat.infra.redis_client import redis_client
 
             _limiter = RedisLimiter(redis_client)
         else:
@@ -287,7 +287,7 @@ class ConnectionSlots:
         ttl = int(settings.CHAT_CONNECTION_TTL_S * 1000)
         if not settings.REDIS_URL:
             return self._acquire_memory(self._key(user_id), session_id, limit, now, ttl)
-        from chat.realtime.redis_client import redis_client
+        from chat.infra.redis_client import redis_client
 
         try:
             granted = await redis_call(
@@ -321,7 +321,7 @@ class ConnectionSlots:
             with self._lock:
                 self._memory.get(self._key(user_id), {}).pop(session_id, None)
             return
-        from chat.realtime.redis_client import redis_client
+        from chat.infra.redis_client import redis_client
 
         try:
             await redis_call(functools.partial(redis_client().zrem, self._key(user_id), session_id))

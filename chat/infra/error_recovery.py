@@ -81,7 +81,7 @@ class CircuitOpen(Exception):
 
 def classify(exc: BaseException) -> ErrorClass:
     """The class of `exc`, deciding how it is handled (see the module docstring)."""
-    # Imports are local: chat.resilience is imported by the consumer, the runtime and monitoring,
+    # Imports are local: chat.infra.error_recovery is imported by the consumer, the runtime and monitoring,
     # and must not pull the model layer or the backends in at import time.
     from django.core.exceptions import PermissionDenied, ValidationError
     from django.db import DataError, IntegrityError, InterfaceError, OperationalError
@@ -483,7 +483,7 @@ async def publish_breakers(source: str, *, max_age_s: float) -> None:
     No-op without Redis. Raises on Redis errors (the caller's loop logs and carries on)."""
     if not getattr(settings, "REDIS_URL", ""):
         return
-    from chat.realtime.redis_client import redis_client
+    from chat.infra.redis_client import redis_client
 
     now = time.time()
     snapshot = {name: b.snapshot() for name, b in all_breakers().items()}
@@ -499,7 +499,7 @@ async def withdraw_breakers(source: str) -> None:
     """Remove `source`'s published breakers (the process is stopping). No-op without Redis."""
     if not getattr(settings, "REDIS_URL", ""):
         return
-    from chat.realtime.redis_client import redis_client
+    from chat.infra.redis_client import redis_client
 
     await redis_client().hdel(shared_state_key(), source)
 
@@ -509,7 +509,7 @@ async def shared_breakers(*, max_age_s: float) -> dict[str, dict[str, Any]]:
     worker with the model unreachable makes the model degraded). Without Redis: {}."""
     if not getattr(settings, "REDIS_URL", ""):
         return {}
-    from chat.realtime.redis_client import redis_client
+    from chat.infra.redis_client import redis_client
 
     now = time.time()
     merged: dict[str, dict[str, Any]] = {}
