@@ -202,13 +202,13 @@ CHAT_TYPING_TTL_MS = env_int("CHAT_TYPING_TTL_MS", 6_000)
 CHAT_OUTBOUND_QUEUE = env_int("CHAT_OUTBOUND_QUEUE", 2_000)
 CHAT_MAX_TEXT_CHARS = env_int("CHAT_MAX_TEXT_CHARS", 16_000)
 CHAT_MAX_SUBSCRIPTIONS = env_int("CHAT_MAX_SUBSCRIPTIONS", 100)
-# Hot buffer of recent events per conversation and per user (chat/realtime/buffer.py). 1,000
+# Hot buffer of recent events per conversation and per user (chat/infra/message_buffer.py). 1,000
 # events covers twice the replay limit, so any recoverable replay can be served from it; 15
 # minutes covers a laptop lid closed over a meeting. Older replays read the log.
 CHAT_BUFFER_MAX_EVENTS = env_int("CHAT_BUFFER_MAX_EVENTS", 1000)
 CHAT_BUFFER_MAX_AGE_S = float(os.environ.get("CHAT_BUFFER_MAX_AGE_S", "900"))
 
-# --- Tiers, rate limits and abuse (chat/tiers.py, chat/ratelimit.py, docs/protocol.md §8) ----------
+# --- Tiers, rate limits and abuse (chat/tiers.py, chat/infra/rate_limiter.py, docs/protocol.md §8) ----------
 # Rates are [limit, window seconds], sliding windows per user, shared by every server process
 # through Redis (in-memory in embedded mode). Command classes: "messages" (send), "agent_runs" (a send
 # that starts an agent run), "typing", "commands" (everything else, pings included).
@@ -269,7 +269,7 @@ CHAT_RATE_HAMMER_LIMIT = env_int("CHAT_RATE_HAMMER_LIMIT", 20)
 CHAT_CONNECTION_TTL_S = float(os.environ.get("CHAT_CONNECTION_TTL_S", "60"))
 # Per client IP on POST /login/, /api/auth/token/ and /api/auth/token/refresh/: [limit, window s].
 CHAT_LOGIN_RATE = [env_int("CHAT_LOGIN_RATE_LIMIT", 20), float(os.environ.get("CHAT_LOGIN_RATE_WINDOW_S", "60"))]
-# Circuit breakers (chat/resilience.py): this many transient failures within the window open the
+# Circuit breakers (chat/infra/error_recovery.py): this many transient failures within the window open the
 # circuit; after the reset timeout one probe call is let through.
 CHAT_BREAKER_FAILURES = env_int("CHAT_BREAKER_FAILURES", 5)
 CHAT_BREAKER_WINDOW_S = float(os.environ.get("CHAT_BREAKER_WINDOW_S", "10"))
