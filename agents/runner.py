@@ -25,10 +25,11 @@ from agents import services
 from agents.backends import get_backend
 from agents.runtime import execute_run
 from agents.tools import default_registry
+from chat.infra.breakers import all_breakers
 from chat.infra.bus import publish_events
 from chat.infra.per_loop import PerLoop
 from chat.infra.redis_client import redis_call
-from chat.infra.error_recovery import all_breakers, publish_breakers, shared_state_max_age_s, withdraw_breakers
+from monitoring.health import publish_breakers, shared_state_max_age_s, withdraw_breakers
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +215,8 @@ def _log_loop_failure(what: str) -> None:
     traceback a second; anything else is a bug and keeps its traceback."""
     import sys
 
-    from chat.infra.error_recovery import ErrorClass, classify
+    from chat.errors import ErrorClass
+    from chat.infra.error_recovery import classify
 
     exc = sys.exc_info()[1]
     if exc is not None and classify(exc) is ErrorClass.TRANSIENT:

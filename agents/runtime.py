@@ -34,9 +34,10 @@ from agents.backends.base import (
 )
 from agents.services import ClaimedRun
 from agents.tools import ToolContext, ToolRegistry
+from chat.errors import CircuitOpen, ErrorClass, ServiceError
+from chat.infra.breakers import CircuitBreaker, breaker
 from chat.infra.bus import publish_events
-from chat.infra.error_recovery import CircuitBreaker, CircuitOpen, ErrorClass, breaker, classify
-from chat.services.conversations import ServiceError
+from chat.infra.error_recovery import classify
 from chat.services.events import StoredEvent
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from agents.models import AgentRun, RunStatus
-from chat.selectors import Access, NotFound, conversation_for_member, parse_uuid
+from chat.errors import NotFound
+from chat.selectors import Access, conversation_for_member, parse_uuid
 
 
 def run_for_member(*, user_id: int, run_id: object) -> tuple[AgentRun, Access]:

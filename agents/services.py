@@ -18,8 +18,8 @@ from django.db.models import Min
 from django.utils import timezone
 
 from agents.models import TERMINAL_STATUSES, AgentRun, RunStatus, ToolCall, ToolCallStatus
+from chat.errors import ServiceError
 from chat.models import AuthorKind, Conversation, Message
-from chat.services.conversations import ServiceError
 from chat.services.events import StoredEvent, append_event
 
 # Tool results travel inside events; keep them bounded (DESIGN §7). 4,000 characters is a

@@ -23,7 +23,8 @@ from channels.consumer import AsyncConsumer
 from channels.worker import Worker
 
 from agents.runner import AGENT_RUNS_CHANNEL, get_supervisor
-from chat.infra.error_recovery import ErrorClass, backoff_delay, classify
+from chat.errors import ErrorClass
+from chat.infra.error_recovery import backoff_delay, classify
 from monitoring.metrics import metrics
 
 __all__ = ["AGENT_RUNS_CHANNEL", "AgentWorker", "RunWorkerConsumer"]

@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from chat import selectors
+from chat.errors import ServiceError
 from chat.infra import rate_limiter
 from chat.models import ConversationMember, Workspace, WorkspaceMember
 from chat.serializers import (
@@ -24,7 +25,6 @@ from chat.serializers import (
     WorkspaceCreateSerializer,
 )
 from chat.services import conversations as conversation_services
-from chat.services.conversations import ServiceError
 from chat.tiers import limits_for
 
 ERROR_STATUS = {"bad_request": 400, "forbidden": 403, "not_found": 404, "conflict": 409, "too_large": 413}

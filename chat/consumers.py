@@ -24,24 +24,16 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from redis.exceptions import RedisError
 
+from chat.errors import AuthFailed, CircuitOpen, CommandError, ProtocolError
 from chat.infra import rate_limiter
+from chat.infra.breakers import CircuitBreaker, breaker
 from chat.realtime import ephemeral
-from chat.realtime.auth import AuthFailed, Identity, identity_from_token
-from chat.realtime.commands import HANDLERS
+from chat.realtime.auth import Identity, identity_from_token
 from chat.realtime.broadcast_manager import Hub, get_hub
+from chat.realtime.commands import HANDLERS
 from chat.realtime.outbox import Outbox
-from chat.realtime.protocol import (
-    PROTOCOL,
-    CommandError,
-    ProtocolError,
-    encode,
-    parse_frame,
-    reply_error,
-    reply_ok,
-    req_str,
-)
+from chat.realtime.protocol import PROTOCOL, encode, parse_frame, reply_error, reply_ok, req_str
 from chat.realtime.throttle import CommandThrottle, RateLimited
-from chat.infra.error_recovery import CircuitBreaker, CircuitOpen, breaker
 from chat.selectors import Access
 from chat.services.events import rfc3339
 from chat.tiers import TierLimits, limits_for

@@ -12,12 +12,9 @@ from typing import Any
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from chat.errors import NotFound
 from chat.models import ConversationMember, Event, Message, Notification, Role
 from chat.services.events import StoredEvent
-
-
-class NotFound(Exception):
-    """The object does not exist or the caller may not see it (deliberately indistinguishable)."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
-from chat.infra.error_recovery import all_breakers, shared_breakers, shared_state_max_age_s, worse
+from chat.infra.breakers import all_breakers
+from monitoring.health import shared_breakers, shared_state_max_age_s, worse
 from monitoring.metrics import metrics
 from monitoring.selectors import event_counts
 

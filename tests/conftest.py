@@ -99,7 +99,7 @@ def _async_cleanup_for_coroutine_tests(request: pytest.FixtureRequest) -> None:
 @pytest.fixture(autouse=True)
 def _fresh_breakers() -> Iterator[None]:
     """A circuit opened by one test must not answer `unavailable` in the next."""
-    from chat.infra.error_recovery import reset_breakers
+    from chat.infra.breakers import reset_breakers
 
     reset_breakers()
     yield

@@ -7,6 +7,13 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from chat.errors import ClassifiedError, ErrorClass
+
+# BackendError codes (agents/backends/openai.py): the model server could not be reached in time.
+_LLM_TRANSIENT_CODES = frozenset({"llm_unavailable", "llm_timeout"})
+# HTTP statuses from the model server that say "not now" rather than "never".
+_TRANSIENT_HTTP = frozenset({408, 429})
+
 
 @dataclass(frozen=True)
 class Think:
@@ -50,7 +57,7 @@ class AgentInput:
     history: list[dict[str, str]] = field(default_factory=list)
 
 
-class BackendError(Exception):
+class BackendError(ClassifiedError):
     """The model backend failed (unreachable, bad answer). The run fails with `code`. `status` is
     the model server's HTTP status when it answered with one (it tells a 503 from a 401)."""
 
@@ -59,6 +66,14 @@ class BackendError(Exception):
         self.code = code
         self.message = message
         self.status = status
+
+    def error_class(self) -> ErrorClass:
+        if self.code in _LLM_TRANSIENT_CODES:
+            return ErrorClass.TRANSIENT
+        if self.status is not None and (self.status >= 500 or self.status in _TRANSIENT_HTTP):
+            return ErrorClass.TRANSIENT
+        # A 4xx (bad key, unknown model, request refused) or a broken answer stream.
+        return ErrorClass.PERMANENT
 
 
 class Backend(Protocol):

@@ -25,10 +25,11 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
+from chat.errors import ErrorClass
+from chat.infra.error_recovery import backoff_delay, classify
 from chat.infra.message_buffer import conversation_stream, get_buffer, user_stream
 from chat.infra.per_loop import PerLoop
 from chat.infra.redis_client import redis_breaker, redis_call
-from chat.infra.error_recovery import ErrorClass, backoff_delay, classify
 from chat.services.events import StoredEvent
 from monitoring.metrics import metrics
 

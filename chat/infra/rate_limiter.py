@@ -32,8 +32,9 @@ from typing import Any, Protocol
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from chat.errors import CircuitOpen
+from chat.infra.breakers import breaker
 from chat.infra.redis_client import redis_call
-from chat.infra.error_recovery import CircuitOpen, breaker
 from monitoring.metrics import metrics
 
 logger = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 import redis.exceptions
 from django.conf import settings
 
+from chat.infra.breakers import CircuitBreaker, breaker
 from chat.infra.per_loop import PerLoop
-from chat.infra.error_recovery import CircuitBreaker, breaker
 
 T = TypeVar("T")
 

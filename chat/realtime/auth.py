@@ -26,6 +26,7 @@ from django.http.request import validate_host
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import AccessToken
 
+from chat.errors import AuthFailed
 from chat.models import User
 
 logger = logging.getLogger(__name__)
@@ -37,10 +38,6 @@ JWT_PATTERN = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # The value of a token-named query parameter, whatever its shape (it may not be a JWT).
 _QUERY_TOKEN_VALUE = re.compile(r"([?&;](?:" + "|".join(sorted(QUERY_TOKEN_KEYS)) + r")=)[^&;\s\"']*", re.IGNORECASE)
 REDACTED = "[redacted]"
-
-
-class AuthFailed(Exception):
-    pass
 
 
 @dataclass(frozen=True)

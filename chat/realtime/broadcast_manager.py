@@ -22,12 +22,13 @@ from typing import Any, Protocol
 
 from channels.layers import get_channel_layer
 
-from chat.infra.message_buffer import Buffer, conversation_stream, get_buffer
+from chat.errors import ErrorClass
 from chat.infra.bus import conversation_group, user_group
+from chat.infra.error_recovery import backoff_delay, classify
+from chat.infra.message_buffer import Buffer, conversation_stream, get_buffer
 from chat.infra.per_loop import PerLoop
 from chat.infra.redis_client import redis_call
 from chat.realtime.reconnection_handler import load_events, log_heads
-from chat.infra.error_recovery import ErrorClass, backoff_delay, classify
 from monitoring.metrics import metrics
 
 logger = logging.getLogger(__name__)

@@ -14,14 +14,14 @@ from agents import runner
 from agents import selectors as run_selectors
 from agents import services as run_services
 from chat import selectors
-from chat.realtime import ephemeral
-from chat.infra.message_buffer import buffered_or_none, user_stream
+from chat.errors import NotFound, ProtocolError, ServiceError
 from chat.infra.bus import publish_events
-from chat.realtime.protocol import ProtocolError, opt_int, req_int, req_str
-from chat.selectors import Access, NotFound
+from chat.infra.message_buffer import buffered_or_none, user_stream
+from chat.realtime import ephemeral
+from chat.realtime.protocol import opt_int, req_int, req_str
+from chat.selectors import Access
 from chat.services import conversations as conversation_services
 from chat.services import messages as message_services
-from chat.services.conversations import ServiceError
 from chat.services.events import rfc3339
 from monitoring.metrics import metrics
 

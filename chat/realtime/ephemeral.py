@@ -25,8 +25,8 @@ from django.conf import settings
 
 from chat.infra.bus import conversation_group
 from chat.infra.per_loop import PerLoop
-from chat.realtime.protocol import encode
 from chat.infra.redis_client import redis_call, redis_client
+from chat.realtime.protocol import encode
 from monitoring.metrics import metrics
 
 if TYPE_CHECKING:

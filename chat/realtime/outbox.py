@@ -20,9 +20,10 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from chat.errors import ErrorClass
+from chat.infra.error_recovery import backoff_delay, classify
 from chat.realtime.broadcast_manager import Hub
 from chat.realtime.reconnection_handler import load_events
-from chat.infra.error_recovery import ErrorClass, backoff_delay, classify
 from monitoring.metrics import metrics
 
 logger = logging.getLogger(__name__)

@@ -8,24 +8,14 @@ from typing import Any
 
 from django.conf import settings
 
+from chat.errors import CommandError, ProtocolError
+
 PROTOCOL = "chat.v1"
 MAX_ID_CHARS = 64
 # JSON nesting deeper than this is refused before anything looks at it; no command needs more than 3.
 MAX_DEPTH = 16
 
 
-class ProtocolError(Exception):
-    def __init__(self, code: str, message: str, retry_after_ms: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.retry_after_ms = retry_after_ms
-
-    def as_dict(self) -> dict[str, Any]:
-        err: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.retry_after_ms is not None:
-            err["retry_after_ms"] = self.retry_after_ms
-        return err
 
 
 @dataclass(frozen=True)
@@ -104,12 +94,6 @@ def parse_frame(text: str | None, binary: bytes | None) -> Command:
     return Command(kind, command_id, fields)
 
 
-class CommandError(ProtocolError):
-    """A ProtocolError for a frame whose `id` is known, so it is answered with a reply."""
-
-    def __init__(self, command_id: str | None, code: str, message: str, retry_after_ms: int | None = None) -> None:
-        super().__init__(code, message, retry_after_ms)
-        self.command_id = command_id
 
 
 # --- field readers: each raises ProtocolError("bad_request") with a message naming the field ----

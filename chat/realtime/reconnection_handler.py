@@ -11,8 +11,8 @@ from __future__ import annotations
 from channels.db import database_sync_to_async
 
 from chat import selectors
+from chat.infra.breakers import breaker
 from chat.infra.message_buffer import buffered_or_none, conversation_stream
-from chat.infra.error_recovery import breaker
 from monitoring.metrics import metrics
 
 

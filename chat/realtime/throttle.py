@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 from django.conf import settings
 
+from chat.errors import ProtocolError
 from chat.infra import rate_limiter
 from chat.infra.rate_limiter import Decision, Limiter, Window
-from chat.realtime.protocol import ProtocolError
 from chat.tiers import COMMAND_CLASSES, TierLimits
 from monitoring.metrics import metrics
 

@@ -9,8 +9,8 @@ from django.db import transaction
 from django.dispatch import receiver
 from django.http import HttpRequest
 
-from chat.models import User
 from chat.infra.bus import publish_to_user
+from chat.models import User
 
 CLOSE_LOGGED_OUT = 4401
 CLOSE_DISABLED = 4403

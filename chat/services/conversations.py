@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
 
+from chat.errors import ServiceError
 from chat.models import (
     Conversation,
     ConversationMember,
@@ -16,15 +17,6 @@ from chat.models import (
     Workspace,
     WorkspaceMember,
 )
-
-
-class ServiceError(Exception):
-    """A refused write. `code` is a PROTOCOL §2 error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @transaction.atomic

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from chat.errors import ServiceError
 from chat.models import AuthorKind, Conversation, Message
-from chat.services.conversations import ServiceError
 from chat.services.events import StoredEvent, append_event, rfc3339
 
 

@@ -23,14 +23,9 @@ from channels.db import database_sync_to_async
 from django.test import AsyncClient
 
 from agents.runtime import LLM_UNAVAILABLE_MESSAGE
-from chat.infra.error_recovery import (
-    breaker,
-    publish_breakers,
-    reset_breakers,
-    shared_breakers,
-    withdraw_breakers,
-)
+from chat.infra.breakers import breaker, reset_breakers
 from chat.services.conversations import conversation_create
+from monitoring.health import publish_breakers, shared_breakers, withdraw_breakers
 from tests.support.fake_llm import FakeLLM, hold_port, http_error
 from tests.support.ws import Client, wait_for
 
@@ -63,7 +58,7 @@ def forget_published_breakers() -> None:
     import redis
     from django.conf import settings
 
-    from chat.infra.error_recovery import shared_state_key
+    from monitoring.health import shared_state_key
 
     client = redis.Redis.from_url(settings.REDIS_URL)
     try:
@@ -250,7 +245,8 @@ async def test_readyz_sees_a_breaker_another_process_published_until_it_is_withd
 ) -> None:
     """In production runs execute in the agent worker: its "llm" breaker reaches /readyz (served
     by the web processes) through Redis. Here another process is played by a published entry."""
-    from chat.infra.error_recovery import CircuitBreaker, _registry, _registry_lock
+    from chat.infra.breakers import CircuitBreaker
+    from chat.infra.error_recovery import _registry, _registry_lock
 
     source = f"worker-test-{time.monotonic_ns()}"
     remote = CircuitBreaker("llm", failure_threshold=1, reset_timeout_s=30.0)

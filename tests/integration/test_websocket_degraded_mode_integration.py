@@ -19,7 +19,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.db import OperationalError
 
-from chat.infra.error_recovery import breaker
+from chat.infra.breakers import breaker
 from chat.services.conversations import conversation_member_add
 from tests.support import factories
 from tests.support.ws import Client

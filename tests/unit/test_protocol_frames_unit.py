@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from chat.realtime.protocol import CommandError, ProtocolError, parse_frame, reply_error, reply_ok, req_str
+from chat.errors import CommandError, ProtocolError
+from chat.realtime.protocol import parse_frame, reply_error, reply_ok, req_str
 
 
 def test_valid_command_is_split_into_type_id_and_fields() -> None:

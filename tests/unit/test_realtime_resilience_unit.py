@@ -9,11 +9,11 @@ import json
 import pytest
 from channels.layers import InMemoryChannelLayer
 
-from chat.infra.message_buffer import MemoryBuffer
+from chat.infra.breakers import reset_breakers
 from chat.infra.bus import Republisher
+from chat.infra.message_buffer import MemoryBuffer
 from chat.realtime.broadcast_manager import Hub
 from chat.realtime.outbox import Outbox
-from chat.infra.error_recovery import reset_breakers
 from chat.services.events import StoredEvent
 
 

@@ -18,19 +18,9 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import DataError, IntegrityError, InterfaceError, OperationalError
 
 from agents.backends.base import BackendError
-from chat.realtime.auth import AuthFailed
-from chat.realtime.protocol import CommandError, ProtocolError
-from chat.infra.error_recovery import (
-    CircuitBreaker,
-    CircuitOpen,
-    ErrorClass,
-    all_breakers,
-    breaker,
-    classify,
-    reset_breakers,
-    retry_async,
-)
-from chat.services.conversations import ServiceError
+from chat.errors import AuthFailed, CircuitOpen, CommandError, ErrorClass, ProtocolError, ServiceError
+from chat.infra.breakers import CircuitBreaker, all_breakers, breaker, reset_breakers
+from chat.infra.error_recovery import classify, retry_async
 from monitoring.metrics import metrics
 
 CLIENT, TRANSIENT, PERMANENT, BUG = ErrorClass.CLIENT, ErrorClass.TRANSIENT, ErrorClass.PERMANENT, ErrorClass.BUG
@@ -373,7 +363,7 @@ def test_transitions_log_once_and_are_counted(clock: Clock, caplog: pytest.LogCa
     opened = metrics.counter("breaker_transitions", name=name, state="open")
     closed = metrics.counter("breaker_transitions", name=name, state="closed")
     b = make(clock, name)
-    with caplog.at_level(logging.INFO, logger="chat.infra.error_recovery"):
+    with caplog.at_level(logging.INFO, logger="chat.infra.breakers"):
         trip(b, 10)  # failures while already open change nothing
         clock.advance(5.0)
         b.before_call()

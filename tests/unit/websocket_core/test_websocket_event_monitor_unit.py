@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from monitoring.event_monitor import record_event
 from monitoring.metrics import Metrics
 from monitoring.models import RunEventRecord
-from monitoring.event_monitor import record_event
 
 pytestmark = [pytest.mark.django_db]
 
