@@ -1,0 +1,109 @@
+"""Client commands (PROTOCOL §3): the fields of each, as the server validates them.
+
+A frame is `{"type": "<command>", "id": "<optional>", ...fields}`; these schemas describe the
+fields only (`type` and `id` are read first, when the frame is parsed). What a schema cannot know
+is left to the command's handler, which has the caller's tier and the database:
+
+- `text` of `send` is bounded by the tier's `max_text_chars`, and a text that is only whitespace
+  is refused after trimming; a longer text is `too_large`, not `bad_request`.
+- `conversation` and `run_id` are any string here: one that is not a UUID answers `not_found`, the
+  same as a conversation that does not exist, so that existence never leaks.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import Meta
+
+from chat.wire.common import (
+    HISTORY_PAGE_DEFAULT,
+    HISTORY_PAGE_MAX,
+    MAX_CLIENT_MSG_ID_CHARS,
+    MAX_TOKEN_CHARS,
+    STORABLE_PATTERN,
+    CommandFields,
+    NonNegative,
+    Positive,
+    StorableText,
+)
+
+ClientMsgId = Annotated[str, Meta(min_length=1, max_length=MAX_CLIENT_MSG_ID_CHARS, pattern=STORABLE_PATTERN)]
+Token = Annotated[str, Meta(min_length=1, max_length=MAX_TOKEN_CHARS, pattern=STORABLE_PATTERN)]
+PageSize = Annotated[int, Meta(ge=1, le=HISTORY_PAGE_MAX)]
+
+
+# Optional integer fields are `X | None = None`: a client may send null for "not given" (the
+# browser client sends `since_seq: null` before it has seen any event).
+
+
+class Subscribe(CommandFields, omit_defaults=True):
+    conversation: str
+    # Resume after this seq; absent or null: start live after the head.
+    since_seq: NonNegative | None = None
+
+
+class Unsubscribe(CommandFields):
+    conversation: str
+
+
+class Send(CommandFields):
+    conversation: str
+    client_msg_id: ClientMsgId
+    text: StorableText
+
+
+class History(CommandFields, omit_defaults=True):
+    conversation: str
+    # Events with seq below this one; absent or null: the newest page.
+    before_seq: Positive | None = None
+    limit: PageSize | None = None
+
+    @property
+    def page_size(self) -> int:
+        return self.limit if self.limit is not None else HISTORY_PAGE_DEFAULT
+
+
+class Typing(CommandFields):
+    conversation: str
+    state: Literal["start", "stop"]
+
+
+class Read(CommandFields):
+    conversation: str
+    seq: NonNegative
+
+
+class Cancel(CommandFields):
+    run_id: str
+
+
+class Presence(CommandFields):
+    conversation: str
+
+
+class SyncNotifications(CommandFields):
+    since_seq: NonNegative
+
+
+class Auth(CommandFields):
+    token: Token
+
+
+class Ping(CommandFields):
+    pass
+
+
+COMMANDS: dict[str, type[CommandFields]] = {
+    "subscribe": Subscribe,
+    "unsubscribe": Unsubscribe,
+    "send": Send,
+    "history": History,
+    "typing": Typing,
+    "read": Read,
+    "cancel": Cancel,
+    "presence": Presence,
+    "sync_notifications": SyncNotifications,
+    "auth": Auth,
+    "ping": Ping,
+}

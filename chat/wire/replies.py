@@ -1,0 +1,130 @@
+"""Answers to commands (PROTOCOL §2-§3): each command's reply result, and the error envelopes.
+
+A successful reply is flat: `{"type":"reply","id":"…","ok":true, ...result}`, so a result schema
+holds only the result's fields and `reply_frame` (in the package) wraps it. A failed command is
+`{"type":"reply","id","ok":false,"error":{…}}` when it had an `id`, else `{"type":"error","error":{…}}`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from chat.wire.common import CommandId, ErrorBody, EventSeq, NonNegative, ServerData, Timestamp, UserRef, Uuid
+from chat.wire.events import DurableEvent
+
+
+class ActiveRun(ServerData):
+    """A run in progress, in `subscribe`'s `active_runs`."""
+
+    run_id: Uuid
+    agent: str
+    status: Literal["queued", "running"]
+    # The answer streamed so far, and the seq of the last agent_delta folded into it (0: none yet).
+    text: str
+    seq: NonNegative
+
+
+class SubscribeReply(ServerData, omit_defaults=True):
+    conversation: Uuid
+    head_seq: NonNegative
+    active_runs: list[ActiveRun]
+    # Only when the command gave `since_seq`.
+    recovered: bool | None = None
+
+
+class UnsubscribeReply(ServerData):
+    conversation: Uuid
+
+
+class MessageRef(ServerData):
+    id: Uuid
+    seq: EventSeq
+
+
+class SendReply(ServerData, omit_defaults=True):
+    conversation: Uuid
+    message: MessageRef
+    duplicate: bool
+    # Only when the message started (or queued) a run; for a repeat, the first send's run.
+    run_id: Uuid | None = None
+
+
+class HistoryReply(ServerData):
+    conversation: Uuid
+    # Oldest first.
+    events: list[DurableEvent]
+    has_more: bool
+
+
+class CancelReply(ServerData):
+    run_id: Uuid
+    # cancelled: it was queued (agent_started and agent_cancelled are already stored);
+    # cancelling: it is running and agent_cancelled follows.
+    status: Literal["cancelled", "cancelling"]
+
+
+class Member(ServerData):
+    user: UserRef
+    online: bool
+    # null while online, or if never seen.
+    last_seen: Timestamp | None
+
+
+class PresenceReply(ServerData):
+    conversation: Uuid
+    members: list[Member]
+
+
+class SyncNotificationsReply(ServerData):
+    # The missed notification frames follow the reply.
+    head_seq: NonNegative
+
+
+class AuthReply(ServerData):
+    expires_at: Timestamp
+
+
+class PingReply(ServerData):
+    server_time: Timestamp
+
+
+class EmptyReply(ServerData):
+    """`typing` and `read` answer `ok` and nothing else."""
+
+
+REPLIES: dict[str, type[ServerData]] = {
+    "subscribe": SubscribeReply,
+    "unsubscribe": UnsubscribeReply,
+    "send": SendReply,
+    "history": HistoryReply,
+    "typing": EmptyReply,
+    "read": EmptyReply,
+    "cancel": CancelReply,
+    "presence": PresenceReply,
+    "sync_notifications": SyncNotificationsReply,
+    "auth": AuthReply,
+    "ping": PingReply,
+}
+
+
+class _Frame(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type"):
+    pass
+
+
+class ErrorFrame(_Frame, tag="error"):
+    error: ErrorBody
+
+
+class ReplyError(_Frame, tag="reply"):
+    id: CommandId
+    ok: Literal[False]
+    error: ErrorBody
+
+
+class ReplyOkHead(msgspec.Struct, kw_only=True, tag_field="type", tag="reply"):
+    """The envelope part of a successful reply; the result's fields sit beside it."""
+
+    id: CommandId
+    ok: Literal[True]
