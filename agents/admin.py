@@ -42,19 +42,12 @@ class AgentRunAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel selected queued/running runs")
     def cancel_runs(self, request: HttpRequest, queryset: QuerySet[AgentRun]) -> None:
-        from asgiref.sync import async_to_sync
-
-        from agents import runner
-        from chat.infra.bus import publish_events
-
         count = 0
         for run in queryset.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]):
-            result = run_request_cancel(
+            # The service publishes the events and stops the run's runner, as for the socket's cancel.
+            run_request_cancel(
                 run_id=str(run.id), by_user_id=int(request.user.pk or 0), by_username=request.user.get_username()
             )
-            async_to_sync(publish_events)(result.events)
-            if result.status == "cancelling":
-                async_to_sync(runner.cancel)(result.run_id)
             count += 1
         messages.success(request, f"Cancellation requested for {count} run(s).")
 

@@ -3,8 +3,8 @@ cancel, and fails runs whose runner died (worker_lost).
 
 It lives in the agent worker process (`manage.py runworker agent-runs`) or, in embedded mode and
 tests, in the server process itself (AGENT_RUNNER=inprocess). Either way the database is the
-queue; `wake()` and `cancel()` are only doorbells, and every loop also polls so a lost doorbell
-costs at most a poll interval.
+queue; the doorbells the services ring after commit (`chat.publishing`) only say
+"look now", and every loop also polls, so a lost doorbell costs at most a poll interval.
 """
 
 from __future__ import annotations
@@ -15,25 +15,25 @@ import functools
 import logging
 import os
 import socket
+import sys
 import uuid
 
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 
 from agents import services
 from agents.backends import get_backend
 from agents.runtime import execute_run
 from agents.tools import default_registry
+from chat.errors import ErrorClass
 from chat.infra.breakers import all_breakers
-from chat.infra.bus import publish_events
+from chat.infra.error_recovery import classify
 from chat.infra.per_loop import PerLoop
-from chat.infra.redis_client import redis_call
+from chat.publishing import run_service
 from monitoring.health import publish_breakers, shared_state_max_age_s, withdraw_breakers
 
 logger = logging.getLogger(__name__)
 
-AGENT_RUNS_CHANNEL = "agent-runs"
 # Queued runs are also looked for this often, in case a wake-up doorbell was lost.
 POLL_INTERVAL_S = 1.0
 # Runs one runner executes at once; more wait in the queue. Runs are I/O-bound (model, database).
@@ -109,11 +109,10 @@ class RunSupervisor:
     async def claim_available(self) -> int:
         claimed_count = 0
         while len(self.tasks) < MAX_CONCURRENT_RUNS:
-            claimed = await database_sync_to_async(services.run_claim_next)(worker_id=self.worker_id)
+            claimed = await run_service(services.run_claim_next, worker_id=self.worker_id)
             if claimed is None:
                 break
             claimed_count += 1
-            await publish_events(claimed.events)
             task = asyncio.create_task(
                 execute_run(claimed, backend=self.backend, tools=self.tools), name=f"run-{claimed.run_id}"
             )
@@ -166,7 +165,7 @@ class RunSupervisor:
         while True:
             await asyncio.sleep(min(5.0, settings.AGENT_LOST_AFTER_S / 2))
             try:
-                events = await database_sync_to_async(services.runs_reap_lost)(lost_after_s=settings.AGENT_LOST_AFTER_S)
+                events = await run_service(services.runs_reap_lost, lost_after_s=settings.AGENT_LOST_AFTER_S)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -174,8 +173,6 @@ class RunSupervisor:
                 continue
             if events:
                 logger.warning("failed %d run(s) whose worker was lost", len(events))
-                await publish_events(events)
-                self._wake.set()
 
 
 def _breaker_states() -> dict[str, str]:
@@ -191,32 +188,9 @@ def get_supervisor() -> RunSupervisor:
     return supervisor
 
 
-async def wake() -> None:
-    """A run was queued (or a conversation's run ended): have a runner look at the queue."""
-    if settings.AGENT_RUNNER == "inprocess":
-        get_supervisor().wake()
-        return
-    with contextlib.suppress(Exception):  # the worker polls anyway (bounded: a hung Redis must not delay a send)
-        await redis_call(functools.partial(get_channel_layer().send, AGENT_RUNS_CHANNEL, {"type": "run.wake"}))
-
-
-async def cancel(run_id: str) -> None:
-    """A running run was flagged for cancellation: tell whichever runner holds it."""
-    if settings.AGENT_RUNNER == "inprocess":
-        get_supervisor().cancel(run_id)
-        return
-    with contextlib.suppress(Exception):  # the holder's heartbeat sees the flag anyway
-        message = {"type": "run.cancel", "run_id": run_id}
-        await redis_call(functools.partial(get_channel_layer().send, AGENT_RUNS_CHANNEL, message))
-
-
 def _log_loop_failure(what: str) -> None:
     """A loop iteration failed: a dependency outage (transient) is one line per iteration, not a
     traceback a second; anything else is a bug and keeps its traceback."""
-    import sys
-
-    from chat.errors import ErrorClass
-    from chat.infra.error_recovery import classify
 
     exc = sys.exc_info()[1]
     if exc is not None and classify(exc) is ErrorClass.TRANSIENT:

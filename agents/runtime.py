@@ -34,11 +34,12 @@ from agents.backends.base import (
 )
 from agents.services import ClaimedRun
 from agents.tools import ToolContext, ToolRegistry
+from chat import selectors
 from chat.errors import CircuitOpen, ErrorClass, ServiceError
 from chat.infra.breakers import CircuitBreaker, breaker
-from chat.infra.bus import publish_events
 from chat.infra.error_recovery import classify
-from chat.services.events import StoredEvent
+from chat.models import AuthorKind
+from chat.publishing import run_service
 
 logger = logging.getLogger(__name__)
 
@@ -60,17 +61,16 @@ class Emitter:
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
 
-    async def _publish(self, event: StoredEvent | None) -> None:
-        if event is not None:
-            await publish_events([event])
-
     async def emit(self, type: str, data: dict[str, Any]) -> None:
         await self.flush()
         async with self._lock:
-            event = await database_sync_to_async(services.run_emit)(
-                run_id=self.run.run_id, conversation_id=self.run.conversation_id, type=type, data=data
+            await run_service(
+                services.run_emit,
+                run_id=self.run.run_id,
+                conversation_id=self.run.conversation_id,
+                type=type,
+                data=data,
             )
-        await self._publish(event)
 
     def delta(self, text: str) -> None:
         self.answer += text
@@ -94,47 +94,40 @@ class Emitter:
             if not self._pending:
                 return
             text, self._pending = self._pending, ""
-            event = await database_sync_to_async(services.run_emit)(
+            await run_service(
+                services.run_emit,
                 run_id=self.run.run_id,
                 conversation_id=self.run.conversation_id,
                 type="agent_delta",
                 data={"text": text},
             )
-        await self._publish(event)
 
     async def tool_start(self, step: CallTool) -> None:
         await self.flush()
-        event = await database_sync_to_async(services.tool_call_start)(
+        await run_service(
+            services.tool_call_start,
             run_id=self.run.run_id,
             conversation_id=self.run.conversation_id,
             call_id=step.call_id,
             tool=step.tool,
             arguments=step.arguments,
         )
-        await self._publish(event)
 
     async def tool_finish(self, step: CallTool, outcome: ToolOutcome) -> None:
-        event = await database_sync_to_async(services.tool_call_finish)(
+        await run_service(
+            services.tool_call_finish,
             run_id=self.run.run_id,
             conversation_id=self.run.conversation_id,
             call_id=step.call_id,
             ok=outcome.ok,
             result=outcome.result,
         )
-        await self._publish(event)
 
 
 def _load_history(conversation_id: str, before_seq: int, limit: int = 20) -> list[dict[str, str]]:
     """The turns before the triggering message (not the newest ones: with queued runs, later
     messages already exist while an earlier prompt is answered)."""
-    from chat.models import AuthorKind, Message
-
-    rows = list(
-        Message.objects.filter(conversation_id=conversation_id, seq__lt=before_seq)
-        .order_by("-seq")
-        .values_list("author_kind", "text")[:limit]
-    )
-    rows.reverse()
+    rows = selectors.messages_before(conversation_id=conversation_id, before_seq=before_seq, limit=limit)
     return [{"role": "assistant" if kind == AuthorKind.AGENT else "user", "content": text} for kind, text in rows]
 
 
@@ -173,10 +166,13 @@ async def execute_run(run: ClaimedRun, *, backend: Backend, tools: ToolRegistry)
         await emitter.flush()
 
         async def complete() -> None:
-            event = await database_sync_to_async(services.run_complete)(
-                run_id=run.run_id, conversation_id=run.conversation_id, text=emitter.answer, usage=usage
+            await run_service(
+                services.run_complete,
+                run_id=run.run_id,
+                conversation_id=run.conversation_id,
+                text=emitter.answer,
+                usage=usage,
             )
-            await publish_events([event])
 
         # Shielded: a cancel landing while the answer commits must not skip its doorbell (the
         # cancel then finds the run completed and writes nothing).
@@ -246,18 +242,15 @@ async def _end(
         except Exception:
             logger.warning("could not flush the last answer chunk of run %s", run.run_id, exc_info=True)
         if how == "cancelled":
-            event = await database_sync_to_async(services.run_finish_cancelled)(
-                run_id=run.run_id, conversation_id=run.conversation_id
-            )
+            await run_service(services.run_finish_cancelled, run_id=run.run_id, conversation_id=run.conversation_id)
         else:
-            event = await database_sync_to_async(services.run_fail)(
+            await run_service(
+                services.run_fail,
                 run_id=run.run_id,
                 conversation_id=run.conversation_id,
                 code=code,
                 message=message,
                 retry_after_ms=retry_after_ms,
             )
-        if event is not None:
-            await publish_events([event])
 
     await asyncio.shield(finish())

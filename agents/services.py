@@ -8,6 +8,7 @@ conversation's row lock.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,7 +21,9 @@ from django.utils import timezone
 from agents.models import TERMINAL_STATUSES, AgentRun, RunStatus, ToolCall, ToolCallStatus
 from chat.errors import ServiceError
 from chat.models import AuthorKind, Conversation, Message
-from chat.services.events import StoredEvent, append_event
+from chat.publishing import RunnerRung, after_commit
+from chat.services.events import append_event
+from chat.wire.frames import StoredEvent
 
 # Tool results travel inside events; keep them bounded (DESIGN §7). 4,000 characters is a
 # screenful, enough for the calculator, the clock and five search hits.
@@ -35,6 +38,7 @@ def run_enqueue(*, conversation_id: str, trigger_message_id: uuid.UUID, requeste
         requested_by_id=requested_by_id,
         agent=agent,
     )
+    after_commit(RunnerRung())
     return run.id
 
 
@@ -135,8 +139,6 @@ def tool_call_start(
 
 def bound_result(result: Any) -> Any:
     """Keep a tool result inside MAX_TOOL_RESULT_CHARS; larger ones are cut and flagged."""
-    import json
-
     encoded = json.dumps(result, default=str)
     if len(encoded) <= MAX_TOOL_RESULT_CHARS:
         return result
@@ -284,10 +286,12 @@ def run_request_cancel(*, run_id: str, by_user_id: int, by_username: str) -> Can
             run_id=run.id,
             data={"run_id": str(run.id), "by": {"id": by_user_id, "username": by_username}, "partial_text": ""},
         )
+        after_commit(RunnerRung())  # the conversation's next queued run may start now
         return CancelResult(str(run.id), RunStatus.CANCELLED, [started, cancelled], str(run.conversation_id))
     run.cancel_requested = True
     run.cancelled_by_id = by_user_id
     run.save(update_fields=["cancel_requested", "cancelled_by"])
+    after_commit(RunnerRung(str(run.id)))  # whichever runner holds it stops it now
     return CancelResult(str(run.id), "cancelling", [], str(run.conversation_id))
 
 
@@ -334,4 +338,6 @@ def runs_reap_lost(*, lost_after_s: float) -> list[StoredEvent]:
         )
         if event is not None:
             events.append(event)
+    if events:
+        after_commit(RunnerRung())  # the failed runs' conversations may start their next run
     return events

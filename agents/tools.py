@@ -20,6 +20,7 @@ import jsonschema
 from channels.db import database_sync_to_async
 
 from agents.backends.base import ToolOutcome
+from chat.selectors import search_messages
 
 
 @dataclass(frozen=True)
@@ -163,8 +164,6 @@ async def _current_time(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any
 
 
 async def _search_history(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
-    from chat.selectors import search_messages
-
     if ctx.user_id is None:
         return {"query": args["query"], "matches": []}
     matches = await database_sync_to_async(search_messages)(

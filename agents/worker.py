@@ -22,8 +22,9 @@ from typing import Any
 from channels.consumer import AsyncConsumer
 from channels.worker import Worker
 
-from agents.runner import AGENT_RUNS_CHANNEL, get_supervisor
+from agents.runner import get_supervisor
 from chat.errors import ErrorClass
+from chat.infra.doorbells import AGENT_RUNS_CHANNEL
 from chat.infra.error_recovery import backoff_delay, classify
 from monitoring.metrics import metrics
 

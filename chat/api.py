@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from chat import selectors
-from chat.errors import ServiceError
+from chat.errors import NotFound, ServiceError
 from chat.infra import rate_limiter
 from chat.models import ConversationMember, Workspace, WorkspaceMember
 from chat.serializers import (
@@ -83,7 +83,7 @@ def member_json(member: ConversationMember | WorkspaceMember) -> dict[str, Any]:
 def member_access(user_id: int, conversation_id: object) -> selectors.Access:
     try:
         return selectors.conversation_for_member(user_id=user_id, conversation_id=conversation_id)
-    except selectors.NotFound as exc:
+    except NotFound as exc:
         raise DRFNotFound("conversation not found") from exc
 
 
@@ -128,7 +128,7 @@ class ConversationDetail(APIView):
 class ConversationMembers(APIView):
     def get(self, request: Request, conversation_id: str) -> Response:
         access = member_access(uid(request), conversation_id)
-        rows = ConversationMember.objects.filter(conversation_id=access.conversation_id).select_related("user")
+        rows = selectors.conversation_members(conversation_id=access.conversation_id)
         return Response([member_json(m) for m in rows])
 
     def post(self, request: Request, conversation_id: str) -> Response:
@@ -164,7 +164,7 @@ class ConversationEvents(APIView):
 
 class WorkspaceList(APIView):
     def get(self, request: Request) -> Response:
-        rows = WorkspaceMember.objects.filter(user_id=uid(request)).select_related("workspace")
+        rows = selectors.workspaces_for_user(user_id=uid(request))
         return Response([{"id": str(m.workspace_id), "name": m.workspace.name, "role": m.role} for m in rows])
 
     def post(self, request: Request) -> Response:
@@ -185,19 +185,13 @@ class WorkspaceList(APIView):
 class WorkspaceMembers(APIView):
     def _workspace(self, request: Request, workspace_id: str) -> Workspace:
         try:
-            wid = selectors.parse_uuid(workspace_id)
-        except selectors.NotFound as exc:
+            return selectors.workspace_for_member(user_id=uid(request), workspace_id=workspace_id)
+        except NotFound as exc:
             raise DRFNotFound("workspace not found") from exc
-        member = (
-            WorkspaceMember.objects.select_related("workspace").filter(workspace_id=wid, user_id=uid(request)).first()
-        )
-        if member is None:
-            raise DRFNotFound("workspace not found")
-        return member.workspace
 
     def get(self, request: Request, workspace_id: str) -> Response:
         workspace = self._workspace(request, workspace_id)
-        rows = WorkspaceMember.objects.filter(workspace=workspace).select_related("user")
+        rows = selectors.workspace_members(workspace=workspace)
         return Response([member_json(m) for m in rows])
 
     def post(self, request: Request, workspace_id: str) -> Response:

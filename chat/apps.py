@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.conf import settings
 
 
 class ChatConfig(AppConfig):
@@ -6,8 +7,7 @@ class ChatConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.conf import settings
-
+        # Imported here, not at the top: an AppConfig module is imported before the models exist.
         from chat.services import accounts  # noqa: F401  (connects the logout hook)
         from chat.tiers import validate_table
 

@@ -14,16 +14,18 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
-from redis.exceptions import RedisError
+from django.utils import timezone
 
+from agents.runner import get_supervisor
+from chat import selectors
 from chat.errors import AuthFailed, CircuitOpen, CommandError, ProtocolError
 from chat.infra import rate_limiter
 from chat.infra.breakers import CircuitBreaker, breaker
@@ -31,34 +33,27 @@ from chat.realtime import ephemeral
 from chat.realtime.auth import Identity, identity_from_token
 from chat.realtime.broadcast_manager import Hub, get_hub
 from chat.realtime.commands import HANDLERS
+from chat.realtime.degraded import (
+    DEPENDENCY_ERRORS,
+    database_breaker,
+    database_failure,
+    degraded_access,
+)
 from chat.realtime.outbox import Outbox
 from chat.realtime.protocol import PROTOCOL, encode, parse_frame, reply_error, reply_ok, req_str
-from chat.realtime.throttle import CommandThrottle, RateLimited
+from chat.realtime.throttle import BadFrames, CommandThrottle, abuse_verdict
 from chat.selectors import Access
-from chat.services.events import rfc3339
 from chat.tiers import TierLimits, limits_for
+from chat.wire.frames import rfc3339
 from monitoring.metrics import metrics
-
-# A dependency failing under a command: the client is told to retry (PROTOCOL `unavailable`).
-DEPENDENCY_ERRORS = (OSError, RedisError, OperationalError, InterfaceError)
 
 logger = logging.getLogger(__name__)
 
-# Commands that touch no database: they are not refused while the PostgreSQL circuit is open.
-NO_DATABASE = frozenset({"ping"})
-
-
 def _still_active(user_id: int) -> bool:
-    from chat.models import User
-
     try:
-        return User.objects.filter(id=user_id, is_active=True).exists()
+        return selectors.user_is_active(user_id=user_id)
     except (OperationalError, InterfaceError):
         return True  # cannot look now; the handshake's check stands
-
-
-def _database_failure(exc: BaseException) -> bool:
-    return isinstance(exc, DEPENDENCY_ERRORS) and not isinstance(exc, RedisError)
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -80,7 +75,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.authenticated = False
         self._tasks: list[asyncio.Task[Any]] = []
         self._after_reply: list[Callable[[], Any]] = []
-        self._bad_frames: deque[float] = deque()
+        self._bad_frames = BadFrames()
         self._expiry_task: asyncio.Task[None] | None = None
         self._closing = False
         self._slot_held = False
@@ -145,8 +140,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
         self._schedule_expiry(identity.expires_at)
         if settings.AGENT_RUNNER == "inprocess":
-            from agents.runner import get_supervisor
-
             get_supervisor()  # embedded mode: runs queued before a restart start without a new prompt
         self.outbox.send_frame(encode({"type": "welcome", "data": self._welcome()}))  # before any user event
         await self.hub.join_user(identity.user_id, self.outbox)
@@ -156,8 +149,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._close(4403)
 
     def _welcome(self) -> dict[str, Any]:
-        from django.utils import timezone
-
         return {
             "session_id": self.session_id,
             "protocol": PROTOCOL,
@@ -210,7 +201,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if action == "close":
             self._spawn(self._close(int(message.get("code", 4401))))
         elif action == "notification":
-            self.outbox.send_frame(message["f"])
+            self.outbox.send_frame(message["frame"])
         elif action == "role":
             conversation_id = str(message.get("conversation"))
             held = self.subscription_access.get(conversation_id)
@@ -270,7 +261,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 outcome = await handler(self, command.fields)
             except BaseException as exc:
                 if database is not None:
-                    if _database_failure(exc):
+                    if database_failure(exc):
                         database.record_failure(exc)
                     else:
                         database.release()  # no verdict on the database (refused before reaching it, or else)
@@ -301,7 +292,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # count it into that dependency's circuit breaker.
             self._after_reply.clear()
             # (Counted already: postgres failures around the handler, Redis ones by redis_call.)
-            failed = breaker("postgres" if _database_failure(exc) else "redis")
+            failed = breaker("postgres" if database_failure(exc) else "redis")
             metrics.inc("command_errors", code="unavailable")
             logger.warning("command failed: %s unavailable (%s)", failed.name, type(exc).__name__)
             retry = max(1000, failed.retry_after_ms())
@@ -314,25 +305,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._send_error(command_id, ProtocolError("internal", "internal error"))
 
     def _database_breaker(self, command_type: str, fields: dict[str, Any]) -> CircuitBreaker | None:
-        """The circuit a command must pass, or None for one that needs no database: ping, leaving a
-        subscription (the socket's own state), typing while the database is down (degraded_access)."""
-        if command_type in NO_DATABASE:
-            return None
-        if command_type == "typing" and self.degraded_access(fields) is not None:
-            return None
-        leaving = fields.get("conversation")
-        if command_type == "unsubscribe" and isinstance(leaving, str) and leaving in self.subscriptions:
-            return None
-        return breaker("postgres")
+        return database_breaker(command_type, fields, self.subscriptions, self.subscription_access)
 
     def degraded_access(self, fields: dict[str, Any]) -> Access | None:
-        """While the PostgreSQL circuit is not closed, ephemeral commands (typing) on a conversation
-        this socket is subscribed to use the access its subscription was granted with, instead of
-        failing for lack of a membership query. Otherwise every command checks membership afresh."""
-        if breaker("postgres").state == "closed":
-            return None
-        conversation = fields.get("conversation")
-        return self.subscription_access.get(conversation) if isinstance(conversation, str) else None
+        return degraded_access(fields, self.subscription_access)
 
     async def _send_error(self, command_id: str | None, error: ProtocolError) -> None:
         if self._closing:
@@ -353,20 +329,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             fn()
 
     async def _count_bad_frame(self, exc: ProtocolError) -> None:
-        if isinstance(exc, RateLimited):
-            # Told to wait and still sending: a broken retry loop or a flood; either way, close it.
-            if self.throttle.over_hammer_limit:
-                metrics.inc("connections_closed_abuse", reason="rate_limit")
-                await self._close(4400)
-            return
-        if exc.code not in ("bad_request", "unknown_command", "too_large"):
-            return
-        now = time.monotonic()
-        self._bad_frames.append(now)
-        while self._bad_frames and self._bad_frames[0] < now - settings.CHAT_ABUSE_WINDOW_S:
-            self._bad_frames.popleft()
-        if len(self._bad_frames) > settings.CHAT_ABUSE_LIMIT:
-            metrics.inc("connections_closed_abuse", reason="bad_frames")
+        reason = abuse_verdict(exc, self.throttle, self._bad_frames)
+        if reason is not None:
+            metrics.inc("connections_closed_abuse", reason=reason)
             await self._close(4400)
 
     async def refresh_auth(self, token: Any) -> dict[str, Any]:
@@ -397,8 +362,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._authenticated(identity)
             if not self.authenticated:  # refused (4429): no reply on a closed socket
                 raise ProtocolError("rate_limited", "too many connections for this user's tier")
-        from datetime import UTC, datetime
-
         expires = datetime.fromtimestamp(identity.expires_at or 0, UTC)
         return {"expires_at": rfc3339(expires)}
 

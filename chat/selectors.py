@@ -13,8 +13,18 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from chat.errors import NotFound
-from chat.models import ConversationMember, Event, Message, Notification, Role
-from chat.services.events import StoredEvent
+from chat.models import (
+    Conversation,
+    ConversationMember,
+    Event,
+    Message,
+    Notification,
+    Role,
+    User,
+    Workspace,
+    WorkspaceMember,
+)
+from chat.wire.frames import StoredEvent
 
 
 @dataclass(frozen=True)
@@ -138,3 +148,79 @@ def search_messages(*, user_id: int, query: str, conversation_id: str, limit: in
         }
         for m in rows
     ]
+
+
+# --- reads behind a check already made --------------------------------------------------------
+# Each of these serves a caller that has already resolved access (a subscription, the caller's
+# own user id, a membership from `conversation_for_member`): they take ids the server holds, never
+# one straight from a client.
+
+
+def conversation_head(*, conversation_id: str) -> int:
+    """The newest seq of a conversation the caller may read."""
+    return int(Conversation.objects.filter(id=conversation_id).values_list("last_seq", flat=True).get())
+
+
+def conversation_heads(*, conversation_ids: list[str]) -> list[int]:
+    """The newest seq of each conversation, in one query (0 for one that no longer exists)."""
+    rows = Conversation.objects.filter(id__in=conversation_ids).values_list("id", "last_seq")
+    found = {str(conversation_id): int(last_seq) for conversation_id, last_seq in rows}
+    return [found.get(c, 0) for c in conversation_ids]
+
+
+def conversation_members(*, conversation_id: str) -> list[ConversationMember]:
+    """The members of a conversation the caller is a member of, with their users."""
+    return list(ConversationMember.objects.filter(conversation_id=conversation_id).select_related("user"))
+
+
+def member_names(*, conversation_id: str) -> list[tuple[int, str]]:
+    """(user id, username) of every member, by username: the presence list's rows."""
+    return list(
+        ConversationMember.objects.filter(conversation_id=conversation_id)
+        .values_list("user_id", "user__username")
+        .order_by("user__username")
+    )
+
+
+def messages_before(*, conversation_id: str, before_seq: int, limit: int) -> list[tuple[str, str]]:
+    """(author kind, text) of the `limit` messages before `before_seq`, oldest first."""
+    rows = list(
+        Message.objects.filter(conversation_id=conversation_id, seq__lt=before_seq)
+        .order_by("-seq")
+        .values_list("author_kind", "text")[:limit]
+    )
+    rows.reverse()
+    return rows
+
+
+def notification_head(*, user_id: int) -> int:
+    return int(User.objects.filter(id=user_id).values_list("notification_seq", flat=True).get())
+
+
+def user_is_active(*, user_id: int) -> bool:
+    return User.objects.filter(id=user_id, is_active=True).exists()
+
+
+def user_for_token(*, user_id: object) -> User | None:
+    """The user a verified token names (active or not: the caller decides what inactive means)."""
+    return User.objects.filter(id=user_id).only("id", "username", "tier", "is_active").first()
+
+
+def workspaces_for_user(*, user_id: int) -> list[WorkspaceMember]:
+    return list(WorkspaceMember.objects.filter(user_id=user_id).select_related("workspace"))
+
+
+def workspace_for_member(*, user_id: int, workspace_id: object) -> Workspace:
+    """The workspace if the user is a member of it; NotFound otherwise (same answer for both)."""
+    member = (
+        WorkspaceMember.objects.select_related("workspace")
+        .filter(workspace_id=parse_uuid(workspace_id), user_id=user_id)
+        .first()
+    )
+    if member is None:
+        raise NotFound()
+    return member.workspace
+
+
+def workspace_members(*, workspace: Workspace) -> list[WorkspaceMember]:
+    return list(WorkspaceMember.objects.filter(workspace=workspace).select_related("user"))

@@ -13,11 +13,11 @@ import asyncio
 import time
 
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.contrib.admin.views.decorators import staff_member_required
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
+from chat import publishing
 from chat.infra.breakers import all_breakers
 from monitoring.health import shared_breakers, shared_state_max_age_s, worse
 from monitoring.metrics import metrics
@@ -35,18 +35,9 @@ def _db_ok() -> None:
         cursor.execute("SELECT 1")
 
 
-async def _layer_ok() -> None:
-    # A publish to a group exercises the layer's connection and leaves no state behind (a probe
-    # channel would stay subscribed, or break once a timed-out receive unsubscribed it).
-    layer = get_channel_layer()
-    if layer is None:
-        raise RuntimeError("no channel layer configured")
-    await layer.group_send("readyz", {"type": "readyz.ping"})
-
-
 async def readyz(request: HttpRequest) -> JsonResponse:
     checks: dict[str, dict[str, object]] = {}
-    for name, check in (("database", lambda: database_sync_to_async(_db_ok)()), ("channel_layer", _layer_ok)):
+    for name, check in (("database", lambda: database_sync_to_async(_db_ok)()), ("channel_layer", publishing.probe)):
         started = time.monotonic()
         try:
             async with asyncio.timeout(CHECK_TIMEOUT_S):

@@ -8,12 +8,14 @@ from agents.backends.base import Backend
 
 
 def get_backend() -> Backend:
+    # Each backend is imported only when chosen: the offline default must not need the HTTP
+    # client stack, and the OpenAI-compatible one must not load the offline agent's rules.
     if settings.AGENT_BACKEND == "openai":
-        from agents.backends.openai import OpenAIBackend
+        from agents.backends.openai import OpenAIBackend  # (see above)
 
         return OpenAIBackend.from_settings()
     if settings.AGENT_BACKEND == "offline":
-        from agents.backends.offline import OfflineBackend
+        from agents.backends.offline import OfflineBackend  # (see above)
 
         return OfflineBackend()
     raise ValueError(f"unknown AGENT_BACKEND {settings.AGENT_BACKEND!r} (use 'offline' or 'openai')")

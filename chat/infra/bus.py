@@ -26,11 +26,21 @@ from typing import Any
 from channels.layers import get_channel_layer
 
 from chat.errors import ErrorClass
+from chat.infra.doorbells import (
+    AGENT_RUNS_CHANNEL,
+    EphemeralDoorbell,
+    EventDoorbell,
+    RunDoorbell,
+    UserDoorbell,
+    UserMessage,
+    conversation_group,
+    user_group,
+)
 from chat.infra.error_recovery import backoff_delay, classify
 from chat.infra.message_buffer import conversation_stream, get_buffer, user_stream
 from chat.infra.per_loop import PerLoop
 from chat.infra.redis_client import redis_breaker, redis_call
-from chat.services.events import StoredEvent
+from chat.wire.frames import StoredEvent
 from monitoring.metrics import metrics
 
 logger = logging.getLogger(__name__)
@@ -52,14 +62,6 @@ REPUBLISH_MAX_USER_MESSAGES = 1_000
 # revoking a subscription that is gone, does nothing). Notifications are not retried: they are
 # stored, and a client gets any it missed from `sync_notifications`.
 RETRIED_USER_ACTIONS = frozenset({"close", "revoke"})
-
-
-def conversation_group(conversation_id: str) -> str:
-    return f"conv.{conversation_id}"
-
-
-def user_group(user_id: int) -> str:
-    return f"user.{user_id}"
 
 
 def _transient(exc: BaseException) -> bool:
@@ -93,9 +95,9 @@ async def _publish_now(events: Sequence[StoredEvent]) -> None:
         return
     for event in events:
         text = event.encoded()
-        message: dict[str, Any] = {"type": "conv.event", "c": event.conversation_id, "s": event.seq}
+        message: EventDoorbell = {"type": "conv.event", "conversation": event.conversation_id, "seq": event.seq}
         if len(text) <= DOORBELL_INLINE_MAX:
-            message["f"] = text
+            message["frame"] = text
         send = functools.partial(layer.group_send, conversation_group(event.conversation_id), message)
         try:
             await redis_call(send, timeout_s=PUBLISH_TIMEOUT_S)
@@ -139,10 +141,10 @@ async def publish_notification(
     except Exception as exc:  # the database has it; sync_notifications reads it from there instead
         metrics.inc("buffer_errors")
         logger.warning("buffer append failed for user %s: %r", user_id, exc, exc_info=not _transient(exc))
-    await publish_to_user(user_id, {"action": "notification", "f": frame})
+    await publish_to_user(user_id, {"action": "notification", "frame": frame})
 
 
-async def publish_to_user(user_id: int, message: dict[str, Any]) -> None:
+async def publish_to_user(user_id: int, message: UserMessage) -> None:
     """Control or notification message for every socket of one user, on every server process.
     A `close` or `revoke` that cannot be published now is published again in the background."""
     try:
@@ -156,16 +158,16 @@ async def publish_to_user(user_id: int, message: dict[str, Any]) -> None:
             logger.warning("user doorbell for %s not delivered: %r", user_id, exc, exc_info=not _transient(exc))
 
 
-async def _publish_user_now(user_id: int, message: dict[str, Any]) -> None:
+async def _publish_user_now(user_id: int, message: UserMessage) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    payload = {"type": "user.event", "u": user_id, **message}
+    payload: UserDoorbell = {"type": "user.event", "user": user_id, **message}
     await redis_call(functools.partial(layer.group_send, user_group(user_id), payload), timeout_s=PUBLISH_TIMEOUT_S)
 
 
 PublishEvents = Callable[[Sequence[StoredEvent]], Awaitable[None]]
-PublishUser = Callable[[int, dict[str, Any]], Awaitable[None]]
+PublishUser = Callable[[int, UserMessage], Awaitable[None]]
 
 
 class Republisher:
@@ -197,7 +199,7 @@ class Republisher:
         self._rng = rng
         # (conversation, seq) -> event: a seq queued twice is published once.
         self.events: OrderedDict[tuple[str, int], StoredEvent] = OrderedDict()
-        self.user_messages: deque[tuple[int, dict[str, Any]]] = deque()
+        self.user_messages: deque[tuple[int, UserMessage]] = deque()
         self._task: asyncio.Task[None] | None = None
 
     def pending(self) -> int:
@@ -211,7 +213,7 @@ class Republisher:
             metrics.inc("republish_dropped")
         self._ensure_running()
 
-    def add_user_message(self, user_id: int, message: dict[str, Any]) -> None:
+    def add_user_message(self, user_id: int, message: UserMessage) -> None:
         self.user_messages.append((user_id, message))
         while len(self.user_messages) > self.max_user_messages:
             self.user_messages.popleft()
@@ -271,3 +273,31 @@ _republishers: PerLoop[Republisher] = PerLoop(lambda: Republisher())
 def republisher() -> Republisher:
     """The running event loop's republisher (one per server process, one in the worker)."""
     return _republishers.get()
+
+
+async def announce(message: EphemeralDoorbell) -> None:
+    """An ephemeral frame to every process's sockets of a conversation. Raises when the channel
+    layer cannot take it now: the caller hands it to its own process's sockets instead."""
+    layer = get_channel_layer()
+    await redis_call(functools.partial(layer.group_send, conversation_group(message["conversation"]), message))
+
+
+async def ring_runner(run_id: str | None = None) -> None:
+    """To the agent worker: a run was queued or a conversation's run ended (`run_id` None: look at
+    the queue), or a running run was flagged for cancellation (`run_id`: stop it). Best effort,
+    never raises: the runners poll the queue and see the cancel flag at their heartbeat anyway."""
+    message: RunDoorbell = {"type": "run.wake"} if run_id is None else {"type": "run.cancel", "run_id": run_id}
+    try:  # bounded: a hung Redis must not delay the command that queued the run
+        await redis_call(functools.partial(get_channel_layer().send, AGENT_RUNS_CHANNEL, message))
+    except Exception as exc:
+        logger.debug("run doorbell not rung (%s); the runners poll", type(exc).__name__)
+
+
+async def probe() -> None:
+    """Raise unless the channel layer takes a publish now. A publish to a group exercises the
+    layer's connection and leaves no state behind (a probe channel would stay subscribed, or break
+    once a timed-out receive unsubscribed it)."""
+    layer = get_channel_layer()
+    if layer is None:
+        raise RuntimeError("no channel layer configured")
+    await layer.group_send("readyz", {"type": "readyz.ping"})

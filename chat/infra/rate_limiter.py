@@ -29,12 +29,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import redis
 from django.conf import settings
 from redis.exceptions import RedisError
 
 from chat.errors import CircuitOpen
 from chat.infra.breakers import breaker
-from chat.infra.redis_client import redis_call
+from chat.infra.redis_client import redis_call, redis_client
 from monitoring.metrics import metrics
 
 logger = logging.getLogger(__name__)
@@ -205,8 +206,6 @@ _sync: Any = None
 def _sync_client() -> Any:
     global _sync
     if _sync is None:
-        import redis
-
         _sync = redis.Redis.from_url(
             settings.REDIS_URL, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
         )
@@ -220,9 +219,7 @@ def get_limiter() -> Limiter:
     global _limiter
     if _limiter is None:
         if settings.REDIS_URL:
-            from chat.infra.redis_client import redis_client
-
-            _limiter = RedisLimiter(redis_client)
+                _limiter = RedisLimiter(redis_client)
         else:
             _limiter = MemoryLimiter()
     return _limiter
@@ -288,8 +285,6 @@ class ConnectionSlots:
         ttl = int(settings.CHAT_CONNECTION_TTL_S * 1000)
         if not settings.REDIS_URL:
             return self._acquire_memory(self._key(user_id), session_id, limit, now, ttl)
-        from chat.infra.redis_client import redis_client
-
         try:
             granted = await redis_call(
                 functools.partial(
@@ -322,8 +317,6 @@ class ConnectionSlots:
             with self._lock:
                 self._memory.get(self._key(user_id), {}).pop(session_id, None)
             return
-        from chat.infra.redis_client import redis_client
-
         try:
             await redis_call(functools.partial(redis_client().zrem, self._key(user_id), session_id))
         except REDIS_DOWN:

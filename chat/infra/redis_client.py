@@ -18,6 +18,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import redis.asyncio as aioredis
 import redis.exceptions
 from django.conf import settings
 
@@ -39,8 +40,6 @@ SOCKET_TIMEOUT_S = 2.0
 
 
 def _new_client(url: str) -> Any:
-    import redis.asyncio as aioredis
-
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=MAX_CONNECTIONS,

@@ -26,8 +26,8 @@ from django.http.request import validate_host
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import AccessToken
 
+from chat import selectors
 from chat.errors import AuthFailed
-from chat.models import User
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def identity_from_token(raw: str) -> Identity:
     except TokenError as exc:
         raise AuthFailed("invalid or expired token") from exc
     user_id = token.get(str(settings.SIMPLE_JWT.get("USER_ID_CLAIM", "user_id")))
-    user = User.objects.filter(id=user_id).only("id", "username", "tier", "is_active").first()
+    user = selectors.user_for_token(user_id=user_id)
     if user is None or not user.is_active:
         raise AuthFailed("unknown or inactive user")
     return Identity(user.id, user.username, user.tier, "jwt", int(token["exp"]))

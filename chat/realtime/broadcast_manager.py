@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -23,11 +22,12 @@ from typing import Any, Protocol
 from channels.layers import get_channel_layer
 
 from chat.errors import ErrorClass
-from chat.infra.bus import conversation_group, user_group
-from chat.infra.error_recovery import backoff_delay, classify
+from chat.infra.doorbells import conversation_group, user_group
+from chat.infra.error_recovery import classify
 from chat.infra.message_buffer import Buffer, conversation_stream, get_buffer
 from chat.infra.per_loop import PerLoop
 from chat.infra.redis_client import redis_call
+from chat.realtime.groups import GroupMembership
 from chat.realtime.reconnection_handler import load_events, log_heads
 from monitoring.metrics import metrics
 
@@ -47,11 +47,6 @@ REORDER_WAIT_S = 0.05
 # event of a burst, or one published while Redis restarted) is then late by at most this much.
 RESYNC_INTERVAL_S = 2.0
 
-# A group the hub could not join (Redis down) is tried again with full-jitter backoff from this,
-# capped at REJOIN_MAX_DELAY_S.
-REJOIN_BASE_DELAY_S = 0.25
-REJOIN_MAX_DELAY_S = 3.0
-
 
 def _transient(exc: BaseException) -> bool:
     return classify(exc) is ErrorClass.TRANSIENT
@@ -67,7 +62,7 @@ class Sink(Protocol):
     def send_frame(self, text: str) -> None: ...
 
 
-class Hub:
+class Hub(GroupMembership):
     def __init__(
         self,
         layer: Any = None,
@@ -138,18 +133,18 @@ class Hub:
     def dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "conv.event":
-            conversation_id, seq, text = message["c"], int(message["s"]), message.get("f")
+            conversation_id, seq, text = message["conversation"], int(message["seq"]), message.get("frame")
             if text is not None and conversation_id in self.conversations:
                 self.remember(conversation_id, seq, text)
             self.arrive(conversation_id, seq, text)
             metrics.inc("hub_events")
         elif kind == "conv.ephemeral":
-            exclude = message.get("x")
-            for sink in tuple(self.conversations.get(message["c"], ())):
+            exclude = message.get("exclude_session")
+            for sink in tuple(self.conversations.get(message["conversation"], ())):
                 if getattr(sink, "session_id", None) != exclude:
-                    sink.send_frame(message["f"])
+                    sink.send_frame(message["frame"])
         elif kind == "user.event":
-            for sink in tuple(self.users.get(int(message["u"]), ())):
+            for sink in tuple(self.users.get(int(message["user"]), ())):
                 sink.deliver_user(message)
 
     def arrive(self, conversation_id: str, seq: int, text: str | None) -> None:
@@ -303,64 +298,6 @@ class Hub:
         recent = self.recent.get(conversation_id)
         return recent.get(seq) if recent else None
 
-    async def _group_join(self, group: str, first: bool) -> None:
-        if first:
-            ready = self._ready[group] = asyncio.Event()
-            try:
-                await self._group_add(group)
-            except Exception as exc:
-                # Redis is down or slow: serve the group's sockets from the log meanwhile (resync)
-                # and join in the background; the subscription itself stands.
-                metrics.inc("hub_group_join_deferred")
-                logger.warning("joining %s deferred: %s", group, type(exc).__name__)
-                self.pending_groups.add(group)
-                self.check_log_next = True
-                self._ensure_rejoining()
-            finally:
-                ready.set()
-        else:
-            pending = self._ready.get(group)
-            if pending is not None:
-                await pending.wait()
-
-    async def _group_add(self, group: str) -> None:
-        channel = await self._ensure_started()
-        await redis_call(functools.partial(self.layer.group_add, group, channel))
-
-    def _ensure_rejoining(self) -> None:
-        if self._rejoin_task is None or self._rejoin_task.done():
-            self._rejoin_task = asyncio.create_task(self._rejoin_loop(), name="chat-hub-rejoin")
-
-    async def _rejoin_loop(self) -> None:
-        attempt = 0
-        while self.pending_groups:
-            await asyncio.sleep(
-                backoff_delay(
-                    attempt, base_delay_s=REJOIN_BASE_DELAY_S, max_delay_s=REJOIN_MAX_DELAY_S, rng=random.random
-                )
-            )
-            try:
-                for group in sorted(self.pending_groups):
-                    if group not in self.pending_groups:  # left meanwhile
-                        continue
-                    await self._group_add(group)
-                    self.pending_groups.discard(group)
-                    metrics.inc("hub_group_rejoins")
-                    if not self._wanted(group):  # its last socket left while we were joining
-                        await redis_call(functools.partial(self.layer.group_discard, group, self.channel))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                attempt += 1
-                continue
-            attempt = 0
-            # Doorbells rung before the join never reached us: the next resync checks the log.
-            self.check_log_next = True
-
-    def _wanted(self, group: str) -> bool:
-        kind, _, key = group.partition(".")
-        return key in self.conversations if kind == "conv" else key.isdigit() and int(key) in self.users
-
     async def join(self, conversation_id: str, sink: Sink) -> None:
         await self._join(self.conversations, conversation_id, conversation_group(conversation_id), sink)
 
@@ -378,19 +315,6 @@ class Hub:
                 self._ready.pop(group, None)
                 self.pending_groups.discard(group)
             raise
-
-    async def _group_leave(self, group: str) -> None:
-        self._ready.pop(group, None)
-        if group in self.pending_groups:
-            self.pending_groups.discard(group)  # never joined: nothing to discard
-            return
-        if self.channel is not None:
-            try:
-                await redis_call(functools.partial(self.layer.group_discard, group, self.channel))
-            except Exception as exc:
-                # Still subscribed on Redis: doorbells for the group arrive and are ignored (no
-                # local sockets), and a later join finds the subscription in place.
-                logger.warning("group_discard failed for %s: %r", group, exc, exc_info=not _transient(exc))
 
     async def leave(self, conversation_id: str, sink: Sink) -> None:
         sinks = self.conversations.get(conversation_id)

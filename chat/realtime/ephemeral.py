@@ -17,20 +17,23 @@ import asyncio
 import functools
 import logging
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 
-from chat.infra.bus import conversation_group
+from chat import publishing, selectors
+from chat.infra.doorbells import EphemeralDoorbell
 from chat.infra.per_loop import PerLoop
 from chat.infra.redis_client import redis_call, redis_client
+from chat.realtime.broadcast_manager import get_hub
 from chat.realtime.protocol import encode
+from chat.wire.frames import rfc3339
 from monitoring.metrics import metrics
 
 if TYPE_CHECKING:
-    from chat.consumers import ChatConsumer
+    from chat.realtime.session import Session
 
 # A socket's presence entry lives this long without a refresh; sockets refresh every third of it.
 PRESENCE_TTL_S = 90.0
@@ -40,29 +43,24 @@ PRESENCE_BATCH_S = 1.0
 logger = logging.getLogger(__name__)
 
 
-async def broadcast(consumer: ChatConsumer, conversation_id: str, kind: str, data: dict[str, Any]) -> None:
+async def broadcast(consumer: Session, conversation_id: str, kind: str, data: dict[str, Any]) -> None:
     frame = encode({"type": kind, "conversation": conversation_id, "data": data})
-    message = {
-        "type": "conv.ephemeral",
-        "c": conversation_id,
-        "f": frame,
-        "x": consumer.session_id,  # not echoed to the socket that caused it
-    }
-    await _send_ephemeral(conversation_id, message)
+    # Not echoed to the socket that caused it.
+    await _send_ephemeral(conversation_id, frame, exclude_session=consumer.session_id)
 
 
-async def _send_ephemeral(conversation_id: str, message: dict[str, Any]) -> None:
+async def _send_ephemeral(conversation_id: str, frame: str, *, exclude_session: str | None) -> None:
     """To every process's sockets through the channel layer; if the layer cannot take it now, to
     this process's sockets only. Never raises for a Redis failure: a lost typing or presence frame
     is corrected by the next one, and an error would only make clients resend it."""
-    layer = get_channel_layer()
-    try:
-        await redis_call(functools.partial(layer.group_send, conversation_group(conversation_id), message))
-    except Exception as exc:
-        from chat.realtime.broadcast_manager import get_hub
-
+    message: EphemeralDoorbell = {
+        "type": "conv.ephemeral",
+        "conversation": conversation_id,
+        "frame": frame,
+        "exclude_session": exclude_session,
+    }
+    if not await publishing.announce(message):
         metrics.inc("ephemeral_local_only")
-        logger.info("ephemeral frame for %s delivered to this process only: %r", conversation_id, exc)
         get_hub().deliver_locally(message)
 
 
@@ -163,7 +161,7 @@ class PresenceBatcher:
         joined = [user for change, user in changes.values() if change == "joined"]
         left = [user for change, user in changes.values() if change == "left"]
         frame = encode({"type": "presence", "conversation": conversation_id, "data": {"joined": joined, "left": left}})
-        await _send_ephemeral(conversation_id, {"type": "conv.ephemeral", "c": conversation_id, "f": frame, "x": None})
+        await _send_ephemeral(conversation_id, frame, exclude_session=None)
 
 
 _batchers: PerLoop[PresenceBatcher] = PerLoop(lambda: PresenceBatcher())
@@ -173,14 +171,19 @@ def batcher() -> PresenceBatcher:
     return _batchers.get()
 
 
-async def presence_join(consumer: ChatConsumer, conversation_id: str) -> None:
+async def presence_join(consumer: Session, conversation_id: str) -> None:
+    """Best effort: a subscription stands without its presence entry (never raises)."""
     add = functools.partial(store().add, conversation_id, consumer.identity.user_id, consumer.session_id, time.time())
-    count = await redis_call(add)
+    try:
+        count = await redis_call(add)
+    except Exception:
+        logger.warning("presence join failed for %s", conversation_id, exc_info=True)
+        return
     if count == 1:
         batcher().add(conversation_id, consumer.user_public(), "joined")
 
 
-async def presence_refresh(consumer: ChatConsumer) -> None:
+async def presence_refresh(consumer: Session) -> None:
     for conversation_id in list(consumer.subscriptions):
         add = functools.partial(
             store().add, conversation_id, consumer.identity.user_id, consumer.session_id, time.time()
@@ -188,7 +191,7 @@ async def presence_refresh(consumer: ChatConsumer) -> None:
         await redis_call(add)
 
 
-async def presence_leave(consumer: ChatConsumer, conversation_id: str) -> None:
+async def presence_leave(consumer: Session, conversation_id: str) -> None:
     remove = functools.partial(
         store().remove, conversation_id, consumer.identity.user_id, consumer.session_id, time.time()
     )
@@ -198,12 +201,8 @@ async def presence_leave(consumer: ChatConsumer, conversation_id: str) -> None:
 
 
 async def members(conversation_id: str) -> list[dict[str, Any]]:
-    from chat.services.events import rfc3339
-
     online, seen = await redis_call(functools.partial(store().online, conversation_id, time.time()))
-    rows = await database_sync_to_async(_member_rows)(conversation_id)
-    from datetime import UTC, datetime
-
+    rows = await database_sync_to_async(selectors.member_names)(conversation_id=conversation_id)
     out = []
     for user_id, username in rows:
         last = seen.get(str(user_id))
@@ -216,12 +215,3 @@ async def members(conversation_id: str) -> list[dict[str, Any]]:
         )
     return out
 
-
-def _member_rows(conversation_id: str) -> list[tuple[int, str]]:
-    from chat.models import ConversationMember
-
-    return list(
-        ConversationMember.objects.filter(conversation_id=conversation_id)
-        .values_list("user_id", "user__username")
-        .order_by("user__username")
-    )

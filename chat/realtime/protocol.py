@@ -9,6 +9,9 @@ from typing import Any
 from django.conf import settings
 
 from chat.errors import CommandError, ProtocolError
+from chat.wire.frames import encode
+
+__all__ = ["PROTOCOL", "Command", "encode", "parse_frame", "reply_error", "reply_ok"]
 
 PROTOCOL = "chat.v1"
 MAX_ID_CHARS = 64
@@ -134,10 +137,6 @@ def req_int(fields: dict[str, Any], name: str, *, minimum: int = 0, maximum: int
     if value is None:
         raise ProtocolError("bad_request", f"{name} is required")
     return value
-
-
-def encode(frame: dict[str, Any]) -> str:
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
 
 def reply_ok(command_id: str, result: dict[str, Any]) -> str:

@@ -8,6 +8,8 @@ callers (hub, outbox) try again later.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from channels.db import database_sync_to_async
 
 from chat import selectors
@@ -39,17 +41,31 @@ async def load_events(conversation_id: str, after_seq: int, up_to_seq: int) -> l
     return await load_from_log(conversation_id, after_seq, up_to_seq)
 
 
-def _heads(conversation_ids: list[str]) -> list[int]:
-    from chat.models import Conversation
-
-    rows = Conversation.objects.filter(id__in=conversation_ids).values_list("id", "last_seq")
-    found = {str(conversation_id): int(last_seq) for conversation_id, last_seq in rows}
-    return [found.get(c, 0) for c in conversation_ids]  # a deleted conversation: nothing to catch up on
-
-
 async def log_heads(conversation_ids: list[str]) -> list[int]:
     """The newest seq of each conversation, from the log, in one query. A background read (the
     hub's resync), so not on the process's shared database thread: queued behind commands, or
     holding them up while the database is slow, it would cost more than the thread it needs."""
     async with breaker("postgres").guard():
-        return await database_sync_to_async(_heads, thread_sensitive=False)(conversation_ids)
+        return await database_sync_to_async(selectors.conversation_heads, thread_sensitive=False)(
+            conversation_ids=conversation_ids
+        )
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a subscription's stream starts: `recovered` is None for a fresh subscribe (no
+    since_seq), True when every missed event will be replayed, False when the gap is larger than
+    the tier's replay limit (the client reloads history instead; the stream starts at the head)."""
+
+    start_seq: int
+    recovered: bool | None
+
+
+def resume_from(*, head_seq: int, since_seq: int | None, replay_limit: int) -> Resume:
+    """Decide a (re)subscribe's starting point. A client ahead of the head (a stale cursor of a
+    recreated conversation) starts at the head rather than waiting for seqs that will be reused."""
+    if since_seq is None:
+        return Resume(head_seq, None)
+    if head_seq - since_seq > replay_limit:
+        return Resume(head_seq, False)
+    return Resume(min(since_seq, head_seq), True)

@@ -9,6 +9,7 @@ decides; this says when).
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 
 from django.conf import settings
@@ -85,3 +86,28 @@ class CommandThrottle:
     @property
     def over_hammer_limit(self) -> bool:
         return self.hammering > settings.CHAT_RATE_HAMMER_LIMIT
+
+
+class BadFrames:
+    """Malformed frames one socket sent within the last CHAT_ABUSE_WINDOW_S seconds."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.times: deque[float] = deque()
+
+    def add(self) -> int:
+        now = self.clock()
+        self.times.append(now)
+        while self.times and self.times[0] < now - settings.CHAT_ABUSE_WINDOW_S:
+            self.times.popleft()
+        return len(self.times)
+
+
+def abuse_verdict(exc: ProtocolError, throttle: CommandThrottle, bad_frames: BadFrames) -> str | None:
+    """Why the socket that caused `exc` must be closed 4400 now, or None to keep it open."""
+    if isinstance(exc, RateLimited):
+        # Told to wait and still sending: a broken retry loop or a flood; either way, close it.
+        return "rate_limit" if throttle.over_hammer_limit else None
+    if exc.code not in ("bad_request", "unknown_command", "too_large"):
+        return None
+    return "bad_frames" if bad_frames.add() > settings.CHAT_ABUSE_LIMIT else None

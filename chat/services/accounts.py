@@ -3,24 +3,23 @@ on every server process (PROTOCOL §1)."""
 
 from __future__ import annotations
 
-from asgiref.sync import async_to_sync
 from django.contrib.auth.signals import user_logged_out
-from django.db import transaction
 from django.dispatch import receiver
 from django.http import HttpRequest
 
-from chat.infra.bus import publish_to_user
+from chat.infra.doorbells import UserMessage
 from chat.models import User
+from chat.publishing import UserTold, after_commit
 
 CLOSE_LOGGED_OUT = 4401
 CLOSE_DISABLED = 4403
 
 
-def _after_commit(user_id: int, message: dict[str, object]) -> None:
+def _after_commit(user_id: int, message: UserMessage) -> None:
     """Tell the user's sockets once the change that caused it is committed (at once outside a
     transaction). Told earlier, a socket could reconnect or resubscribe in between, still see the
     old state (an active account, a membership), and outlive the change it was closed for."""
-    transaction.on_commit(lambda: async_to_sync(publish_to_user)(user_id, message))
+    after_commit(UserTold(user_id, message))
 
 
 def user_sockets_close(*, user_id: int, code: int) -> None:

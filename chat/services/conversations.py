@@ -17,6 +17,9 @@ from chat.models import (
     Workspace,
     WorkspaceMember,
 )
+from chat.selectors import conversation_for_member
+from chat.services.accounts import membership_revoked, membership_role_changed
+from chat.services.notifications import notification_create
 
 
 @transaction.atomic
@@ -105,8 +108,6 @@ def conversation_create(
 @transaction.atomic
 def conversation_member_add(*, conversation_id: str, actor_id: int, username: str, role: str) -> ConversationMember:
     """Add (or change the role of) a member. Only the conversation's owner may."""
-    from chat.selectors import conversation_for_member
-
     access = conversation_for_member(user_id=actor_id, conversation_id=conversation_id)
     if not access.is_owner:
         raise ServiceError("forbidden", "only the conversation owner may add members")
@@ -122,11 +123,7 @@ def conversation_member_add(*, conversation_id: str, actor_id: int, username: st
     except IntegrityError as exc:  # pragma: no cover - raced with itself
         raise ServiceError("conflict", "membership changed concurrently") from exc
     if not created:
-        from chat.services.accounts import membership_role_changed
-
         membership_role_changed(user_id=user.id, conversation_id=access.conversation_id, role=role)
-    from chat.services.notifications import notification_create
-
     notification_create(
         user_id=user.id,
         data={
@@ -144,8 +141,6 @@ def conversation_member_add(*, conversation_id: str, actor_id: int, username: st
 def conversation_member_remove(*, conversation_id: str, actor_id: int, user_id: int) -> None:
     """Remove a member (the owner may remove anyone but themselves; a member may leave). Their
     open sockets stop receiving the conversation once this commits."""
-    from chat.selectors import conversation_for_member
-
     access = conversation_for_member(user_id=actor_id, conversation_id=conversation_id)
     if actor_id != user_id and not access.is_owner:
         raise ServiceError("forbidden", "only the conversation owner may remove members")
@@ -158,8 +153,6 @@ def conversation_member_remove(*, conversation_id: str, actor_id: int, user_id: 
 
 
 def _revoke(user_id: int, conversation_id: str) -> None:
-    from chat.services.accounts import membership_revoked
-
     membership_revoked(user_id=user_id, conversation_id=conversation_id)
 
 

@@ -2,51 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import uuid
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
 from chat.models import Conversation, Event
-
-
-def rfc3339(ts: datetime) -> str:
-    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True)
-class StoredEvent:
-    """A committed (or about to be committed) durable event, in its wire shape."""
-
-    conversation_id: str
-    seq: int
-    type: str
-    ts: str
-    data: dict[str, Any]
-    _encoded: list[str] = field(default_factory=list, compare=False, repr=False)
-
-    def frame(self) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "conversation": self.conversation_id,
-            "seq": self.seq,
-            "ts": self.ts,
-            "data": self.data,
-        }
-
-    def encoded(self) -> str:
-        """The frame as JSON text, encoded once however many sockets receive it."""
-        if not self._encoded:
-            self._encoded.append(json.dumps(self.frame(), separators=(",", ":"), ensure_ascii=False))
-        return self._encoded[0]
-
-    @classmethod
-    def from_row(cls, row: Event) -> StoredEvent:
-        return cls(str(row.conversation_id), row.seq, row.type, rfc3339(row.created_at), row.data)
+from chat.publishing import events_committed
+from chat.wire.frames import StoredEvent, rfc3339
 
 
 def append_event(
@@ -79,4 +43,6 @@ def append_event(
     from monitoring.event_monitor import record_event  # monitoring observes the one write path
 
     record_event(type=type, data=data, at=now, conversation_id=str(conversation_id))
-    return StoredEvent(str(conversation_id), seq, type, rfc3339(now), data)
+    event = StoredEvent(str(conversation_id), seq, type, rfc3339(now), data)
+    events_committed([event])  # every durable event is published once it commits, by whoever wrote it
+    return event

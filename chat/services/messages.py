@@ -1,15 +1,26 @@
-"""Sending a message: idempotent by (conversation, author, client_msg_id)."""
+"""Sending a message: check, then do (Zulip's check_* / do_*).
+
+`message_check` decides everything that can be decided before writing — the author's role, the
+key, the text, and whether this author already stored this key (an idempotent resend) — in one
+lookup, and returns either that earlier result or a `MessageDraft`. `message_write` stores a draft
+in one transaction and does not check again. The socket puts its rate limit between the two, so a
+refused or repeated message never spends quota.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import OuterRef, Subquery
 
+from agents.models import AgentRun
+from agents.services import run_enqueue
 from chat.errors import ServiceError
 from chat.models import AuthorKind, Conversation, Message
-from chat.services.events import StoredEvent, append_event, rfc3339
+from chat.services.events import append_event
+from chat.wire.frames import rfc3339
 
 
 @dataclass(frozen=True)
@@ -18,7 +29,22 @@ class SendResult:
     seq: int
     duplicate: bool
     run_id: str | None
-    events: list[StoredEvent] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MessageDraft:
+    """A message that passed every check and is not stored yet."""
+
+    conversation_id: str
+    author_id: int
+    username: str
+    client_msg_id: str
+    text: str
+    agent: str  # the conversation's agent ("" for none): a run is queued with the message
+
+    @property
+    def starts_run(self) -> bool:
+        return bool(self.agent)
 
 
 def message_event_data(message: Message, *, username: str) -> dict[str, object]:
@@ -32,9 +58,20 @@ def message_event_data(message: Message, *, username: str) -> dict[str, object]:
     }
 
 
-def message_check(*, can_write: bool, client_msg_id: str, text: str) -> str:
-    """Whether this author may send this message at all (role, key, text), as the stored text.
-    The socket asks before spending rate-limit quota; message_send asks again for every caller."""
+def message_check(
+    *,
+    conversation_id: str,
+    author_id: int,
+    username: str,
+    can_write: bool,
+    agent: str,
+    client_msg_id: str,
+    text: str,
+) -> SendResult | MessageDraft:
+    """The earlier result of this author's `client_msg_id` (a resend), or the draft to write.
+
+    The caller has resolved access with `conversation_for_member`: `can_write` and `agent` come
+    from it. Refusals raise ServiceError before anything is read."""
     if not can_write:
         raise ServiceError("forbidden", "your role in this conversation does not allow sending")
     if not client_msg_id or len(client_msg_id) > 64:
@@ -44,68 +81,91 @@ def message_check(*, can_write: bool, client_msg_id: str, text: str) -> str:
         raise ServiceError("bad_request", "text must not be empty")
     if len(text) > settings.CHAT_MAX_TEXT_CHARS:
         raise ServiceError("too_large", f"text is longer than {settings.CHAT_MAX_TEXT_CHARS} characters")
-    return text
-
-
-def message_send(
-    *, conversation_id: str, author_id: int, username: str, client_msg_id: str, text: str, can_write: bool
-) -> SendResult:
-    """Store a user's message and its `message` event, and queue an agent run if the conversation
-    has an agent. A repeat of the same client_msg_id returns the first message and starts nothing.
-
-    The caller has resolved access with `conversation_for_member`; `can_write` is that role check.
-    """
-    text = message_check(can_write=can_write, client_msg_id=client_msg_id, text=text)
     existing = message_existing(conversation_id, author_id, client_msg_id)
     if existing is not None:
         return existing
+    return MessageDraft(conversation_id, author_id, username, client_msg_id, text, agent)
+
+
+def message_existing(conversation_id: str, author_id: int, client_msg_id: str) -> SendResult | None:
+    """The message this author already stored under `client_msg_id` (keys are per author: another
+    member's message with the same key is not this one), with the run it queued: one query."""
+    run = AgentRun.objects.filter(trigger_message_id=OuterRef("id")).values("id")[:1]
+    row = (
+        Message.objects.filter(conversation_id=conversation_id, author_id=author_id, client_msg_id=client_msg_id)
+        .annotate(trigger_run=Subquery(run))
+        .values("id", "seq", "trigger_run")
+        .first()
+    )
+    if row is None:
+        return None
+    run_id = row["trigger_run"]
+    return SendResult(str(row["id"]), int(row["seq"] or 0), True, str(run_id) if run_id else None)
+
+
+def message_write(*, draft: MessageDraft) -> SendResult:
+    """Store a checked message and its `message` event in one transaction, with a queued run if
+    the conversation has an agent. Its event is published and the runners woken once it commits."""
     try:
         with transaction.atomic():
-            return _store(conversation_id, author_id, username, client_msg_id, text)
+            return _store(draft)
     except IntegrityError:
         # Two sockets of one user raced with the same key: the unique constraint decided, and the
         # loser answers like any other repeat.
-        existing = message_existing(conversation_id, author_id, client_msg_id)
+        existing = message_existing(draft.conversation_id, draft.author_id, draft.client_msg_id)
         if existing is not None:
             return existing
         raise
 
 
-def message_existing(conversation_id: str, author_id: int, client_msg_id: str) -> SendResult | None:
-    """The message this author already stored under `client_msg_id`, as a duplicate send's result."""
-    row = (
-        Message.objects.filter(conversation_id=conversation_id, author_id=author_id, client_msg_id=client_msg_id)
-        .values("id", "seq")
-        .first()
-    )
-    if row is None:
-        return None
-    from agents.models import AgentRun
-
-    run_id = AgentRun.objects.filter(trigger_message_id=row["id"]).values_list("id", flat=True).first()
-    return SendResult(str(row["id"]), int(row["seq"] or 0), True, str(run_id) if run_id else None)
-
-
-def _store(conversation_id: str, author_id: int, username: str, client_msg_id: str, text: str) -> SendResult:
-    from agents.services import run_enqueue
-
-    agent = Conversation.objects.filter(id=conversation_id).values_list("agent", flat=True).get()
-    message = Message.objects.create(
+def message_send(
+    *,
+    conversation_id: str,
+    author_id: int,
+    username: str,
+    client_msg_id: str,
+    text: str,
+    can_write: bool,
+    agent: str | None = None,
+) -> SendResult:
+    """Check, then write: for callers with no quota to spend in between (REST, the admin, tests).
+    `agent` is the conversation's, read here when the caller has not resolved it."""
+    if agent is None:
+        agent = Conversation.objects.filter(id=conversation_id).values_list("agent", flat=True).get()
+    checked = message_check(
         conversation_id=conversation_id,
         author_id=author_id,
-        author_kind=AuthorKind.USER,
+        username=username,
+        can_write=can_write,
+        agent=agent,
         client_msg_id=client_msg_id,
         text=text,
     )
+    return checked if isinstance(checked, SendResult) else message_write(draft=checked)
+
+
+def _store(draft: MessageDraft) -> SendResult:
+    message = Message.objects.create(
+        conversation_id=draft.conversation_id,
+        author_id=draft.author_id,
+        author_kind=AuthorKind.USER,
+        client_msg_id=draft.client_msg_id,
+        text=draft.text,
+    )
     event = append_event(
-        conversation_id=conversation_id, type="message", data=message_event_data(message, username=username)
+        conversation_id=draft.conversation_id,
+        type="message",
+        data=message_event_data(message, username=draft.username),
     )
     Message.objects.filter(id=message.id).update(seq=event.seq)
     run_id = None
-    if agent:
+    if draft.agent:
         run_id = str(
             run_enqueue(
-                conversation_id=conversation_id, trigger_message_id=message.id, requested_by_id=author_id, agent=agent
+                conversation_id=draft.conversation_id,
+                trigger_message_id=message.id,
+                requested_by_id=draft.author_id,
+                agent=draft.agent,
             )
         )
-    return SendResult(str(message.id), event.seq, False, run_id, [event])
+    return SendResult(str(message.id), event.seq, False, run_id)

@@ -7,25 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from chat.models import Notification, User
-from chat.realtime.protocol import encode
-from chat.services.events import rfc3339
-
-
-def notification_frame(notification: Notification) -> str:
-    return encode(
-        {
-            "type": "notification",
-            "seq": notification.seq,
-            "ts": rfc3339(notification.created_at),
-            "data": notification.data,
-        }
-    )
+from chat.publishing import NotificationCommitted, after_commit
+from chat.tiers import limits_for
+from chat.wire.frames import notification_frame
 
 
 @transaction.atomic
@@ -34,16 +23,7 @@ def notification_create(*, user_id: int, data: dict[str, Any]) -> Notification:
     User.objects.filter(id=user_id).update(notification_seq=F("notification_seq") + 1)
     seq, tier = User.objects.filter(id=user_id).values_list("notification_seq", "tier").get()
     notification = Notification.objects.create(user_id=user_id, seq=seq, data=data, created_at=timezone.now())
-    frame = notification_frame(notification)
-    transaction.on_commit(lambda: _push(user_id, seq, frame, tier))
+    limits = limits_for(tier)  # the user's hot buffer of notifications follows their tier
+    frame = notification_frame(seq, notification.created_at, data)
+    after_commit(NotificationCommitted(user_id, seq, frame, limits.buffer_max_events, limits.buffer_max_age_s))
     return notification
-
-
-def _push(user_id: int, seq: int, frame: str, tier: str) -> None:
-    from chat.infra.bus import publish_notification
-    from chat.tiers import limits_for
-
-    limits = limits_for(tier)
-    async_to_sync(publish_notification)(
-        user_id, seq, frame, max_events=limits.buffer_max_events, max_age_s=limits.buffer_max_age_s
-    )

@@ -14,7 +14,7 @@ from chat.infra.bus import Republisher
 from chat.infra.message_buffer import MemoryBuffer
 from chat.realtime.broadcast_manager import Hub
 from chat.realtime.outbox import Outbox
-from chat.services.events import StoredEvent
+from chat.wire.frames import StoredEvent
 
 
 @pytest.fixture(autouse=True)

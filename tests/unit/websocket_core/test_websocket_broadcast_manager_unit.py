@@ -96,7 +96,7 @@ async def test_the_same_encoded_text_object_goes_to_every_socket() -> None:
         await hub.join("c", box)
         box.start_stream("c", from_seq=0, up_to_seq=0)
     text = frame("c", 1)
-    hub.dispatch({"type": "conv.event", "c": "c", "s": 1, "f": text})
+    hub.dispatch({"type": "conv.event", "conversation": "c", "seq": 1, "frame": text})
     for box in boxes:
         await drain(box)
     assert all(r.sent[0] is text for r in recorders)
@@ -145,7 +145,7 @@ async def test_start_stream_catches_up_to_what_the_hub_already_dispatched() -> N
     box = outbox_for(hub, rec)
     await hub.join("c", box)
     for seq in (1, 2, 3):
-        hub.dispatch({"type": "conv.event", "c": "c", "s": seq, "f": frame("c", seq)})
+        hub.dispatch({"type": "conv.event", "conversation": "c", "seq": seq, "frame": frame("c", seq)})
     # The subscribe read head_seq=1, but events 2 and 3 were dispatched before the stream started.
     box.send_frame('{"type":"reply","id":"s","ok":true}')
     box.start_stream("c", from_seq=0, up_to_seq=1)
@@ -173,7 +173,7 @@ async def test_ephemeral_frames_skip_the_originating_session() -> None:
     box_theirs.session_id = "other"
     await hub.join("c", box_mine)
     await hub.join("c", box_theirs)
-    hub.dispatch({"type": "conv.ephemeral", "c": "c", "f": '{"type":"typing"}', "x": "s"})
+    hub.dispatch({"type": "conv.ephemeral", "conversation": "c", "frame": '{"type":"typing"}', "exclude_session": "s"})
     await drain(box_mine)
     await drain(box_theirs)
     assert mine.sent == []
@@ -229,7 +229,7 @@ async def test_doorbells_out_of_order_are_delivered_in_order_without_a_log_read(
         await hub.join("c", box)
         box.start_stream("c", from_seq=0, up_to_seq=0)
     for seq in (1, 3, 2, 5, 4):
-        hub.dispatch({"type": "conv.event", "c": "c", "s": seq, "f": frame("c", seq)})
+        hub.dispatch({"type": "conv.event", "conversation": "c", "seq": seq, "frame": frame("c", seq)})
     await until_sent(recorders, 5, boxes)
     assert all(r.seqs() == [1, 2, 3, 4, 5] for r in recorders)
     assert log.calls == []
@@ -243,8 +243,8 @@ async def test_a_real_gap_is_read_from_the_log_once_per_process_not_per_socket()
     for box in boxes:
         await hub.join("c", box)
         box.start_stream("c", from_seq=0, up_to_seq=0)
-    hub.dispatch({"type": "conv.event", "c": "c", "s": 1, "f": frame("c", 1)})
-    hub.dispatch({"type": "conv.event", "c": "c", "s": 4, "f": frame("c", 4)})  # 2 and 3 never rang
+    hub.dispatch({"type": "conv.event", "conversation": "c", "seq": 1, "frame": frame("c", 1)})
+    hub.dispatch({"type": "conv.event", "conversation": "c", "seq": 4, "frame": frame("c", 4)})  # 2 and 3 never rang
     await until_sent(recorders, 4, boxes)
     assert all(r.seqs() == [1, 2, 3, 4] for r in recorders)
     assert log.calls == [("c", 1, 3)]

@@ -1,59 +1,79 @@
-"""The Python client's reconnection logic (chat/client.py): backoff with full jitter and a cap,
-duplicate suppression on resume, and resubscription positions."""
+"""The server's side of reconnection (chat/realtime/reconnection_handler.py): where a resumed
+subscription's stream starts, and that the missed events come from the hot buffer when it holds
+all of them and from the log otherwise — exactly the missed range, oldest first, nothing twice.
+(The Python client's backoff and resume are tested in tests/unit/test_chatclient_unit.py.)"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from chat.client import Backoff, ChatClient
+import pytest
+from asgiref.sync import sync_to_async
+
+from chat.infra.message_buffer import conversation_stream, get_buffer
+from chat.realtime.reconnection_handler import Resume, load_events, log_heads, resume_from
+from chat.services.conversations import conversation_create
+from chat.services.messages import message_send
+from monitoring.metrics import metrics
 
 
-def test_backoff_is_full_jitter_exponential_with_a_cap_and_resets() -> None:
-    upper = Backoff(base_s=0.5, cap_s=15.0, rng=lambda: 1.0)
-    assert [upper.next_delay() for _ in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0]
-    upper.reset()
-    assert upper.next_delay() == 0.5
-    lower = Backoff(rng=lambda: 0.0)
-    assert {lower.next_delay() for _ in range(5)} == {0.0}
-    half = Backoff(base_s=1.0, cap_s=100.0, rng=lambda: 0.5)
-    assert [half.next_delay() for _ in range(3)] == [0.5, 1.0, 2.0]
+@pytest.mark.parametrize(
+    ("head", "since", "limit", "expected"),
+    [
+        (10, None, 500, Resume(10, None)),  # a fresh subscribe: live from the head, nothing replayed
+        (10, 4, 500, Resume(4, True)),  # six missed: all replayed
+        (10, 10, 500, Resume(10, True)),  # nothing missed
+        (10, 0, 10, Resume(0, True)),  # exactly the limit is still recovered
+        (11, 0, 10, Resume(11, False)),  # one more than the limit: reload history instead
+        (5, 9, 500, Resume(5, True)),  # a cursor ahead of the head starts at the head
+        (0, 0, 0, Resume(0, True)),
+    ],
+)
+def test_resume_from(head: int, since: int | None, limit: int, expected: Resume) -> None:
+    assert resume_from(head_seq=head, since_seq=since, replay_limit=limit) == expected
 
 
-def event(conv: str, seq: int) -> dict[str, Any]:
-    return {"type": "message", "conversation": conv, "seq": seq, "data": {"n": seq}}
+async def _conversation_with_messages(make_user: Any, count: int) -> str:
+    user = await sync_to_async(make_user)()
+    created = await sync_to_async(conversation_create)(creator=user, title="resume", agent="")
+    conversation_id = str(created.conversation.id)
+    for i in range(count):
+        await sync_to_async(message_send)(
+            conversation_id=conversation_id,
+            author_id=user.id,
+            username=user.username,
+            client_msg_id=f"k{i}",
+            text=f"missed {i}",
+            can_write=True,
+        )
+    return conversation_id
 
 
-def test_events_already_seen_are_ignored_after_a_resume() -> None:
-    seen: list[int] = []
-    client = ChatClient("ws://unused", token="t", on_event=lambda f: seen.append(f["seq"]))
-    for seq in (1, 2, 3):
-        client.handle_frame(event("c", seq))
-    # The server replays from since_seq=3, but a frame in flight at the drop arrives again first.
-    for seq in (3, 2, 4, 5):
-        client.handle_frame(event("c", seq))
-    assert seen == [1, 2, 3, 4, 5]
-    assert [e["seq"] for e in client.events("c")] == [1, 2, 3, 4, 5]
-    assert client.duplicates_ignored == 2
-    assert client.streams["c"].last_seq == 5
+@pytest.mark.django_db(transaction=True)
+async def test_missed_events_come_from_the_buffer_when_it_has_them(make_user: Any) -> None:
+    conversation_id = await _conversation_with_messages(make_user, 6)
+    # The service published each message after commit: the buffer holds all six.
+    before = metrics.counter("replays", source="buffer")
+    rows = await load_events(conversation_id, 2, 6)
+    assert [seq for seq, _ in rows] == [3, 4, 5, 6]
+    assert all(f'"seq":{seq}' in frame and f"missed {seq - 1}" in frame for seq, frame in rows)
+    assert metrics.counter("replays", source="buffer") == before + 1
 
 
-def test_conversations_are_tracked_independently_and_other_frames_are_kept() -> None:
-    client = ChatClient("ws://unused", token="t")
-    client.handle_frame(event("a", 7))
-    client.handle_frame(event("b", 1))
-    client.handle_frame({"type": "typing", "conversation": "a", "data": {"state": "start"}})
-    client.handle_frame({"type": "notification", "seq": 1, "data": {}})
-    assert client.streams["a"].last_seq == 7
-    assert client.streams["b"].last_seq == 1
-    assert [f["type"] for f in client.frames] == ["typing", "notification"]
+@pytest.mark.django_db(transaction=True)
+async def test_missed_events_come_from_the_log_when_the_buffer_lost_them(make_user: Any) -> None:
+    conversation_id = await _conversation_with_messages(make_user, 5)
+    buffer: Any = get_buffer()
+    await buffer._redis().delete(buffer.key(conversation_stream(conversation_id)))
+    before = metrics.counter("replays", source="log")
+    rows = await load_events(conversation_id, 0, 5)
+    assert [seq for seq, _ in rows] == [1, 2, 3, 4, 5]
+    assert metrics.counter("replays", source="log") == before + 1
 
 
-async def test_a_reply_resolves_its_pending_command() -> None:
-    import asyncio
-
-    client = ChatClient("ws://unused", token="t")
-    future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-    client._pending["k1"] = future
-    client.handle_frame({"type": "reply", "id": "k1", "ok": True, "head_seq": 4})
-    assert (await future)["head_seq"] == 4
-    assert client._pending == {}
+@pytest.mark.django_db(transaction=True)
+async def test_log_heads_in_the_order_asked(make_user: Any) -> None:
+    first = await _conversation_with_messages(make_user, 3)
+    second = await _conversation_with_messages(make_user, 1)
+    gone = "00000000-0000-0000-0000-000000000000"
+    assert await log_heads([second, gone, first]) == [1, 0, 3]

@@ -1,0 +1,68 @@
+"""What rides the channel layer, typed: the doorbells and their addresses (groups and the agent
+worker's channel). Senders (the bus) and receivers (the broadcast manager, the agent worker) share
+these names; only the bus sends."""
+
+from __future__ import annotations
+
+from typing import Literal, NotRequired, Protocol, TypedDict
+
+# The channel the agent worker listens on for run doorbells.
+AGENT_RUNS_CHANNEL = "agent-runs"
+
+
+class EventDoorbell(TypedDict):
+    """A durable event committed: `frame` rides along when small, else receivers read the buffer/log."""
+
+    type: Literal["conv.event"]
+    conversation: str
+    seq: int
+    frame: NotRequired[str]
+
+
+class EphemeralDoorbell(TypedDict):
+    """Typing, read or presence: the frame itself, not to be echoed to `exclude_session`."""
+
+    type: Literal["conv.ephemeral"]
+    conversation: str
+    frame: str
+    exclude_session: str | None
+
+
+UserAction = Literal["close", "revoke", "role", "notification"]
+
+
+class UserMessage(TypedDict):
+    """What every socket of one user must hear: close (with `code`), revoke or role (with
+    `conversation`, and `role`), or a stored notification's `frame`."""
+
+    action: UserAction
+    code: NotRequired[int]
+    conversation: NotRequired[str]
+    role: NotRequired[str]
+    frame: NotRequired[str]
+
+
+class UserDoorbell(UserMessage):
+    type: Literal["user.event"]
+    user: int
+
+
+class RunDoorbell(TypedDict):
+    """For the agent worker: look at the queue (run.wake), or stop `run_id` (run.cancel)."""
+
+    type: Literal["run.wake", "run.cancel"]
+    run_id: NotRequired[str]
+
+
+class LocalRunner(Protocol):
+    def wake(self) -> None: ...
+
+    def cancel(self, run_id: str) -> bool: ...
+
+
+def conversation_group(conversation_id: str) -> str:
+    return f"conv.{conversation_id}"
+
+
+def user_group(user_id: int) -> str:
+    return f"user.{user_id}"
