@@ -12,9 +12,8 @@ model server (tests/support/fake_llm), driven through the socket:
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -24,10 +23,11 @@ from django.test import AsyncClient
 
 from agents.runtime import LLM_UNAVAILABLE_MESSAGE
 from chat.infra.breakers import breaker, reset_breakers
-from chat.services.conversations import conversation_create
 from monitoring.health import publish_breakers, shared_breakers, withdraw_breakers
+from tests.support import factories
 from tests.support.fake_llm import FakeLLM, hold_port, http_error
-from tests.support.ws import Client, wait_for
+from tests.support.waiting import eventually
+from tests.support.ws import Client, subscribed_client
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -67,23 +67,6 @@ def forget_published_breakers() -> None:
         client.close()
 
 
-async def new_conversation(user: Any, agent: str) -> str:
-    created = await database_sync_to_async(conversation_create)(creator=user, title="t", agent=agent)
-    return str(created.conversation.id)
-
-
-@contextlib.asynccontextmanager
-async def subscribed_client(user: Any, conv: str) -> AsyncIterator[Client]:
-    client, connected, _ = await Client.connect(user)
-    try:
-        assert connected
-        assert (await client.recv())["type"] == "welcome"
-        assert (await client.command("subscribe", conversation=conv))["ok"] is True
-        yield client
-    finally:
-        await client.close()
-
-
 async def ask(client: Client, conv: str, msg_id: str, text: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Send a prompt; return the send reply and the run's terminal event."""
     reply = await client.command("send", conversation=conv, client_msg_id=msg_id, text=text)
@@ -121,8 +104,8 @@ async def test_llm_outage_fails_runs_fast_keeps_chat_working_and_recovers(
     # Enterprise: the per-tier agent-run rate limit is not what this test is about.
     alice = await database_sync_to_async(make_user)(tier="enterprise")
     bob = await database_sync_to_async(make_user)()
-    agent_conv = await new_conversation(alice, "assistant")
-    plain_conv = await new_conversation(bob, "")
+    agent_conv = await factories.conversation(alice, agent="assistant")
+    plain_conv = await factories.conversation(bob, agent="")
     try:
         async with subscribed_client(alice, agent_conv) as a, subscribed_client(bob, plain_conv) as b:
             # Healthy: the model answers.
@@ -181,7 +164,9 @@ async def test_llm_outage_fails_runs_fast_keeps_chat_working_and_recovers(
             assert metrics_body["process"]["counters"]["breaker_transitions"]["name=llm,state=open"] >= 1
 
             # Back: once the reset timeout has passed the next run is the probe, and completes.
-            await wait_for(_async(lambda: breaker("llm").retry_after_ms() == 0), timeout=RESET_S + 5)
+            await eventually(
+                lambda: breaker("llm").retry_after_ms() == 0, RESET_S + 5, "the llm breaker's reset timeout to pass"
+            )
             _, done = await ask(a, agent_conv, "m4", "and now?")
             assert done["type"] == "agent_completed", done
             assert done["data"]["text"] == "You said: and now?"
@@ -193,7 +178,7 @@ async def test_llm_outage_fails_runs_fast_keeps_chat_working_and_recovers(
                 code, body = await readyz()
                 return code == 200 and body["degraded"] == []
 
-            await wait_for(not_degraded, timeout=5)
+            await eventually(not_degraded, 5, "/readyz to stop reporting degraded")
 
             # Every prompt was kept, including those whose runs failed.
             history = await a.command("history", conversation=agent_conv)
@@ -211,7 +196,7 @@ async def test_a_refusing_model_fails_runs_without_tripping_the_breaker_but_a_50
     with FakeLLM() as fake:
         breaker_settings.AGENT_LLM_BASE_URL = fake.base_url
         user = await database_sync_to_async(make_user)(tier="enterprise")
-        conv = await new_conversation(user, "assistant")
+        conv = await factories.conversation(user, agent="assistant")
         fake.script(*[http_error(401, "invalid api key") for _ in range(FAILURES + 1)])
         fake.script(*[http_error(503, "model is loading") for _ in range(FAILURES)])
         async with subscribed_client(user, conv) as client:
@@ -231,13 +216,6 @@ async def test_a_refusing_model_fails_runs_without_tripping_the_breaker_but_a_50
             _, failed = await ask(client, conv, "after", "hi")
             assert failed["data"]["error"]["code"] == "llm_unavailable"
             assert len(fake.requests) == 2 * FAILURES + 1  # not asked while open
-
-
-def _async(predicate: Any) -> Any:
-    async def check() -> bool:
-        return bool(predicate())
-
-    return check
 
 
 async def test_readyz_sees_a_breaker_another_process_published_until_it_is_withdrawn_or_stale(

@@ -3,9 +3,8 @@ member, against PostgreSQL and Redis. The model server is the fake one (tests/su
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,9 +12,9 @@ from channels.db import database_sync_to_async
 
 from agents import runner
 from agents.backends.openai import OpenAIBackend
-from chat.services.conversations import conversation_create
+from tests.support import factories
 from tests.support.fake_llm import FakeLLM, refusing_port, tool_call
-from tests.support.ws import Client
+from tests.support.ws import subscribed_client
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -35,25 +34,6 @@ def fake_llm(settings: Any) -> Iterator[FakeLLM]:
         yield server
 
 
-async def new_conversation(user: Any) -> str:
-    created = await database_sync_to_async(conversation_create)(creator=user, title="t", agent="assistant")
-    return str(created.conversation.id)
-
-
-@contextlib.asynccontextmanager
-async def subscribed_client(user: Any, conv: str) -> AsyncIterator[Client]:
-    """A connected client subscribed to `conv`, disconnected even when an assertion fails (an open
-    socket would outlive the test and its database)."""
-    client, connected, _ = await Client.connect(user)
-    try:
-        assert connected
-        assert (await client.recv())["type"] == "welcome"
-        assert (await client.command("subscribe", conversation=conv))["ok"] is True
-        yield client
-    finally:
-        await client.close()
-
-
 def loop_backend() -> Any:
     supervisor = runner.supervisors.current()
     assert supervisor is not None, "no run supervisor on this loop"
@@ -64,7 +44,7 @@ async def test_a_tool_using_answer_streams_every_agent_event_in_seq_order(make_u
     fake_llm.script(tool_call("calculator", {"expression": "17 * 23"}, call_id="call_calc"))
     # The follow-up request is answered by the fake's default rule from the tool message.
     user = await database_sync_to_async(make_user)()
-    conv = await new_conversation(user)
+    conv = await factories.conversation(user, agent="assistant")
     async with subscribed_client(user, conv) as client:
         reply = await client.command("send", conversation=conv, client_msg_id="m1", text="what is 17 * 23?")
         assert reply["ok"] is True
@@ -107,7 +87,7 @@ async def test_an_unreachable_model_fails_the_run_once_and_keeps_the_message(mak
     from chat.models import Message
 
     user = await database_sync_to_async(make_user)()
-    conv = await new_conversation(user)
+    conv = await factories.conversation(user, agent="assistant")
     with refusing_port() as port:
         settings.AGENT_BACKEND = "openai"
         settings.AGENT_LLM_BASE_URL = f"http://127.0.0.1:{port}/v1"

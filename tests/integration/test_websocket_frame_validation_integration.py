@@ -10,16 +10,9 @@ from channels.db import database_sync_to_async
 
 from chat.models import Event, Message
 from tests.support import factories
-from tests.support.ws import Client
+from tests.support.ws import connected
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
-
-
-async def connected(make_user: Any) -> tuple[Client, Any]:
-    user = await database_sync_to_async(make_user)()
-    client, _, _ = await Client.connect(user)
-    assert (await client.recv())["type"] == "welcome"
-    return client, user
 
 
 @pytest.mark.parametrize(
@@ -38,7 +31,7 @@ async def connected(make_user: Any) -> tuple[Client, Any]:
     ],
 )
 async def test_malformed_frame_gets_error_and_socket_stays_usable(make_user: Any, raw: str, code: str) -> None:
-    client, _ = await connected(make_user)
+    client = await connected(await database_sync_to_async(make_user)())
     await client.send_raw(raw)
     frame = await client.recv()
     assert frame["type"] == "error"
@@ -48,7 +41,7 @@ async def test_malformed_frame_gets_error_and_socket_stays_usable(make_user: Any
 
 
 async def test_binary_frame_is_refused(make_user: Any) -> None:
-    client, _ = await connected(make_user)
+    client = await connected(await database_sync_to_async(make_user)())
     await client.send_raw(data=b"\x00\x01binary")
     frame = await client.recv()
     assert frame["type"] == "error"
@@ -58,7 +51,8 @@ async def test_binary_frame_is_refused(make_user: Any) -> None:
 
 
 async def test_oversized_frame_is_too_large_and_nothing_is_stored(make_user: Any) -> None:
-    client, user = await connected(make_user)
+    user = await database_sync_to_async(make_user)()
+    client = await connected(user)
     conv = await factories.conversation(user, agent="")
     text = "x" * (64 * 1024)
     await client.send_raw(
@@ -87,7 +81,8 @@ async def test_oversized_frame_is_too_large_and_nothing_is_stored(make_user: Any
 async def test_send_with_bad_fields_is_refused_with_no_side_effect(
     make_user: Any, fields: dict[str, Any], code: str
 ) -> None:
-    client, user = await connected(make_user)
+    user = await database_sync_to_async(make_user)()
+    client = await connected(user)
     conv = await factories.conversation(user)
     reply = await client.command("send", conversation=conv, **fields)
     assert reply["ok"] is False
@@ -112,7 +107,8 @@ async def test_send_with_bad_fields_is_refused_with_no_side_effect(
     ],
 )
 async def test_wrong_field_types_get_bad_request(make_user: Any, command: str, fields: dict[str, Any]) -> None:
-    client, user = await connected(make_user)
+    user = await database_sync_to_async(make_user)()
+    client = await connected(user)
     conv = await factories.conversation(user)
     fields = {k: (conv if v == "c" else v) for k, v in fields.items()}
     reply = await client.command(command, **fields)
@@ -122,7 +118,7 @@ async def test_wrong_field_types_get_bad_request(make_user: Any, command: str, f
 
 
 async def test_repeated_abuse_closes_4400(make_user: Any) -> None:
-    client, _ = await connected(make_user)
+    client = await connected(await database_sync_to_async(make_user)())
     for _ in range(31):
         await client.send_raw("garbage")
     assert await client.expect_close() == 4400

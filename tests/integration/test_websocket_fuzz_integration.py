@@ -43,7 +43,7 @@ import chat.consumers
 from agents.models import AgentRun
 from chat.models import ConversationMember, Event, Message, Notification
 from tests.support import factories
-from tests.support.ws import Client, access_token
+from tests.support.ws import Client, access_token, connected
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -751,12 +751,8 @@ def snapshot(convs: list[str]) -> Snapshot:
     )
 
 
-async def connected(user: Any) -> Wire:
-    client, ok, _ = await Client.connect(user)
-    assert ok
-    wire = Wire(client)
-    assert (await wire.read())["type"] == "welcome"
-    return wire
+async def connected_wire(user: Any) -> Wire:
+    return Wire(await connected(user, timeout=ANSWER_TIMEOUT_S))
 
 
 async def finished_run(make_user: Any, owner: Any, attacker: Any) -> tuple[str, str]:
@@ -807,10 +803,10 @@ async def test_fuzzed_frames_are_answered_per_protocol_and_harm_nobody(
     convs = [own, viewer, victim_conv, other]
     before = await database_sync_to_async(snapshot)(convs)
 
-    victim = await connected(victim_user)
+    victim = await connected_wire(victim_user)
     subscribed = await victim.client.command("subscribe", conversation=victim_conv)
     assert subscribed["ok"] is True
-    attacker = await connected(attacker_user)
+    attacker = await connected_wire(attacker_user)
     probe = VictimProbe(victim, victim_conv, victim_user.id, subscribed["head_seq"])
     fuzz = Fuzz(world, attacker, probe)
 
@@ -886,11 +882,11 @@ async def test_bad_frame_flood_is_answered_then_closed_4400_and_victim_unaffecte
     attacker_user = await database_sync_to_async(make_user)()
     victim_user = await database_sync_to_async(make_user)()
     victim_conv = await factories.conversation(victim_user, agent="")
-    victim = await connected(victim_user)
+    victim = await connected_wire(victim_user)
     subscribed = await victim.client.command("subscribe", conversation=victim_conv)
     assert subscribed["ok"] is True
     probe = VictimProbe(victim, victim_conv, victim_user.id, subscribed["head_seq"])
-    attacker = await connected(attacker_user)
+    attacker = await connected_wire(attacker_user)
     limit = abuse_limit()
     bad = [
         Frame("garbage"),
@@ -923,7 +919,7 @@ async def test_bad_frame_flood_is_answered_then_closed_4400_and_victim_unaffecte
 
 async def test_flood_of_tiny_valid_frames_is_all_answered_in_order(make_user: Any, error_log: ErrorLog) -> None:
     user = await database_sync_to_async(make_user)(tier="enterprise")
-    wire = await connected(user)
+    wire = await connected_wire(user)
     expected: list[str] = []
     for i in range(500):
         expected.append(f"p{i}")
@@ -957,7 +953,7 @@ async def test_nul_or_lone_surrogate_in_a_stored_field_is_bad_request_and_stores
     # (UnicodeEncodeError), both answered `internal` and logged as a crash.
     user = await database_sync_to_async(make_user)()
     conv = await factories.conversation(user, agent="")
-    wire = await connected(user)
+    wire = await connected_wire(user)
     fields = {"text": "hello", "client_msg_id": "m1"}
     frame = json.dumps({"type": "send", "id": "s1", "conversation": conv, **fields})
     frame = frame.replace(json.dumps(fields[field]), '"' + escaped + '"')  # the escape, as a client sends it
@@ -976,7 +972,7 @@ async def test_id_with_lone_surrogate_gets_an_error_frame_that_is_utf8(make_user
     # Before: the reply echoed the id, and a frame holding a lone surrogate cannot be written as
     # UTF-8 (under uvicorn the socket's writer failed and the socket was closed 1011).
     user = await database_sync_to_async(make_user)()
-    wire = await connected(user)
+    wire = await connected_wire(user)
     await wire.send(Frame('{"type":"ping","id":"\\ud800"}'))
     got = await wire.read()
     assert_utf8(got)

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from chat.models import Event, Message
 from tests.support import factories
-from tests.support.ws import Client
+from tests.support.ws import Client, connected
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -27,19 +27,11 @@ def tier_table(settings: Any, tier: str, **changes: Any) -> None:
     settings.CHAT_TIERS = {**settings.CHAT_TIERS, tier: row}
 
 
-async def connected(user: Any) -> tuple[Client, dict[str, Any]]:
-    client, ok, _ = await Client.connect(user)
-    assert ok
-    welcome = await client.recv()
-    assert welcome["type"] == "welcome"
-    return client, welcome["data"]
-
-
 async def test_welcome_carries_each_users_own_tier_limits(make_user: Any, settings: Any) -> None:
     free = await database_sync_to_async(make_user)(tier="free")
     enterprise = await database_sync_to_async(make_user)(tier="enterprise")
-    _, free_welcome = await connected(free)
-    _, ent_welcome = await connected(enterprise)
+    free_welcome = (await connected(free)).welcome
+    ent_welcome = (await connected(enterprise)).welcome
     assert free_welcome["user"]["tier"] == "free"
     assert free_welcome["limits"]["tier"] == "free"
     assert ent_welcome["limits"]["tier"] == "enterprise"
@@ -56,8 +48,9 @@ async def test_text_limit_is_the_tiers(make_user: Any, settings: Any) -> None:
     free = await database_sync_to_async(make_user)(tier="free")
     pro = await database_sync_to_async(make_user)(tier="pro")
     conv = await factories.conversation(free, agent="", members=((pro, "member"),))
-    free_client, welcome = await connected(free)
-    pro_client, _ = await connected(pro)
+    free_client = await connected(free)
+    welcome = free_client.welcome
+    pro_client = await connected(pro)
     too_long = "x" * (welcome["limits"]["max_text_chars"] + 1)
     refused = await free_client.command("send", conversation=conv, client_msg_id="long", text=too_long)
     assert refused["error"]["code"] == "too_large"
@@ -73,8 +66,8 @@ async def test_rate_limited_send_has_no_side_effect_and_other_members_see_nothin
     alice = await database_sync_to_async(make_user)(tier="free")
     bob = await database_sync_to_async(make_user)(tier="free")
     conv = await factories.conversation(alice, agent="", members=((bob, "member"),))
-    sender, _ = await connected(alice)
-    watcher, _ = await connected(bob)
+    sender = await connected(alice)
+    watcher = await connected(bob)
     assert (await watcher.command("subscribe", conversation=conv))["ok"] is True
     for i in range(2):
         assert (await sender.command("send", conversation=conv, client_msg_id=f"m{i}", text=f"hi {i}"))["ok"] is True
@@ -101,7 +94,7 @@ async def test_typing_spam_does_not_starve_messages(make_user: Any, settings: An
     tier_table(settings, "free", rates={"typing": [3, 60]})
     alice = await database_sync_to_async(make_user)(tier="free")
     conv = await factories.conversation(alice, agent="")
-    client, _ = await connected(alice)
+    client = await connected(alice)
     codes = [
         (await client.command("typing", conversation=conv, state="start")).get("error", {}).get("code")
         for _ in range(5)
@@ -114,15 +107,15 @@ async def test_typing_spam_does_not_starve_messages(make_user: Any, settings: An
 async def test_connection_limit_closes_the_extra_socket_4429(make_user: Any, settings: Any) -> None:
     tier_table(settings, "free", connections=2)
     alice = await database_sync_to_async(make_user)(tier="free")
-    first, _ = await connected(alice)
-    second, _ = await connected(alice)
+    first = await connected(alice)
+    second = await connected(alice)
     third, ok, _ = await Client.connect(alice)
     assert ok  # accepted, then closed with the reason: a handshake refusal could only say 403
     assert await third.expect_close(timeout=5) == 4429
     assert (await first.command("ping"))["ok"] is True
     await second.close()
     # The closed socket's slot is released as it disconnects; the next connection fits.
-    fourth, _ = await connected(alice)
+    fourth = await connected(alice)
     assert (await fourth.command("ping"))["ok"] is True
 
 
@@ -130,13 +123,13 @@ async def test_history_retention_is_the_callers_tier(make_user: Any, settings: A
     free = await database_sync_to_async(make_user)(tier="free")  # 30 days
     enterprise = await database_sync_to_async(make_user)(tier="enterprise")  # forever
     conv = await factories.conversation(enterprise, agent="", members=((free, "member"),))
-    writer, _ = await connected(enterprise)
+    writer = await connected(enterprise)
     for i in range(4):
         await writer.command("send", conversation=conv, client_msg_id=f"m{i}", text=f"m{i}")
     old = timezone.now() - timedelta(days=40)
     await database_sync_to_async(Event.objects.filter(conversation_id=conv, seq__lte=2).update)(created_at=old)
 
-    reader, _ = await connected(free)
+    reader = await connected(free)
     free_page = await reader.command("history", conversation=conv)
     assert [e["seq"] for e in free_page["events"]] == [3, 4]
     assert free_page["has_more"] is False
@@ -157,7 +150,7 @@ async def test_an_unknown_tier_on_a_user_row_gets_the_free_limits(make_user: Any
     odd = await database_sync_to_async(make_user)()
     # A row whose tier no longer exists in the table (e.g. a retired plan, edited in the database).
     await database_sync_to_async(User.objects.filter(id=odd.id).update)(tier="legacy-gold")
-    _, welcome = await connected(odd)
+    welcome = (await connected(odd)).welcome
     assert welcome["limits"]["tier"] == "free"
     assert welcome["user"]["tier"] == "legacy-gold"
 
@@ -167,9 +160,10 @@ async def test_frame_limit_is_the_tiers(make_user: Any, settings: Any) -> None:
     free = await database_sync_to_async(make_user)(tier="free")
     pro = await database_sync_to_async(make_user)(tier="pro")
     conv = await factories.conversation(free, agent="", members=((pro, "member"),))
-    free_client, welcome = await connected(free)
+    free_client = await connected(free)
+    welcome = free_client.welcome
     assert welcome["limits"]["max_frame_bytes"] == 1024
-    pro_client, _ = await connected(pro)
+    pro_client = await connected(pro)
     big = json.dumps({"type": "send", "conversation": conv, "client_msg_id": "big", "text": "y" * 2000})
     await free_client.send_raw(big)
     refused = await free_client.until(lambda f: f.get("type") == "error")
@@ -184,7 +178,7 @@ async def test_a_send_refused_for_its_content_takes_no_quota(make_user: Any, set
     tier_table(settings, "free", rates={"messages": [2, 60]})
     alice = await database_sync_to_async(make_user)(tier="free")
     conv = await factories.conversation(alice, agent="")
-    client, _ = await connected(alice)
+    client = await connected(alice)
     blank = await client.command("send", conversation=conv, client_msg_id="blank", text="   \n\t ")
     assert blank["error"]["code"] == "bad_request"
     for i in range(2):

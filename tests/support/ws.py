@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -29,6 +30,7 @@ class Client:
         self.comm = communicator
         self.frames: list[dict[str, Any]] = []
         self._ids = 0
+        self.welcome: dict[str, Any] = {}  # the welcome frame's data, once `connected` has read it
 
     @classmethod
     async def connect(
@@ -101,9 +103,28 @@ class Client:
         return frame["code"]
 
 
-async def wait_for(predicate: Any, timeout: float = 10, interval: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(interval)
+async def connected(
+    user: Any | None = None, *, headers: list[tuple[bytes, bytes]] | None = None, timeout: float = 5
+) -> Client:
+    """A socket that was accepted and has said welcome (its data is kept in `client.welcome`).
+    `user` authenticates with a Bearer header; or pass the credentials in `headers` yourself."""
+    client, accepted, _ = await Client.connect(user, headers=headers)
+    assert accepted
+    welcome = await client.recv(timeout=timeout)
+    assert welcome["type"] == "welcome"
+    client.welcome = welcome["data"]
+    return client
+
+
+@contextlib.asynccontextmanager
+async def subscribed_client(user: Any, conversation: str) -> AsyncIterator[Client]:
+    """A connected client subscribed to `conversation`, disconnected even when an assertion fails
+    (an open socket would outlive the test and its database)."""
+    client, accepted, _ = await Client.connect(user)
+    try:
+        assert accepted
+        assert (await client.recv())["type"] == "welcome"
+        assert (await client.command("subscribe", conversation=conversation))["ok"] is True
+        yield client
+    finally:
+        await client.close()

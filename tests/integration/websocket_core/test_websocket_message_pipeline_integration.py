@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 
-from chat.services.conversations import conversation_create
+from tests.support import factories
 from tests.support.ws import Client
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -15,14 +15,9 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 AGENT_ORDER = ["agent_started", "agent_thinking", "tool_executing", "tool_completed"]
 
 
-async def new_conversation(user: Any, agent: str = "assistant") -> str:
-    created = await database_sync_to_async(conversation_create)(creator=user, title="t", agent=agent)
-    return str(created.conversation.id)
-
-
 async def test_calculation_prompt_streams_all_agent_events_in_seq_order(make_user: Any) -> None:
     user = await database_sync_to_async(make_user)()
-    conv = await new_conversation(user)
+    conv = await factories.conversation(user)
     client, connected, subprotocol = await Client.connect(user)
     assert connected
     assert subprotocol == "chat.v1"
@@ -65,7 +60,7 @@ async def test_calculation_prompt_streams_all_agent_events_in_seq_order(make_use
 
 async def test_repeated_send_is_idempotent_and_starts_nothing(make_user: Any) -> None:
     user = await database_sync_to_async(make_user)()
-    conv = await new_conversation(user, agent="")
+    conv = await factories.conversation(user, agent="")
     client, _, _ = await Client.connect(user)
     await client.recv()
     await client.command("subscribe", conversation=conv)
@@ -84,7 +79,7 @@ async def test_two_members_see_the_same_events(make_user: Any) -> None:
 
     alice = await database_sync_to_async(make_user)()
     bob = await database_sync_to_async(make_user)()
-    conv = await new_conversation(alice, agent="")
+    conv = await factories.conversation(alice, agent="")
     await database_sync_to_async(conversation_member_add)(
         conversation_id=conv, actor_id=alice.id, username=bob.username, role="member"
     )
