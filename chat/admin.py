@@ -21,12 +21,12 @@ from chat.models import (
     Workspace,
     WorkspaceMember,
 )
-from chat.services.accounts import (
-    CLOSE_DISABLED,
-    membership_revoked,
-    membership_role_changed,
-    user_deactivate,
-    user_sockets_close,
+from chat.services.accounts import CLOSE_DISABLED, user_deactivate, user_sockets_close
+from chat.services.conversations import (
+    conversation_member_remove_by_staff,
+    conversation_member_set_by_staff,
+    workspace_member_remove_by_staff,
+    workspace_member_set_by_staff,
 )
 
 
@@ -62,6 +62,16 @@ class WorkspaceAdmin(admin.ModelAdmin):
     search_fields = ("name",)
     inlines = [WorkspaceMemberInline]
 
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        if formset.model is not WorkspaceMember:
+            super().save_formset(request, form, formset, change)
+            return
+        members = formset.save(commit=False)
+        for member in formset.deleted_objects:
+            workspace_member_remove_by_staff(workspace=form.instance, user_id=member.user_id)
+        for member in members:
+            workspace_member_set_by_staff(workspace=form.instance, user=member.user, role=member.role)
+
 
 class ConversationMemberInline(admin.TabularInline):
     model = ConversationMember
@@ -79,15 +89,18 @@ class ConversationAdmin(admin.ModelAdmin):
     inlines = [ConversationMemberInline]
 
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
-        super().save_formset(request, form, formset, change)
-        for member in getattr(formset, "deleted_objects", []):
-            if isinstance(member, ConversationMember):  # removed by staff: their sockets stop now
-                membership_revoked(user_id=member.user_id, conversation_id=str(member.conversation_id))
-        for member, changed in getattr(formset, "changed_objects", []):
-            if isinstance(member, ConversationMember) and "role" in changed:  # the sockets hold the new role
-                membership_role_changed(
-                    user_id=member.user_id, conversation_id=str(member.conversation_id), role=member.role
-                )
+        """Memberships change through the services, as everywhere else: the member is notified,
+        a removed member's sockets stop receiving the conversation, a new role reaches them."""
+        if formset.model is not ConversationMember:
+            super().save_formset(request, form, formset, change)
+            return
+        members = formset.save(commit=False)
+        for member in formset.deleted_objects:
+            conversation_member_remove_by_staff(conversation_id=str(member.conversation_id), user_id=member.user_id)
+        for member in members:
+            conversation_member_set_by_staff(
+                conversation_id=str(form.instance.id), user=member.user, role=member.role, staff_id=request.user.pk
+            )
 
     @admin.display(description="Transcript")
     def transcript(self, obj: Conversation) -> str:

@@ -116,25 +116,61 @@ def conversation_member_add(*, conversation_id: str, actor_id: int, username: st
     user = User.objects.filter(username=username, is_active=True).first()
     if user is None:
         raise ServiceError("not_found", "no such user")
+    return _member_set(conversation_id=access.conversation_id, title=access.title, user=user, role=role, by=actor_id)
+
+
+def _member_set(*, conversation_id: str, title: str, user: User, role: str, by: int) -> ConversationMember:
     try:
         member, created = ConversationMember.objects.update_or_create(
-            conversation_id=access.conversation_id, user=user, defaults={"role": role}
+            conversation_id=conversation_id, user=user, defaults={"role": role}
         )
     except IntegrityError as exc:  # pragma: no cover - raced with itself
         raise ServiceError("conflict", "membership changed concurrently") from exc
     if not created:
-        membership_role_changed(user_id=user.id, conversation_id=access.conversation_id, role=role)
+        membership_role_changed(user_id=user.id, conversation_id=conversation_id, role=role)
     notification_create(
         user_id=user.id,
         data={
             "kind": "conversation_added" if created else "role_changed",
-            "conversation": access.conversation_id,
-            "title": access.title,
+            "conversation": conversation_id,
+            "title": title,
             "role": role,
-            "by": actor_id,
+            "by": by,
         },
     )
     return member
+
+
+@transaction.atomic
+def conversation_member_set_by_staff(
+    *, conversation_id: str, user: User, role: str, staff_id: int
+) -> ConversationMember:
+    """Staff (the admin, which checked their permission) add a member or change a role, owner
+    included: the member is told and their sockets hold the new role, as for an owner's change."""
+    if role not in Role.values:
+        raise ServiceError("bad_request", f"role must be one of {', '.join(Role.values)}")
+    title = Conversation.objects.filter(id=conversation_id).values_list("title", flat=True).get()
+    return _member_set(conversation_id=str(conversation_id), title=title, user=user, role=role, by=staff_id)
+
+
+@transaction.atomic
+def conversation_member_remove_by_staff(*, conversation_id: str, user_id: int) -> None:
+    """Staff remove a member: their open sockets stop receiving the conversation once this commits."""
+    ConversationMember.objects.filter(conversation_id=conversation_id, user_id=user_id).delete()
+    membership_revoked(user_id=user_id, conversation_id=str(conversation_id))
+
+
+@transaction.atomic
+def workspace_member_set_by_staff(*, workspace: Workspace, user: User, role: str) -> WorkspaceMember:
+    if role not in Role.values:
+        raise ServiceError("bad_request", f"role must be one of {', '.join(Role.values)}")
+    member, _ = WorkspaceMember.objects.update_or_create(workspace=workspace, user=user, defaults={"role": role})
+    return member
+
+
+@transaction.atomic
+def workspace_member_remove_by_staff(*, workspace: Workspace, user_id: int) -> None:
+    WorkspaceMember.objects.filter(workspace=workspace, user_id=user_id).delete()
 
 
 @transaction.atomic
@@ -149,11 +185,7 @@ def conversation_member_remove(*, conversation_id: str, actor_id: int, user_id: 
     deleted, _ = ConversationMember.objects.filter(conversation_id=access.conversation_id, user_id=user_id).delete()
     if not deleted:
         raise ServiceError("not_found", "no such member")
-    transaction.on_commit(lambda: _revoke(user_id, access.conversation_id))
-
-
-def _revoke(user_id: int, conversation_id: str) -> None:
-    membership_revoked(user_id=user_id, conversation_id=conversation_id)
+    membership_revoked(user_id=user_id, conversation_id=access.conversation_id)  # told once this commits
 
 
 @transaction.atomic
