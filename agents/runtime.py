@@ -1,6 +1,6 @@
 """Executes one claimed run: turns a backend's steps into events through the run services.
 
-Order per PROTOCOL §4: agent_started (emitted by the claim), then thinking / tool_executing /
+Order per docs/protocol.md §4: agent_started (emitted by the claim), then thinking / tool_executing /
 tool_completed / coalesced agent_delta as the steps come, then exactly one terminal event.
 
 The model backend is called through the process's `breaker("llm")` (chat/infra/error_recovery.py): while
@@ -52,7 +52,7 @@ _HUMAN_MESSAGES = {"llm_unavailable": LLM_UNAVAILABLE_MESSAGE, "llm_timeout": LL
 
 class Emitter:
     """Appends a run's events and rings their doorbells; coalesces answer text into agent_delta
-    chunks every AGENT_DELTA_COALESCE_MS (DESIGN lesson 8) instead of a frame per token."""
+    chunks every AGENT_DELTA_COALESCE_MS instead of a frame per token."""
 
     def __init__(self, run: ClaimedRun) -> None:
         self.run = run

@@ -25,7 +25,7 @@ from chat.publishing import RunnerRung, after_commit
 from chat.services.events import append_event
 from chat.wire.frames import StoredEvent
 
-# Tool results travel inside events; keep them bounded (DESIGN §7). 4,000 characters is a
+# Tool results travel inside events; keep them bounded. 4,000 characters is a
 # screenful, enough for the calculator, the clock and five search hits.
 MAX_TOOL_RESULT_CHARS = 4000
 
@@ -263,7 +263,7 @@ class CancelResult:
 @transaction.atomic
 def run_request_cancel(*, run_id: str, by_user_id: int, by_username: str) -> CancelResult:
     """Cancel a run. A queued run ends at once (agent_started + agent_cancelled, so every run keeps
-    PROTOCOL §4's shape); a running one is flagged and its runner stops it promptly.
+    docs/protocol.md §4's shape); a running one is flagged and its runner stops it promptly.
     The caller has checked that the user may cancel (`run_for_member` + role)."""
     # Lock order conversation -> run, as the claim does, so the two cannot deadlock.
     conversation_id = AgentRun.objects.filter(id=run_id).values_list("conversation_id", flat=True).get()

@@ -99,7 +99,10 @@ class ConversationAdmin(admin.ModelAdmin):
             conversation_member_remove_by_staff(conversation_id=str(member.conversation_id), user_id=member.user_id)
         for member in members:
             conversation_member_set_by_staff(
-                conversation_id=str(form.instance.id), user=member.user, role=member.role, staff_id=request.user.pk
+                conversation_id=str(form.instance.id),
+                user=member.user,
+                role=member.role,
+                staff_id=int(request.user.pk or 0),
             )
 
     @admin.display(description="Transcript")

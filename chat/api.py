@@ -1,4 +1,4 @@
-"""REST API (PROTOCOL §7): thin DRF views over the same services and selectors as the socket.
+"""REST API (docs/protocol.md §7): thin DRF views over the same services and selectors as the socket.
 A conversation the caller may not see is a 404 whether or not it exists."""
 
 from __future__ import annotations

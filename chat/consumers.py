@@ -1,4 +1,4 @@
-"""The /ws/chat/ consumer: a thin shell around the protocol (PROTOCOL.md, docs/protocol.md).
+"""The /ws/chat/ consumer: a thin shell around the protocol (docs/protocol.md).
 
 It parses and answers frames; what a command may do is decided in `chat.realtime.commands`
 and the services. Deliveries from other processes never pass through `dispatch()` (which costs
@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -196,7 +196,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
         self._expiry_task = asyncio.create_task(expire())
 
-    def _on_user_message(self, message: dict[str, Any]) -> None:
+    def _on_user_message(self, message: Mapping[str, Any]) -> None:
         action = message.get("action")
         if action == "close":
             self._spawn(self._close(int(message.get("code", 4401))))

@@ -25,13 +25,13 @@ class ClassifiedError(Exception):
         return ErrorClass.CLIENT
 
 
-# Codes (PROTOCOL §2) that are not the client's fault: `unavailable` says "retry", `internal` is a bug.
+# Codes (docs/protocol.md §2) that are not the client's fault: `unavailable` says "retry", `internal` is a bug.
 _TRANSIENT_CODES = frozenset({"unavailable"})
 _BUG_CODES = frozenset({"internal"})
 
 
 class CodedError(ClassifiedError):
-    """A refusal with a PROTOCOL §2 error `code` and a message for the client."""
+    """A refusal with a docs/protocol.md §2 error `code` and a message for the client."""
 
     def __init__(self, code: str, message: str, retry_after_ms: int | None = None) -> None:
         super().__init__(message)

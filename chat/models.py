@@ -115,7 +115,7 @@ class Message(models.Model):
 
 
 class Event(models.Model):
-    """One durable conversation event: the log every client replays from (PROTOCOL §4)."""
+    """One durable conversation event: the log every client replays from (docs/protocol.md §4)."""
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="events")
     seq = models.BigIntegerField()
@@ -135,7 +135,7 @@ class Event(models.Model):
 
 
 class Notification(models.Model):
-    """A user event (PROTOCOL §2), replayed by `sync_notifications`."""
+    """A user event (docs/protocol.md §2), replayed by `sync_notifications`."""
 
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="notifications")
     seq = models.BigIntegerField()

@@ -1,6 +1,6 @@
 """Reads that check access. `conversation_for_member` is the only way from a client-supplied
 conversation id to a conversation: a conversation that does not exist and one the caller may not
-see raise the same `NotFound`, so existence never leaks (PROTOCOL §2, DESIGN §4)."""
+see raise the same `NotFound`, so existence never leaks (docs/protocol.md §2)."""
 
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def search_messages(*, user_id: int, query: str, conversation_id: str, limit: in
 
     Always one conversation: the agent's search result becomes an event every member of the
     conversation reads, so a search over all of the requester's conversations would hand the
-    other members text from conversations they are not in (PROTOCOL §6.3)."""
+    other members text from conversations they are not in (docs/protocol.md §6.3)."""
     visible = ConversationMember.objects.filter(user_id=user_id).values("conversation_id")
     qs = Message.objects.filter(conversation_id__in=visible).filter(conversation_id=conversation_id)
     terms = [t for t in query.split() if len(t) > 1][:8]
@@ -201,7 +201,7 @@ def user_is_active(*, user_id: int) -> bool:
     return User.objects.filter(id=user_id, is_active=True).exists()
 
 
-def user_for_token(*, user_id: object) -> User | None:
+def user_for_token(*, user_id: int | str) -> User | None:
     """The user a verified token names (active or not: the caller decides what inactive means)."""
     return User.objects.filter(id=user_id).only("id", "username", "tier", "is_active").first()
 

@@ -31,7 +31,7 @@ class Rate:
         return {"limit": self.limit, "window_ms": self.window_ms}
 
 
-# Command classes (PROTOCOL §3 command → class). `send` is "messages", plus "agent_runs" when
+# Command classes (docs/protocol.md §3 command → class). `send` is "messages", plus "agent_runs" when
 # the conversation has an agent; everything not listed is "commands".
 COMMAND_CLASSES: dict[str, str] = {"send": "messages", "typing": "typing"}
 RATE_CLASSES = ("messages", "agent_runs", "typing", "commands")

@@ -30,7 +30,7 @@ application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         # Origin, then session cookie or Bearer token (chat/realtime/auth.py). A foreign origin is
-        # closed with 4403 per PROTOCOL §1, which a handshake rejection could not express.
+        # closed with 4403 per docs/protocol.md §1, which a handshake rejection could not express.
         "websocket": ChatAuthMiddleware(URLRouter(websocket_urlpatterns)),
         "channel": ChannelNameRouter({AGENT_RUNS_CHANNEL: RunWorkerConsumer.as_asgi()}),
     }

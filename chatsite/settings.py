@@ -182,7 +182,7 @@ AGENT_LLM_TIMEOUT_S = float(os.environ.get("AGENT_LLM_TIMEOUT_S", "60"))
 # "inprocess": runs execute in the server process (embedded mode, tests);
 # "worker": runs execute in `manage.py runworker agent-runs` (the default whenever Redis is configured).
 AGENT_RUNNER = os.environ.get("AGENT_RUNNER") or ("worker" if REDIS_URL else "inprocess")
-# A running run whose heartbeat is older than this is failed with worker_lost (PROTOCOL §4: ≤ 30 s).
+# A running run whose heartbeat is older than this is failed with worker_lost (docs/protocol.md §4: ≤ 30 s).
 AGENT_HEARTBEAT_S = float(os.environ.get("AGENT_HEARTBEAT_S", "5"))
 AGENT_LOST_AFTER_S = float(os.environ.get("AGENT_LOST_AFTER_S", "20"))
 # Answer chunks are coalesced into one agent_delta per window (LibreChat/Centrifugo batch 25-50 ms).
@@ -190,7 +190,7 @@ AGENT_DELTA_COALESCE_MS = env_int("AGENT_DELTA_COALESCE_MS", 40)
 # Pace of the offline agent's answer stream, so streaming is visible to a person (0 in tests).
 AGENT_OFFLINE_TOKEN_DELAY_MS = env_int("AGENT_OFFLINE_TOKEN_DELAY_MS", 30)
 
-# --- Realtime limits (PROTOCOL §2/§3): server-wide caps; per-tier values are in CHAT_TIERS below ------
+# --- Realtime limits (docs/protocol.md §2/§3): server-wide caps; per-tier values are in CHAT_TIERS below ------
 CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 64 * 1024)
 CHAT_REPLAY_LIMIT = env_int("CHAT_REPLAY_LIMIT", 500)
 CHAT_HISTORY_MAX = 100

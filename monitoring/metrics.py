@@ -1,4 +1,4 @@
-"""Per-process counters and gauges with labels (DESIGN §11). Cheap enough for the hot path: a dict
+"""Per-process counters and gauges with labels. Cheap enough for the hot path: a dict
 increment under the GIL, no I/O. Exported as JSON at /metrics for staff."""
 
 from __future__ import annotations

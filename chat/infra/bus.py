@@ -1,6 +1,6 @@
 """Doorbells on the channel layer, rung after commit.
 
-The channel layer is a doorbell, not a mailbox (DESIGN, lesson 1): a lost doorbell costs latency,
+The channel layer is a doorbell, not a mailbox: a lost doorbell costs latency,
 never data, because every receiver checks `seq` continuity and reads gaps from the log. Small
 frames ride in the doorbell so the common case needs no read at all; larger ones are fetched.
 
@@ -45,7 +45,7 @@ from monitoring.metrics import metrics
 
 logger = logging.getLogger(__name__)
 
-# Frames above this ride the log, not the doorbell: pub/sub payloads stay small (DESIGN "facts").
+# Frames above this ride the log, not the doorbell: pub/sub payloads stay small.
 DOORBELL_INLINE_MAX = 16 * 1024
 # A publish (buffer append or doorbell) that takes longer than this is given up and retried later.
 PUBLISH_TIMEOUT_S = 1.0

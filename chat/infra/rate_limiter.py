@@ -1,4 +1,4 @@
-"""Distributed rate limits and connection limits (issue 4; the numbers live in chat/tiers.py).
+"""Distributed rate limits and connection limits (the numbers live in chat/tiers.py).
 
 Sliding-window log: a key holds the timestamps (ms) of the actions taken in the last window; an
 action is allowed while fewer than `limit` are in the window, and a refusal says exactly when the

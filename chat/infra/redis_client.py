@@ -3,7 +3,7 @@
 
 A BlockingConnectionPool: under a burst (hundreds of concurrent publishes) callers wait for a
 connection instead of failing with MaxConnectionsError, as redis-py's default pool does at its
-limit (DESIGN "facts that bite"). 50 connections is far more than one process needs in flight.
+limit. 50 connections is far more than one process needs in flight.
 
 Redis is an accelerator here, never the source of truth (docs/architecture.md), so a Redis that
 is down or hung must cost a command at most a moment: every call is bounded by a short timeout

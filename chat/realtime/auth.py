@@ -1,4 +1,4 @@
-"""Handshake checks for /ws/chat/: the Origin, and who is connecting (PROTOCOL §1).
+"""Handshake checks for /ws/chat/: the Origin, and who is connecting (docs/protocol.md §1).
 
 Three ways in: the Django session cookie, `Authorization: Bearer <access>`, or (for browsers on
 another origin) an `auth` frame after the handshake. Tokens in the query string are refused

@@ -16,13 +16,13 @@ import asyncio
 import functools
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from channels.layers import get_channel_layer
 
 from chat.errors import ErrorClass
-from chat.infra.doorbells import conversation_group, user_group
+from chat.infra.doorbells import EphemeralDoorbell, conversation_group, user_group
 from chat.infra.error_recovery import classify
 from chat.infra.message_buffer import Buffer, conversation_stream, get_buffer
 from chat.infra.per_loop import PerLoop
@@ -58,7 +58,7 @@ LoadHeads = Callable[[list[str]], Awaitable[list[int]]]
 
 class Sink(Protocol):
     def deliver_event(self, conversation_id: str, seq: int, text: str | None) -> None: ...
-    def deliver_user(self, message: dict[str, Any]) -> None: ...
+    def deliver_user(self, message: Mapping[str, Any]) -> None: ...
     def send_frame(self, text: str) -> None: ...
 
 
@@ -130,7 +130,7 @@ class Hub(GroupMembership):
             except Exception:  # one bad message must not stop the process's fan-out
                 logger.exception("hub dispatch failed")
 
-    def dispatch(self, message: dict[str, Any]) -> None:
+    def dispatch(self, message: Mapping[str, Any]) -> None:
         kind = message.get("type")
         if kind == "conv.event":
             conversation_id, seq, text = message["conversation"], int(message["seq"]), message.get("frame")
@@ -344,7 +344,7 @@ class Hub(GroupMembership):
             del self.users[user_id]
             await self._group_leave(user_group(user_id))
 
-    def deliver_locally(self, message: dict[str, Any]) -> None:
+    def deliver_locally(self, message: EphemeralDoorbell) -> None:
         """Hand an ephemeral message to this process's sockets when the channel layer could not
         take it: sockets on other processes miss it, the ones here need not."""
         self.dispatch(message)

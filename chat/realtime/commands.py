@@ -1,4 +1,4 @@
-"""The chat.v1 commands (PROTOCOL §3). Each handler authorises the command on its own: the
+"""The chat.v1 commands (docs/protocol.md §3). Each handler authorises the command on its own: the
 connection being authenticated says who is asking, never what they may touch. Handlers see the
 socket only through `Session`; what a command changes, a service changes (and publishes)."""
 

@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from chat.infra.breakers import CircuitBreaker, breaker
 from chat.selectors import Access
 
-# A dependency failing under a command: the client is told to retry (PROTOCOL `unavailable`).
+# A dependency failing under a command: the client is told to retry (docs/protocol.md `unavailable`).
 DEPENDENCY_ERRORS = (OSError, RedisError, OperationalError, InterfaceError)
 
 # Commands that touch no database: they are not refused while the PostgreSQL circuit is open.

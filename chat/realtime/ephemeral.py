@@ -1,5 +1,5 @@
-"""Ephemeral conversation events: typing, read, presence (PROTOCOL §5). Never stored, never
-replayed, per user rather than per tab (DESIGN lesson 6).
+"""Ephemeral conversation events: typing, read, presence (docs/protocol.md §5). Never stored, never
+replayed, per user rather than per tab.
 
 Presence needs state shared by every server process: in Redis a sorted set per conversation of
 "<user>:<session>" scored by expiry (refreshed by each socket's heartbeat, so a killed process's

@@ -4,7 +4,7 @@ Everything a socket is sent (replies, errors, durable and ephemeral events) pass
 bounded queue drained by one task, so replies and events keep their order. For each subscribed
 conversation the writer tracks the last `seq` delivered: an older or repeated event is dropped,
 an event past a gap first pulls the missing ones (from the hub's recent cache, else the log).
-That is the whole of "no gap, no duplicate, increasing seq" (PROTOCOL §3).
+That is the whole of "no gap, no duplicate, increasing seq" (docs/protocol.md §3).
 
 A fill that fails because a dependency is down (PostgreSQL refusing connections, its circuit
 open) does not end the socket: the conversation *stalls* at the last seq delivered, later events
@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from chat.errors import ErrorClass
@@ -49,7 +49,7 @@ class Outbox:
         user_id: int,
         session_id: str,
         on_overflow: Callable[[], None],
-        on_user_message: Callable[[dict[str, Any]], None],
+        on_user_message: Callable[[Mapping[str, Any]], None],
     ) -> None:
         self.hub = hub
         self.user_id = user_id
@@ -83,7 +83,7 @@ class Outbox:
     def deliver_event(self, conversation_id: str, seq: int, text: str | None) -> None:
         self._put(("event", conversation_id, seq, text))
 
-    def deliver_user(self, message: dict[str, Any]) -> None:
+    def deliver_user(self, message: Mapping[str, Any]) -> None:
         self._on_user_message(message)
 
     def start_stream(self, conversation_id: str, *, from_seq: int, up_to_seq: int) -> None:
@@ -214,7 +214,7 @@ class Outbox:
                 await self._send(text)
                 self.positions[conversation_id] = seq
             # Every seq up to `up_to_seq` is committed (seqs commit in order under the row lock), so
-            # one the log no longer has was compacted (PROTOCOL §4): it is skipped, not awaited.
+            # one the log no longer has was compacted (docs/protocol.md §4): it is skipped, not awaited.
             self.positions[conversation_id] = max(self.positions[conversation_id], up_to_seq)
 
     async def _read(self, conversation_id: str, after_seq: int, up_to_seq: int) -> list[tuple[int, str]]:

@@ -1,4 +1,4 @@
-"""chat.v1 frame parsing and validation (PROTOCOL §2-§3). Pure functions, no I/O."""
+"""chat.v1 frame parsing and validation (docs/protocol.md §2-§3). Pure functions, no I/O."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def parse_frame(text: str | None, binary: bytes | None) -> Command:
     command_id = payload.get("id")
     if command_id is not None and not _valid_id(command_id):
         raise ProtocolError("bad_request", f"id must be a string of 1-{MAX_ID_CHARS} characters of Unicode text")
-    # The id is read first so that every parsed frame with a valid id gets its reply (PROTOCOL §2).
+    # The id is read first so that every parsed frame with a valid id gets its reply (docs/protocol.md §2).
     if _depth(payload, MAX_DEPTH) > MAX_DEPTH:
         raise CommandError(command_id, "bad_request", "frame is nested too deeply")
     kind = payload.get("type")

@@ -1,5 +1,5 @@
 """Account actions that reach live sockets: logout and deactivation close all of a user's sockets
-on every server process (PROTOCOL §1)."""
+on every server process (docs/protocol.md §1)."""
 
 from __future__ import annotations
 

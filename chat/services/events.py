@@ -1,4 +1,4 @@
-"""The per-conversation event log: gap-free seq under a row lock (DESIGN §2)."""
+"""The per-conversation event log: gap-free seq under a row lock."""
 
 from __future__ import annotations
 

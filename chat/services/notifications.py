@@ -1,4 +1,4 @@
-"""Per-user notifications with their own gap-free seq (PROTOCOL §2 user events).
+"""Per-user notifications with their own gap-free seq (docs/protocol.md §2 user events).
 
 Stored first, then pushed after commit to every socket of the user on every server process; a
 socket that missed some asks with `sync_notifications(since_seq)`."""

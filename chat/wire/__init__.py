@@ -1,5 +1,5 @@
 """Typed chat.v1 wire data: one declared msgspec schema for every command's fields, every reply's
-result and every frame the server sends (PROTOCOL §1-§7, docs/protocol.md).
+result and every frame the server sends (docs/protocol.md §1-§7, docs/protocol.md).
 
 The bottom layer: it imports neither Django nor the rest of `chat`, so anything may import it.
 

@@ -1,4 +1,4 @@
-"""Client commands (PROTOCOL §3): the fields of each, as the server validates them.
+"""Client commands (docs/protocol.md §3): the fields of each, as the server validates them.
 
 A frame is `{"type": "<command>", "id": "<optional>", ...fields}`; these schemas describe the
 fields only (`type` and `id` are read first, when the frame is parsed). What a schema cannot know

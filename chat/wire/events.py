@@ -1,4 +1,4 @@
-"""Conversation events (PROTOCOL §4-§5): the `data` of each, and each whole frame.
+"""Conversation events (docs/protocol.md §4-§5): the `data` of each, and each whole frame.
 
 Durable events: `{"type","conversation","seq","ts","data"}`, stored, replayed and paged by
 `history`. Ephemeral events: `{"type","conversation","data"}`, never stored, no `seq`.

@@ -59,5 +59,5 @@ def encode(frame: dict[str, Any]) -> str:
 
 
 def notification_frame(seq: int, created_at: datetime, data: dict[str, Any]) -> str:
-    """A stored notification as its user event frame (PROTOCOL §2)."""
+    """A stored notification as its user event frame (docs/protocol.md §2)."""
     return encode({"type": "notification", "seq": seq, "ts": rfc3339(created_at), "data": data})

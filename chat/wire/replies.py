@@ -1,4 +1,4 @@
-"""Answers to commands (PROTOCOL §2-§3): each command's reply result, and the error envelopes.
+"""Answers to commands (docs/protocol.md §2-§3): each command's reply result, and the error envelopes.
 
 A successful reply is flat: `{"type":"reply","id":"…","ok":true, ...result}`, so a result schema
 holds only the result's fields and `reply_frame` (in the package) wraps it. A failed command is

@@ -1,5 +1,5 @@
-"""Frames about the connection and the user rather than a conversation: `welcome` (PROTOCOL §1)
-and the per-user `notification` (PROTOCOL §2)."""
+"""Frames about the connection and the user rather than a conversation: `welcome` (docs/protocol.md §1)
+and the per-user `notification` (docs/protocol.md §2)."""
 
 from __future__ import annotations
 

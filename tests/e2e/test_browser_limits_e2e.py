@@ -1,4 +1,4 @@
-"""What a person sees when a tier limit is hit (issue 4), in headless Chromium on the real stack:
+"""What a person sees when a tier limit is hit, in headless Chromium on the real stack:
 a tab beyond the plan's connection limit says so and connects by itself once another tab closes;
 a message sent too fast says it is being retried instead of failing or vanishing."""
 

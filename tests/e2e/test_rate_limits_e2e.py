@@ -1,4 +1,4 @@
-"""Limits hold exactly across server processes (issue 4): the real stack with two uvicorn processes
+"""Limits hold exactly across server processes: the real stack with two uvicorn processes
 sharing one Redis. N commands are allowed, the N+1th is refused on either process; the per-tier
 connection limit closes the extra socket with 4429 on either process; a client hammering after
 being told is closed with 4400; the per-IP token limit holds across processes too.

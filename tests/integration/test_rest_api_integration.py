@@ -1,4 +1,4 @@
-"""REST side (PROTOCOL §7): tokens, conversations, members, events; same access rules as the
+"""REST side (docs/protocol.md §7): tokens, conversations, members, events; same access rules as the
 socket (a conversation the caller may not see is a 404, whether or not it exists)."""
 
 from __future__ import annotations

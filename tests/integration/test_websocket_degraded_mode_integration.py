@@ -1,4 +1,4 @@
-"""The consumer while the PostgreSQL circuit is open (issue 4), on a live consumer with real
+"""The consumer while the PostgreSQL circuit is open, on a live consumer with real
 PostgreSQL and Redis. The circuit is opened the way production opens it — by recording transient
 failures into this process's breaker — so the test controls when "PostgreSQL is down" for the
 consumer without stopping the database the test itself needs (the real outage, with PostgreSQL
@@ -11,7 +11,6 @@ behind a refusing proxy, is tests/integration/websocket_core/test_websocket_erro
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -22,6 +21,7 @@ from django.db import OperationalError
 from chat.infra.breakers import breaker
 from chat.services.conversations import conversation_member_add
 from tests.support import factories
+from tests.support.waiting import eventually
 from tests.support.ws import Client
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -70,14 +70,14 @@ async def test_commands_during_a_database_outage_and_after(make_user: Any, setti
     assert (await clients["member"].command("ping"))["ok"] is True
 
     # The circuit lets a probe through after its reset time; the database is fine, so it closes.
-    deadline = time.monotonic() + 10
-    while True:
+    async def sent_once_the_circuit_closes() -> bool:
         sent = await clients["member"].command("send", conversation=conv, client_msg_id="m1", text="hello")
-        if sent["ok"]:
-            break
-        assert sent["error"]["code"] == "unavailable"
-        assert time.monotonic() < deadline, "the circuit never closed"
-        await asyncio.sleep(0.05)  # poll cadence while waiting for the circuit's reset time
+        if not sent["ok"]:
+            assert sent["error"]["code"] == "unavailable"
+        return sent["ok"]
+
+    # (Every 50 ms while waiting for the circuit's reset time.)
+    await eventually(sent_once_the_circuit_closes, 10, "the circuit to close", interval=0.05)
     assert breaker("postgres").state == "closed"
     await clients["owner"].until(lambda f: f.get("type") == "message" and f["data"]["text"] == "hello")
     assert (await clients["demoted"].command("history", conversation=conv))["ok"] is True
@@ -126,10 +126,11 @@ async def test_a_role_changed_by_staff_in_the_admin_reaches_the_sockets(make_use
 
     assert await database_sync_to_async(demote_in_admin)() == 302
     open_postgres_circuit()
-    deadline = time.monotonic() + 5
-    while True:  # the role message is delivered through the hub, asynchronously
+
+    async def typing_forbidden() -> bool:
         typing = await client.command("typing", conversation=conv, state="start")
-        if typing.get("error", {}).get("code") == "forbidden":
-            break
-        assert time.monotonic() < deadline, "the socket never learned the new role"
-        await asyncio.sleep(0.2)  # (typing has its own rate budget: poll gently)
+        return typing.get("error", {}).get("code") == "forbidden"
+
+    # The role message is delivered through the hub, asynchronously. (Typing has its own rate
+    # budget: poll gently.)
+    await eventually(typing_forbidden, 5, "the socket to learn the new role", interval=0.2)

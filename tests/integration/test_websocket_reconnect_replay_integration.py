@@ -1,4 +1,4 @@
-"""Reconnect and resume (issue 3): a reconnecting client gets exactly what it missed, from the hot
+"""Reconnect and resume: a reconnecting client gets exactly what it missed, from the hot
 buffer (Redis) rather than the log, and a storm of reconnects does not hit the log per client."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""chat.v1 frame parsing (PROTOCOL §2): pure, no I/O."""
+"""chat.v1 frame parsing (docs/protocol.md §2): pure, no I/O."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_reply_shapes() -> None:
     }
 
 
-# --- hostile input (issue 4): binary, NUL, lone surrogates, deep nesting --------------------------
+# --- hostile input: binary, NUL, lone surrogates, deep nesting --------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-// The chat view (/c/<id>/): a chat.v1 client (PROTOCOL.md) in plain ES2020, no framework, no build.
+// The chat view (/c/<id>/): a chat.v1 client (docs/protocol.md) in plain ES2020, no framework, no build.
 //
 // How the transcript stays exact:
 // * First load: `history` (newest page) is rendered, then `subscribe` with since_seq = the last seq of

@@ -1,4 +1,4 @@
-"""The acceptance path of issue 2 over real sockets, written from PROTOCOL.md alone: a token from
+"""The acceptance path over real sockets, written from the protocol document alone: a token from
 REST, `Authorization: Bearer`, subscribe, "what is 17 * 23?", every agent event with consecutive
 seq, and a non-member answered `not_found` on every command. Runs against the real stack
 (`manage.py serve`: uvicorn + agent worker, PostgreSQL, Redis) started as the README does."""
@@ -46,7 +46,7 @@ def create_conversation(stack: Stack, access: str, **body: Any) -> str:
 
 
 class Peer:
-    """A protocol client that knows only PROTOCOL.md."""
+    """A protocol client that knows only the protocol document (docs/protocol.md)."""
 
     def __init__(self, ws: Any) -> None:
         self.ws = ws

@@ -1,4 +1,4 @@
-"""Agent lifecycle over the socket (PROTOCOL §4): event order, one run at a time per conversation,
+"""Agent lifecycle over the socket (docs/protocol.md §4): event order, one run at a time per conversation,
 cancel (queued and running), disconnect does not cancel, and worker_lost for a dead runner."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Authentication and authorisation of /ws/chat/ under attack (PROTOCOL §1, §2, §7), end to end
+"""Authentication and authorisation of /ws/chat/ under attack (docs/protocol.md §1, §2, §7), end to end
 with Channels communicators over the real PostgreSQL and Redis.
 
 test_websocket_connection_lifecycle_integration.py shows each way in working once; this suite is
@@ -41,9 +41,9 @@ from agents.models import AgentRun
 from chat.models import Conversation, ConversationMember, Event, Message, Notification, User, WorkspaceMember
 from chat.services.accounts import user_deactivate
 from chat.services.conversations import conversation_member_add, user_create
-from chat.services.messages import message_send
-from tests.support import factories
+from tests.support import factories, ws
 from tests.support.servers import running_stack
+from tests.support.waiting import eventually
 from tests.support.ws import Client, access_token
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -91,13 +91,6 @@ def db_snapshot() -> dict[str, list[str]]:
         "notifications": Notification.objects.values_list("user_id", "seq", "data"),
     }
     return {name: sorted(map(repr, rows)) for name, rows in tables.items()}
-
-
-async def connect_ok(user: Any, headers: list[tuple[bytes, bytes]] | None = None) -> Client:
-    client, connected, _ = await Client.connect(user, headers=headers)
-    assert connected
-    assert (await client.recv())["type"] == "welcome"
-    return client
 
 
 async def frames_until_close(client: Client, timeout: float = 5) -> tuple[int | None, list[dict[str, Any]]]:
@@ -149,7 +142,7 @@ async def test_each_way_in_receives_live_events_of_its_user(make_user: Any, sett
         reply = await client.recv()
         assert (reply["id"], reply["ok"]) == ("a", True)
     assert (await client.command("subscribe", conversation=conv))["ok"] is True
-    sender = await connect_ok(peer)
+    sender = await ws.connected(peer)
     await assert_still_served(client, conv, sender, f"live for {way}")
 
 
@@ -175,15 +168,8 @@ async def test_before_auth_every_command_is_refused_nothing_is_delivered_and_the
     user = await database_sync_to_async(make_user)()
     owner = await database_sync_to_async(make_user)()
     conv = await factories.conversation(owner, members=((user, "member"),))
-    run = await database_sync_to_async(message_send)(
-        conversation_id=conv,
-        author_id=owner.id,
-        username=owner.username,
-        client_msg_id="o",
-        text="hidden so far",
-        can_write=True,
-    )
-    owner_client = await connect_ok(owner)
+    run = await factories.message(conv, owner, "hidden so far", client_msg_id="o")
+    owner_client = await ws.connected(owner)
     await owner_client.command("subscribe", conversation=conv)
     before = await database_sync_to_async(db_snapshot)()
 
@@ -381,7 +367,7 @@ async def test_auth_with_a_fresh_token_of_the_same_user_keeps_the_socket_past_th
     expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(fresh["exp"]))
     assert reply["expires_at"].startswith(expected)
     await no_close_until(client, old["exp"] + 0.5)  # through the old token's expiry and past it
-    sender = await connect_ok(peer)
+    sender = await ws.connected(peer)
     await assert_still_served(client, conv, sender, "after the old expiry")
     assert not [f for f in client.frames if f["type"] == "__close__"]
 
@@ -419,10 +405,10 @@ async def _two_sockets_and_a_bystander(make_user: Any) -> tuple[Any, Any, list[C
     conv = await factories.conversation(other, agent="", members=((user, "member"),))
     http, cookie = await database_sync_to_async(session_login)(user)
     tabs = [
-        await connect_ok(user),  # an API client (Bearer)
-        await connect_ok(None, headers=[(b"cookie", cookie), *SAME_ORIGIN]),  # the browser tab (session)
+        await ws.connected(user),  # an API client (Bearer)
+        await ws.connected(None, headers=[(b"cookie", cookie), *SAME_ORIGIN]),  # the browser tab (session)
     ]
-    bystander = await connect_ok(other)
+    bystander = await ws.connected(other)
     await bystander.command("subscribe", conversation=conv)
     return user, other, tabs, bystander, conv, http
 
@@ -512,7 +498,7 @@ async def test_deactivation_inside_a_transaction_also_closes_sockets_opened_befo
     connects before it commits still finds an active account; once the change commits it must be
     closed like the others, or a deactivated user keeps a live socket."""
     user = await database_sync_to_async(make_user)()
-    first = await connect_ok(user)
+    first = await ws.connected(user)
     token = await database_sync_to_async(access_token)(user)
     inside, release = threading.Event(), threading.Event()
 
@@ -526,11 +512,8 @@ async def test_deactivation_inside_a_transaction_also_closes_sockets_opened_befo
             connection.close()  # this worker thread's own connection
 
     holder = asyncio.ensure_future(sync_to_async(deactivate_in_a_transaction, thread_sensitive=False)())
-    deadline = time.monotonic() + 5
-    while not inside.is_set():
-        assert time.monotonic() < deadline, "the deactivating transaction never started"
-        await asyncio.sleep(0.01)
-    second = await connect_ok(None, headers=bearer(token))  # not committed yet: still active
+    await eventually(inside.is_set, 5, "the deactivating transaction to start", interval=0.01)
+    second = await ws.connected(None, headers=bearer(token))  # not committed yet: still active
     assert (await second.command("ping"))["ok"] is True  # its connect (joining the user's group) is done
     release.set()
     await holder
@@ -550,17 +533,10 @@ async def test_a_viewer_reads_but_cannot_write(make_user: Any, settings: Any, co
     member = await database_sync_to_async(make_user)()
     viewer = await database_sync_to_async(make_user)()
     conv = await factories.conversation(owner, members=((member, "member"), (viewer, "viewer")))
-    run = await database_sync_to_async(message_send)(
-        conversation_id=conv,
-        author_id=owner.id,
-        username=owner.username,
-        client_msg_id="o",
-        text="owner's question",
-        can_write=True,
-    )
-    owner_client = await connect_ok(owner)
+    run = await factories.message(conv, owner, "owner's question", client_msg_id="o")
+    owner_client = await ws.connected(owner)
     await owner_client.command("subscribe", conversation=conv)
-    client = await connect_ok(viewer)
+    client = await ws.connected(viewer)
     before = await database_sync_to_async(db_snapshot)()
     fields: dict[str, Any] = {
         "send": {"conversation": conv, "client_msg_id": "v", "text": "viewer speaking"},
@@ -575,7 +551,7 @@ async def test_a_viewer_reads_but_cannot_write(make_user: Any, settings: Any, co
         assert reply["ok"] is False
         assert reply["error"]["code"] == "forbidden"
         # A member's typing is the barrier: whatever the viewer's command caused arrived before it.
-        member_client = await connect_ok(member)
+        member_client = await ws.connected(member)
         await member_client.command("typing", conversation=conv, state="start")
         await owner_client.until(lambda f: f.get("type") == "typing" and f["data"]["user"]["id"] == member.id)
         assert viewer.username not in json.dumps(owner_client.frames)

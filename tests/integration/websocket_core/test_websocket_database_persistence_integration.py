@@ -1,5 +1,5 @@
 """The event log: gap-free seq under concurrent writers, replay by since_seq with no gap and no
-duplicate, the replay limit, and history paging (PROTOCOL §3, §4; DESIGN lesson 2)."""
+duplicate, the replay limit, and history paging (docs/protocol.md §3, §4)."""
 
 from __future__ import annotations
 

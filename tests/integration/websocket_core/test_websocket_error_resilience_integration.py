@@ -1,4 +1,4 @@
-"""Error resilience (issue 4) with real fault injection on the real stack.
+"""Error resilience with real fault injection on the real stack.
 
 Two uvicorn processes and the agent worker (`manage.py serve`, tests/support/servers.py) run against
 a Redis of their own (tests/support/faults.py RedisServer, killed and restarted empty on the same
@@ -36,6 +36,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.support.faults import RedisServer, TcpProxy, refused
 from tests.support.servers import Stack, login, running_stack, shared_conversation
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.e2e]
 
@@ -181,20 +182,6 @@ async def until_ok(sock: Socket, type: str, timeout: float = 20, **fields: Any) 
         await asyncio.sleep(min(reply["error"].get("retry_after_ms", 1000), 2000) / 1000)
 
 
-async def poll(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Wait until `condition()` (sync or async) returns something truthy; return it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(interval)
-
-
 def rest_events(stack: Stack, token: str, conversation: str) -> httpx.Response:
     return httpx.get(
         f"{stack.base_url}/api/conversations/{conversation}/events/?limit=100",
@@ -304,8 +291,11 @@ async def test_redis_outage_degrades_gracefully_and_recovers_by_itself(
     # from the database); its events reach the sockets through the log.
     old_worker = stack.child("runworker").pid
     os.kill(old_worker, signal.SIGKILL)
-    new_worker = await poll(
-        lambda: next((p.pid for p in stack.children("runworker") if p.pid != old_worker), None), 20, "worker restart"
+    new_worker = await eventually(
+        lambda: next((p.pid for p in stack.children("runworker") if p.pid != old_worker), None),
+        20,
+        "worker restart",
+        interval=0.1,
     )
     run = await a0.ok("send", conversation=agent_conv, client_msg_id="prompt", text="hello while redis is down")
     ended = await b1.until(run_ended(run["run_id"]), timeout=30)
@@ -318,13 +308,23 @@ async def test_redis_outage_degrades_gracefully_and_recovers_by_itself(
     # Both processes' channel layers resubscribe by themselves, including the group of the
     # conversation that was subscribed while Redis was down, and the failed publishes are
     # published again (the buffer holds them).
-    await poll(lambda: group_subscribers(client, stack, conv) == 2, 20, "both processes resubscribe to conv")
-    await poll(lambda: group_subscribers(client, stack, conv2) == 1, 20, "process 1 joins conv2 once Redis is back")
-    await poll(lambda: listeners(client, "agent-runs") == 1, 20, "the restarted worker listens for doorbells")
-    await poll(
+    await eventually(
+        lambda: group_subscribers(client, stack, conv) == 2, 20, "both processes resubscribe to conv", interval=0.1
+    )
+    await eventually(
+        lambda: group_subscribers(client, stack, conv2) == 1,
+        20,
+        "process 1 joins conv2 once Redis is back",
+        interval=0.1,
+    )
+    await eventually(
+        lambda: listeners(client, "agent-runs") == 1, 20, "the restarted worker listens for doorbells", interval=0.1
+    )
+    await eventually(
         lambda: set(range(during, last_during + 1)) <= buffered_seqs(client, stack, conv),
         20,
         "the publishes that failed are published again",
+        interval=0.1,
     )
 
     # Live delivery again, on both processes.
@@ -381,7 +381,9 @@ async def test_a_hung_redis_never_hangs_a_command(stack: Stack, redis_server: Re
     finally:
         redis_server.thaw()
     client = redis.Redis.from_url(redis_server.url)
-    await poll(lambda: group_subscribers(client, stack, late) == 1, 20, "the new group is live after the thaw")
+    await eventually(
+        lambda: group_subscribers(client, stack, late) == 1, 20, "the new group is live after the thaw", interval=0.1
+    )
     last = (await a0.ok("send", conversation=conv, client_msg_id="h2", text="thawed"))["message"]["seq"]
     first_late = (await a0.ok("send", conversation=late, client_msg_id="l1", text="late"))["message"]["seq"]
     await b1.until(lambda f: f.get("seq") == last and f.get("conversation") == conv, timeout=15)

@@ -1,4 +1,4 @@
-"""Isolation (PROTOCOL §6.3, §2 `not_found`, §7): no command, reply, event or endpoint ever carries
+"""Isolation (docs/protocol.md §6.3, §2 `not_found`, §7): no command, reply, event or endpoint ever carries
 data of a conversation the user is not a member of, nor lets them change it.
 
 The matrix below takes every socket command in chat/realtime/commands.py HANDLERS and every

@@ -1,4 +1,4 @@
-"""Ephemeral events (PROTOCOL §5): typing with a TTL, read markers, presence per user not per tab."""
+"""Ephemeral events (docs/protocol.md §5): typing with a TTL, read markers, presence per user not per tab."""
 
 from __future__ import annotations
 

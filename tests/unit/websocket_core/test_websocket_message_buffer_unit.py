@@ -1,4 +1,4 @@
-"""The hot buffer (issue 3): FIFO, bounded by count and age, expiry, concurrent appends, independent
+"""The hot buffer: FIFO, bounded by count and age, expiry, concurrent appends, independent
 streams — the in-memory twin and the Redis buffer behave the same, tested with an injected clock."""
 
 from __future__ import annotations
