@@ -12,6 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e ./clients/python
 	touch $@
 
 install: $(BIN)/.installed
@@ -24,6 +25,13 @@ browser:
 
 test: install browser
 	$(TEST_ENV) $(BIN)/python -m pytest -q
+
+# The short chaos run (tests/e2e/test_chaos_e2e.py, ~80 s, so not in `make test`): faults against the
+# stack's own private redis-server, never the machine's Redis. CHAOS_SEED=N replays a fault plan. The
+# full-length run: $(BIN)/python tests/benchmarks/chaos.py (see tests/benchmarks/README.md).
+.PHONY: chaos
+chaos: install
+	CHAOS=1 $(TEST_ENV) $(BIN)/python -m pytest -q tests/e2e/test_chaos_e2e.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,14 +1,16 @@
 """Chaos suite: chat traffic and agent runs while clients, server processes, the agent worker and Redis
 are knocked over, then an exact check of what every client ended up with against the durable log.
 
-Starts the real stack (`manage.py serve`: P uvicorn processes + the agent worker, fresh PostgreSQL
-database, private Redis prefix; tests/support/servers.py), makes C agent-enabled conversations shared
-by the seeded users, opens K `chat/client.py` ChatClients per user spread over the server processes,
-subscribes every client to every conversation, and lets every client send chat messages and agent
-prompts at a modest rate for D seconds. Meanwhile a fault loop, in an order drawn from
-`random.Random(seed)`, forces client disconnects, SIGKILLs a server process, SIGKILLs the agent
-worker while a run is in progress and restarts Redis. Afterwards it waits (bounded) for quiescence
-and checks:
+Starts a private `redis-server` on a free port (tests/support/faults.py) and the real stack against it
+(`manage.py serve`: P uvicorn processes + the agent worker, fresh PostgreSQL database;
+tests/support/servers.py), makes C agent-enabled conversations shared by the seeded users, opens K
+`chatclient` ChatClients per user spread over the server processes, subscribes every client to every
+conversation, and lets every client send chat messages and agent prompts at a modest rate for D
+seconds. Meanwhile a fault loop, in an order drawn from `random.Random(seed)`, forces client
+disconnects, SIGKILLs a server process, SIGKILLs the agent worker while a run is in progress and
+crashes and restarts the private Redis (SIGKILL, then an empty Redis on the same port). The machine's
+shared Redis and PostgreSQL are never stopped, flushed or restarted. Afterwards it waits (bounded) for
+quiescence and checks:
 
 * every client's transcript of every conversation equals the log exactly: (seq, type, data), in order;
 * the log's seqs are 1..head with no hole;
@@ -30,12 +32,11 @@ import json
 import os
 import random
 import signal
-import socket
-import subprocess
 import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,12 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # run as a script: make `chat` and `tests.support` importable
+if str(ROOT) not in sys.path:  # run as a script: make `tests.support` importable
     sys.path.insert(0, str(ROOT))
 
-from chat.client import Backoff, ChatClient, ConnectionLost  # noqa: E402
+from chatclient import Backoff, ChatClient, ConnectionLost  # noqa: E402
+
+from tests.support.faults import RedisServer, refused  # noqa: E402
 from tests.support.limits import LOAD_TEST_ENV  # noqa: E402
 from tests.support.servers import Stack, running_stack  # noqa: E402
 
@@ -63,11 +66,6 @@ STACK_ENV = {
     "AGENT_HEARTBEAT_S": "1",
     **LOAD_TEST_ENV,
 }
-REDIS_PORT = 6379
-REDIS_START = [
-    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", str(REDIS_PORT),
-    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log",
-]  # fmt: skip
 SEND_TIMEOUT_S = 45.0  # one acknowledged send, retries included
 RECOVERY_TIMEOUT_S = 30.0  # a killed process back and ready / Redis answering again
 POLL_S = 0.1
@@ -91,7 +89,7 @@ class ChaosConfig:
     prompt_share: float = 0.3  # share of sends that are explicit prompts (calculator, the long answer)
     quiesce_timeout_s: float = 120.0
     # Cut sockets even while they are still resubscribing after a reconnect (the harshest timing; it
-    # found a client hang, fixed in chat/client.py). --only-cut-live restricts cuts to settled clients.
+    # found a client hang, fixed in chatclient). --only-cut-live restricts cuts to settled clients.
     cut_mid_resubscribe: bool = True
     sabotage: bool = False  # hidden: drop one event from one transcript to prove the checker fails
     quiet: bool = False
@@ -123,6 +121,7 @@ class Report:
     worker_kills: int = 0
     worker_kills_mid_run: int = 0
     redis_restarts: int = 0
+    redis_url: str = ""  # the private Redis the stack used (and the faults restarted)
     client_reconnects: int = 0
     replays: dict[str, int] = field(default_factory=dict)
     duplicates_ignored: int = 0
@@ -243,45 +242,26 @@ async def all_ready(stack: Stack) -> bool:
     return True
 
 
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+@contextlib.contextmanager
+def chaos_stack(processes: int) -> Iterator[tuple[Stack, RedisServer]]:
+    """A private redis-server on a free port, and the stack (server processes, agent worker, migrate and
+    seed) pointed at it. The Redis fault kills and restarts that process: the machine's Redis is shared
+    with everyone's tests, so a fault test must never stop or restart it."""
+    with (
+        RedisServer() as redis,
+        running_stack(processes=processes, env_overrides={**STACK_ENV, "REDIS_URL": redis.url}) as stack,
+    ):
+        yield stack, redis
 
 
-def redis_ping() -> bool:
-    result = subprocess.run(
-        ["redis-cli", "-p", str(REDIS_PORT), "ping"], capture_output=True, text=True, timeout=5, check=False
-    )
-    return result.stdout.strip() == "PONG"
-
-
-def ensure_redis() -> None:
-    """Redis is shared with everyone on this machine: whatever happened, leave it running."""
-    if redis_ping():
-        return
-    if not port_open(REDIS_PORT):
-        subprocess.run(REDIS_START, check=False, timeout=15)
-    deadline = time.monotonic() + RECOVERY_TIMEOUT_S
-    while not redis_ping():
-        if time.monotonic() > deadline:
-            raise RuntimeError("Redis did not come back")
-        time.sleep(POLL_S)
-
-
-def restart_redis() -> float:
-    """`shutdown nosave`, port closed, start with the machine's command, PONG. Returns the downtime."""
+def restart_redis(redis: RedisServer) -> float:
+    """Crash the private Redis (SIGKILL: connections reset, nothing saved) and start it empty on the same
+    port, answering PING. Returns the downtime."""
     started = time.monotonic()
-    try:
-        subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "shutdown", "nosave"], capture_output=True, timeout=10)
-        deadline = time.monotonic() + RECOVERY_TIMEOUT_S
-        while port_open(REDIS_PORT):
-            if time.monotonic() > deadline:
-                raise RuntimeError("Redis port still open after shutdown")
-            time.sleep(0.05)
-        subprocess.run(REDIS_START, check=True, timeout=15)
-    finally:
-        ensure_redis()
+    redis.kill()
+    if not refused(redis.port):  # the fault must be real: nothing may still answer on the port
+        raise RuntimeError(f"port {redis.port} still accepts connections after the private Redis was killed")
+    redis.start(timeout=RECOVERY_TIMEOUT_S)
     return time.monotonic() - started
 
 
@@ -345,9 +325,12 @@ class Traffic:
 
 # --- faults ----------------------------------------------------------------------------------------
 class Faults:
-    def __init__(self, config: ChaosConfig, stack: Stack, traffic: Traffic, watch: RunWatch, report: Report) -> None:
+    def __init__(
+        self, config: ChaosConfig, stack: Stack, redis: RedisServer, traffic: Traffic, watch: RunWatch, report: Report
+    ) -> None:
         self.config = config
         self.stack = stack
+        self.redis = redis
         self.traffic = traffic
         self.watch = watch
         self.report = report
@@ -436,8 +419,8 @@ class Faults:
         await wait_for(lambda: self._restarted(workers[0].pid, "runworker"), RECOVERY_TIMEOUT_S, "worker back")
 
     async def redis_restart(self, rng: random.Random) -> None:
-        say(self.config, "restarting Redis")
-        downtime = await asyncio.to_thread(restart_redis)
+        say(self.config, f"SIGKILL and restart the private Redis on port {self.redis.port}")
+        downtime = await asyncio.to_thread(restart_redis, self.redis)
         self.report.redis_restarts += 1
         say(self.config, f"Redis back after {downtime:.1f}s")
 
@@ -621,8 +604,11 @@ async def describe_clients(clients: list[ChatClient], logs: dict[str, list[dict[
     return described
 
 
-async def run_chaos(config: ChaosConfig, stack: Stack) -> Report:
-    report = Report(seed=config.seed, config=asdict(config))
+async def run_chaos(config: ChaosConfig, stack: Stack, redis: RedisServer) -> Report:
+    """`stack` must use `redis` (see `chaos_stack`): the Redis faults restart that server, and only that one."""
+    if stack.env.get("REDIS_URL") != redis.url:
+        raise ValueError(f"the stack uses {stack.env.get('REDIS_URL')}, not the private Redis {redis.url}")
+    report = Report(seed=config.seed, config=asdict(config), redis_url=redis.url)
     rng = random.Random(config.seed)
     began = time.monotonic()
     users = list(USERS[: config.users])
@@ -660,7 +646,7 @@ async def run_chaos(config: ChaosConfig, stack: Stack) -> Report:
         senders = [
             asyncio.create_task(traffic.sender(i, random.Random(config.seed * 7919 + i))) for i in range(len(clients))
         ]
-        faults = Faults(config, stack, traffic, watch, report)
+        faults = Faults(config, stack, redis, traffic, watch, report)
         await faults.run(rng, started)
         remaining = started + config.duration_s - time.monotonic()
         if remaining > 0:
@@ -706,7 +692,7 @@ def print_report(report: Report) -> None:
         ("forced disconnects", report.forced_disconnects),
         ("server kills", report.server_kills),
         ("worker kills (mid-run)", f"{report.worker_kills} ({report.worker_kills_mid_run})"),
-        ("Redis restarts", report.redis_restarts),
+        ("Redis restarts", f"{report.redis_restarts} (private, {report.redis_url})"),
         ("client reconnects", report.client_reconnects),
         ("replays by outcome", report.replays),
         ("duplicates ignored by clients", report.duplicates_ignored),
@@ -772,16 +758,14 @@ def main(argv: list[str] | None = None) -> int:
         quiet=args.quiet,
     )
     try:
-        with running_stack(processes=config.processes, env_overrides=STACK_ENV) as stack:
+        with chaos_stack(config.processes) as (stack, redis):
             try:
-                report = asyncio.run(run_chaos(config, stack))
+                report = asyncio.run(run_chaos(config, stack, redis))
             finally:
-                ensure_redis()
                 log_copy = RESULTS_DIR / f"chaos-{seed}-{time.strftime('%Y%m%d-%H%M%S')}-stack.log"
                 RESULTS_DIR.mkdir(parents=True, exist_ok=True)
                 log_copy.write_text(stack.log())
     except Exception as exc:  # noqa: BLE001 - any setup failure means "could not be carried out"
-        ensure_redis()
         print(f"chaos run could not be carried out: {exc!r}", file=sys.stderr)
         return 2
     print_report(report)

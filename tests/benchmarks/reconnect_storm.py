@@ -1,4 +1,4 @@
-"""Reconnect storm (issue 3): N clients drop at once, the conversation moves on by B events, and all
+"""Reconnect storm: N clients drop at once, the conversation moves on by B events, and all
 N reconnect at once with `since_seq`. Measures how long until every client has exactly the missed
 events, and where the replays were served from (the hot buffer vs the PostgreSQL log), read from the
 servers' own counters. Starts the stack as the README does; everything on 127.0.0.1.
@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script
     sys.path.insert(0, str(ROOT))
 
-from chat.client import Backoff, ChatClient  # noqa: E402
+from chatclient import Backoff, ChatClient  # noqa: E402
+
 from tests.benchmarks.fanout import (  # noqa: E402
     RESULTS_DIR,
     counters_delta,

@@ -1,7 +1,11 @@
-"""A short chaos run (tests/benchmarks/chaos.py) inside the suite: 4 ChatClients over 2 server processes
-chat in 2 agent conversations while clients are cut, a server process and the agent worker (mid-run) are
-SIGKILLed and Redis is restarted; afterwards every transcript equals the log exactly, every run has one
-terminal event, last, and every acknowledged send is in the log once. Seed: CHAOS_SEED (printed)."""
+"""A short chaos run (tests/benchmarks/chaos.py), run by `make chaos`: 4 ChatClients over 2 server
+processes chat in 2 agent conversations while clients are cut, a server process and the agent worker
+(mid-run) are SIGKILLed and Redis is crashed and restarted; afterwards every transcript equals the log
+exactly, every run has one terminal event, last, and every acknowledged send is in the log once.
+Seed: CHAOS_SEED (printed).
+
+The Redis the stack uses, and the one the fault kills, is a private redis-server on a free port: the
+machine's shared Redis and PostgreSQL are never stopped, flushed or restarted."""
 
 from __future__ import annotations
 
@@ -10,21 +14,30 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.benchmarks.chaos import STACK_ENV, ChaosConfig, ensure_redis, print_report, run_chaos
-from tests.support.servers import Stack, running_stack
+from tests.benchmarks.chaos import ChaosConfig, chaos_stack, print_report, run_chaos
+from tests.support.faults import RedisServer
+from tests.support.servers import Stack
 
-pytestmark = [pytest.mark.e2e]
+# Setup (a 2-process stack), 20 s of traffic under faults and the recovery take 70-90 s on this 2-core
+# machine: too long for every `make test`. `make chaos` runs it (CHAOS=1); tests/benchmarks/chaos.py is the
+# full-length run. The skip names that command, so leaving it out is never silent.
+if os.environ.get("CHAOS") != "1":
+    pytest.skip("the chaos run (~80 s) is not in the normal suite: `make chaos` runs it", allow_module_level=True)
+
+# Above the suite's default per-test timeout: setup, the run and teardown together, on a loaded machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 SEED = int(os.environ.get("CHAOS_SEED", "20240601"))
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    with running_stack(processes=2, env_overrides=STACK_ENV) as s:
-        yield s
+def stack_and_redis() -> Iterator[tuple[Stack, RedisServer]]:
+    with chaos_stack(processes=2) as pair:
+        yield pair
 
 
-async def test_transcripts_equal_the_log_after_faults(stack: Stack) -> None:
+async def test_transcripts_equal_the_log_after_faults(stack_and_redis: tuple[Stack, RedisServer]) -> None:
+    stack, redis = stack_and_redis
     config = ChaosConfig(
         seed=SEED,
         duration_s=20,
@@ -40,10 +53,7 @@ async def test_transcripts_equal_the_log_after_faults(stack: Stack) -> None:
         quiesce_timeout_s=40,
     )
     print(f"chaos seed {SEED}")
-    try:
-        report = await run_chaos(config, stack)
-    finally:
-        ensure_redis()  # Redis is shared with other tests on this machine
+    report = await run_chaos(config, stack, redis)
     print_report(report)
     assert report.ok, "\n".join(report.violations)
     # The faults really happened, or passing proves nothing.

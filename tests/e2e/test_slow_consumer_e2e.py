@@ -1,4 +1,4 @@
-"""Slow consumers (issue 3): a client that stops reading is closed by the server with 4408 once its
+"""Slow consumers: a client that stops reading is closed by the server with 4408 once its
 bounded outbound queue is full, while the other sockets keep receiving everything; the slow client
 recovers by resuming with since_seq. Real server: uvicorn applies TCP back-pressure to `send`, so a
 stalled reader really does stall the socket's writer."""
@@ -13,13 +13,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from chatclient import Backoff, ChatClient
 from websockets.client import ClientProtocol
 from websockets.frames import Frame
 from websockets.http11 import Response
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
-from chat.client import Backoff, ChatClient
 from tests.benchmarks.fanout import scrape_metrics, staff_client
 from tests.support.limits import LOAD_TEST_ENV
 from tests.support.servers import Stack, login, running_stack, shared_conversation

@@ -1,6 +1,6 @@
-"""Resume across a server crash (issue 3): a Python client (chat/client.py) keeps chatting while the
-ASGI server process it is connected to is SIGKILLed and restarted by `manage.py serve`; at the end
-its transcript equals the log exactly and every acknowledged message is in it."""
+"""Resume across a server crash: a Python client (`chatclient`, clients/python) keeps chatting while
+the ASGI server process it is connected to is SIGKILLed and restarted by `manage.py serve`; at the
+end its transcript equals the log exactly and every acknowledged message is in it."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
+from chatclient import Backoff, ChatClient
 
-from chat.client import Backoff, ChatClient
 from tests.support.servers import Stack, login, running_stack, shared_conversation
 
 pytestmark = [pytest.mark.e2e]
