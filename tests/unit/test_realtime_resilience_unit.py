@@ -15,6 +15,7 @@ from chat.infra.message_buffer import MemoryBuffer
 from chat.realtime.broadcast_manager import Hub
 from chat.realtime.outbox import Outbox
 from chat.wire.frames import StoredEvent
+from tests.support.waiting import eventually
 
 
 @pytest.fixture(autouse=True)
@@ -78,14 +79,6 @@ def outbox(hub: Hub, rec: Recorder) -> Outbox:
     )  # fmt: skip
 
 
-async def until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met")
-
-
 def event(conv: str, seq: int) -> StoredEvent:
     return StoredEvent(conversation_id=conv, seq=seq, type="message", ts="2024-01-01T00:00:00Z", data={"n": seq})
 
@@ -106,7 +99,9 @@ async def test_republisher_retries_until_redis_takes_it_in_seq_order_and_drops_t
     rep = Republisher(publish, max_events=3, sleep=no_sleep, rng=lambda: 0.0)
     rep.add_events([event("c", 1), event("c", 3)])
     rep.add_events([event("c", 2), event("c", 4), event("c", 2)])  # 2 twice; 4 events > bound 3
-    await until(lambda: rep.pending() == 0)
+    await eventually(
+        lambda: rep.pending() == 0, 5, lambda: f"the republisher to drain ({rep.pending()} left)", interval=0.01
+    )
     assert published == [[2, 3, 4]]  # seq 1 dropped (the log has it), 2 published once, in order
 
 
@@ -125,7 +120,7 @@ async def test_resync_reads_the_log_while_redis_is_down_and_once_after_it_return
     log.events["c"][3] = frame("c", 3)
     assert await hub.resync() == 1
     assert hub.check_log_next is False
-    await until(lambda: rec.seqs() == [1, 2, 3])
+    await eventually(lambda: rec.seqs() == [1, 2, 3], 5, lambda: f"seqs 1, 2, 3 sent; sent: {rec.sent}", interval=0.01)
     task.cancel()
 
 
@@ -145,11 +140,13 @@ async def test_an_outbox_fill_that_cannot_read_the_log_stalls_and_resumes_in_ord
         log.down = True
         box.deliver_event("c", 3, frame("c", 3))  # 1 and 2 must be read first: the log is down
         box.send_frame('{"type":"reply","id":"x","ok":true}')  # replies still flow
-        await until(lambda: len(rec.sent) == 1)
+        await eventually(lambda: len(rec.sent) == 1, 5, lambda: f"one frame sent; sent: {rec.sent}", interval=0.01)
         assert rec.sent == ['{"type":"reply","id":"x","ok":true}']
         assert box.stalled == {"c": 3}
         log.down = False
-        await until(lambda: rec.seqs() == [1, 2, 3])
+        await eventually(
+            lambda: rec.seqs() == [1, 2, 3], 5, lambda: f"seqs 1, 2, 3 sent; sent: {rec.sent}", interval=0.01
+        )
         assert box.stalled == {}
         assert not task.done()  # the socket's writer survived the outage
         task.cancel()

@@ -11,6 +11,7 @@ from channels.layers import InMemoryChannelLayer
 from chat.infra.message_buffer import MemoryBuffer, conversation_stream
 from chat.realtime.broadcast_manager import Hub as _Hub
 from chat.realtime.outbox import Outbox
+from tests.support.waiting import eventually
 
 
 class LogStub:
@@ -200,21 +201,20 @@ async def test_a_failed_group_add_keeps_the_subscription_and_joins_in_the_backgr
     await hub.join("c", box)  # Redis restarting: the subscription stands (served by the log resync)
     assert hub.conversations["c"] == {box}
     assert hub.pending_groups == {"conv.c"}
-    for _ in range(300):  # the background join retries with backoff
-        if not hub.pending_groups:
-            break
-        await asyncio.sleep(0.01)
+    # The background join retries with backoff.
+    await eventually(lambda: not hub.pending_groups, 3, "the background join to succeed", interval=0.01)
     assert list(hub.layer.groups["conv.c"]) == [hub.channel]
 
 
 async def until_sent(recorders: list[Recorder], count: int, boxes: list[Outbox]) -> None:
     tasks = [asyncio.create_task(b.run()) for b in boxes]
     try:
-        for _ in range(2000):
-            if all(len(r.seqs()) >= count for r in recorders):
-                return
-            await asyncio.sleep(0.005)
-        raise AssertionError(f"not delivered: {[r.seqs() for r in recorders]}")
+        await eventually(
+            lambda: all(len(r.seqs()) >= count for r in recorders),
+            10,
+            lambda: f"{count} events delivered to every socket; delivered: {[r.seqs() for r in recorders]}",
+            interval=0.005,
+        )
     finally:
         for task in tasks:
             task.cancel()
