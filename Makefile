@@ -6,7 +6,7 @@ PGHOST ?= 127.0.0.1
 TEST_ENV := DB_POOL_MIN=0 TEST_DATABASE_NAME=test_chat_$$$$ DATABASE_URL=postgres://postgres@$(PGHOST):5432/chat REDIS_URL=redis://127.0.0.1:6379/0 \
 	CHANNEL_PREFIX=chattest$$$$
 
-.PHONY: install run run-embedded test lint browser
+.PHONY: install run run-embedded test lint browser mutation
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,14 +24,14 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 test: install browser
-	$(TEST_ENV) $(BIN)/python -m pytest -q
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not chaos"
 
 # The short chaos run (tests/e2e/test_chaos_e2e.py, ~80 s, so not in `make test`): faults against the
 # stack's own private redis-server, never the machine's Redis. CHAOS_SEED=N replays a fault plan. The
 # full-length run: $(BIN)/python tests/benchmarks/chaos.py (see tests/benchmarks/README.md).
 .PHONY: chaos
 chaos: install
-	CHAOS=1 $(TEST_ENV) $(BIN)/python -m pytest -q tests/e2e/test_chaos_e2e.py
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m chaos tests/e2e/test_chaos_e2e.py
 
 lint: install
 	$(BIN)/ruff check .
@@ -56,3 +56,11 @@ run-embedded: install
 	$(BIN)/python manage.py seed_demo
 	@echo "Open http://127.0.0.1:$(PORT)/ and log in as alice / demo-password"
 	$(BIN)/python manage.py serve --port $(PORT)
+
+# Mutation testing of the core, one module at a time (MODULES="chat/infra/rate_limiter.py ..." for a few):
+# prints module | mutants | killed | survived | timeout | score and writes tests/benchmarks/results/mutation.json.
+# Niced, one worker, its own test database and channel prefix: the machine and its services are shared.
+mutation: install
+	DB_POOL_MIN=0 TEST_DATABASE_NAME=test_chat_mut_$$$$ DATABASE_URL=postgres://postgres@$(PGHOST):5432/chat \
+		REDIS_URL=redis://127.0.0.1:6379/0 CHANNEL_PREFIX=chatmut$$$$ \
+		nice -n 19 $(BIN)/python tests/mutation/run_mutation.py $(MODULES)
