@@ -36,6 +36,7 @@ chaos: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
+	$(BIN)/lint-imports
 
 RUN_ENV := DATABASE_URL=$${DATABASE_URL:-postgres://postgres@$(PGHOST):5432/chat} \
 	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0}

@@ -329,7 +329,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             fn()
 
     async def _count_bad_frame(self, exc: ProtocolError) -> None:
-        reason = abuse_verdict(exc, self.throttle, self._bad_frames)
+        reason = abuse_verdict(exc, self.throttle if self.authenticated else None, self._bad_frames)
         if reason is not None:
             metrics.inc("connections_closed_abuse", reason=reason)
             await self._close(4400)

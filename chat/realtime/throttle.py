@@ -103,9 +103,10 @@ class BadFrames:
         return len(self.times)
 
 
-def abuse_verdict(exc: ProtocolError, throttle: CommandThrottle, bad_frames: BadFrames) -> str | None:
-    """Why the socket that caused `exc` must be closed 4400 now, or None to keep it open."""
-    if isinstance(exc, RateLimited):
+def abuse_verdict(exc: ProtocolError, throttle: CommandThrottle | None, bad_frames: BadFrames) -> str | None:
+    """Why the socket that caused `exc` must be closed 4400 now, or None to keep it open.
+    `throttle` is None before the socket authenticated (nothing is rate limited then)."""
+    if isinstance(exc, RateLimited) and throttle is not None:
         # Told to wait and still sending: a broken retry loop or a flood; either way, close it.
         return "rate_limit" if throttle.over_hammer_limit else None
     if exc.code not in ("bad_request", "unknown_command", "too_large"):

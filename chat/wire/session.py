@@ -66,8 +66,9 @@ class NotificationData(ServerData):
     kind: Literal["conversation_added", "role_changed"]
     conversation: Uuid
     title: str
-    role: Literal["member", "viewer"]
-    # The id of the owner who made the change.
+    # An owner grants member or viewer; staff (in the admin) may also make someone an owner.
+    role: Literal["owner", "member", "viewer"]
+    # The id of who made the change: the conversation's owner, or a staff user.
     by: int
 
 

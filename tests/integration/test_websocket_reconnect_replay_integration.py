@@ -47,7 +47,7 @@ async def test_a_storm_of_reconnects_is_served_from_the_buffer_not_the_log(make_
 
 
 async def test_replay_falls_back_to_the_log_when_the_buffer_lacks_the_range(make_user: Any, settings: Any) -> None:
-    from chat.realtime import buffer as buffer_module
+    from chat.infra import message_buffer as buffer_module
 
     owner = await database_sync_to_async(make_user)()
     conv = await factories.conversation(owner, agent="")
@@ -67,8 +67,10 @@ async def test_replay_falls_back_to_the_log_when_the_buffer_lacks_the_range(make
     assert metrics.counter("replays", source="log") == from_log + 1
 
 
-async def test_an_event_whose_doorbell_was_lost_still_arrives(make_user: Any) -> None:
-    from chat.infra.bus import _buffer_events
+async def test_an_event_whose_doorbell_was_lost_still_arrives(make_user: Any, monkeypatch: Any) -> None:
+    from channels.layers import get_channel_layer
+
+    from chat.publishing import run_service
     from chat.services.messages import message_send
 
     owner = await database_sync_to_async(make_user)()
@@ -76,9 +78,18 @@ async def test_an_event_whose_doorbell_was_lost_still_arrives(make_user: Any) ->
     client, _, _ = await Client.connect(owner)
     await client.recv()
     await client.command("subscribe", conversation=conv)
-    # Stored and buffered, but the doorbell never rang (Redis blinked between commit and publish),
-    # and nothing else happens in the conversation afterwards.
-    result = await database_sync_to_async(message_send)(
+    # Stored and buffered, but the doorbell is lost on its way (Redis blinked between the buffer
+    # append and the publish, without an error), and nothing else happens in the conversation.
+    layer = get_channel_layer()
+    ring = layer.group_send
+
+    async def lose_doorbells(group: str, message: dict[str, Any]) -> None:
+        if message.get("type") != "conv.event":
+            await ring(group, message)
+
+    monkeypatch.setattr(layer, "group_send", lose_doorbells)
+    await run_service(
+        message_send,
         conversation_id=conv,
         author_id=owner.id,
         username=owner.username,
@@ -86,7 +97,7 @@ async def test_an_event_whose_doorbell_was_lost_still_arrives(make_user: Any) ->
         text="the last word",
         can_write=True,
     )
-    await _buffer_events(result.events)
+    monkeypatch.setattr(layer, "group_send", ring)
     event = await client.seen_or_until(lambda f: f.get("type") == "message", timeout=6)
     assert event["seq"] == 1
     assert event["data"]["text"] == "the last word"
