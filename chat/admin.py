@@ -21,6 +21,7 @@ from chat.models import (
     Workspace,
     WorkspaceMember,
 )
+from chat.selectors import author_name
 from chat.services.accounts import CLOSE_DISABLED, user_deactivate, user_sockets_close
 from chat.services.conversations import (
     conversation_member_remove_by_staff,
@@ -113,7 +114,7 @@ class ConversationAdmin(admin.ModelAdmin):
             format_html_join(
                 "",
                 "<p><b>#{} {}</b>: {}</p>",
-                ((m.seq, m.author.username if m.author else "agent", m.text) for m in rows),
+                ((m.seq, author_name(m), m.text) for m in rows),
             ),
         )
 

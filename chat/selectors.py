@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from chat.errors import NotFound
 from chat.models import (
+    AuthorKind,
     Conversation,
     ConversationMember,
     Event,
@@ -124,6 +125,17 @@ def notifications_after(*, user_id: int, after_seq: int, limit: int = 500) -> li
     return list(Notification.objects.filter(user_id=user_id, seq__gt=after_seq).order_by("seq")[:limit])
 
 
+# A person's messages outlive their account (author becomes NULL): never shown as the agent's.
+DELETED_AUTHOR = "deleted user"
+
+
+def author_name(message: Message) -> str:
+    """Who wrote `message`, by its author kind: a NULL author is the agent only for agent messages."""
+    if message.author is not None:
+        return message.author.username
+    return "agent" if message.author_kind == AuthorKind.AGENT else DELETED_AUTHOR
+
+
 def search_messages(*, user_id: int, query: str, conversation_id: str, limit: int = 5) -> list[dict[str, Any]]:
     """Messages matching `query` in one conversation, if the user is a member of it.
 
@@ -143,7 +155,7 @@ def search_messages(*, user_id: int, query: str, conversation_id: str, limit: in
         {
             "message_id": str(m.id),
             "seq": m.seq,
-            "author": m.author.username if m.author else "agent",
+            "author": author_name(m),
             "text": m.text[:300],
         }
         for m in rows
