@@ -223,8 +223,7 @@ async def test_readyz_sees_a_breaker_another_process_published_until_it_is_withd
 ) -> None:
     """In production runs execute in the agent worker: its "llm" breaker reaches /readyz (served
     by the web processes) through Redis. Here another process is played by a published entry."""
-    from chat.infra.breakers import CircuitBreaker
-    from chat.infra.breakers import _registry, _registry_lock
+    from chat.infra.breakers import CircuitBreaker, _registry, _registry_lock
 
     source = f"worker-test-{time.monotonic_ns()}"
     remote = CircuitBreaker("llm", failure_threshold=1, reset_timeout_s=30.0)

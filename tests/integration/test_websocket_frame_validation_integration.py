@@ -1,4 +1,4 @@
-"""Bad frames get the documented error and the connection stays usable (PROTOCOL §2, §6.5)."""
+"""Bad frames get the documented error and the connection stays usable (docs/protocol.md §2, §6.5)."""
 
 from __future__ import annotations
 

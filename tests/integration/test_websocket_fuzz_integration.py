@@ -1,10 +1,10 @@
-"""Hostile input (PROTOCOL §2, §6.3, §6.5): property-based fuzzing of a live ChatConsumer.
+"""Hostile input (docs/protocol.md §2, §6.3, §6.5): property-based fuzzing of a live ChatConsumer.
 
 One attacker socket gets thousands of generated frames — commands with the right field names and
 wrong values, arbitrary JSON, raw non-JSON text, binary frames, 10,000-level nesting, frames at
 and over the size limit, thousands of keys, floods of tiny frames — over the real ASGI app with the
 real PostgreSQL and Redis, while a victim keeps chatting in a conversation of their own. For every
-frame the test checks the answer PROTOCOL §2 promises, and afterwards that the database holds
+frame the test checks the answer docs/protocol.md §2 promises, and afterwards that the database holds
 exactly what the accepted `send`s wrote and nothing else.
 
 Hypothesis cannot drive a coroutine itself, so the test opens the sockets once on its event loop,
@@ -47,7 +47,7 @@ from tests.support.ws import Client, access_token, connected
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
-# PROTOCOL §2: the only error codes a client may ever see.
+# docs/protocol.md §2: the only error codes a client may ever see.
 PROTOCOL_CODES = {
     "bad_request",
     "unknown_command",
@@ -71,14 +71,14 @@ VICTIM_EVERY = 100  # the victim sends a message after every this many fuzz fram
 ANSWER_TIMEOUT_S = 20.0  # a frame that is not answered in this long is a hang, not slowness
 
 
-# --- what PROTOCOL §2 says a frame must get --------------------------------------------------------
+# --- what docs/protocol.md §2 says a frame must get ---------------------------------------------
 
 
 @dataclass(frozen=True)
 class Expect:
     kind: str  # "reply": exactly one reply with `id`; "error": one error frame; "maybe": nothing or one error
     id: str | None = None
-    codes: frozenset[str] = frozenset()  # for "error": the codes PROTOCOL §2 allows for this frame
+    codes: frozenset[str] = frozenset()  # for "error": the codes docs/protocol.md §2 allows for this frame
 
 
 def frame_limit() -> int:
@@ -94,7 +94,7 @@ def utf8_text(value: str) -> bool:
 
 
 def expectation(text: str | None, data: bytes | None) -> Expect:
-    """The answer PROTOCOL §2 (and docs/protocol.md §2) promises, decided from the frame alone."""
+    """The answer docs/protocol.md §2 promises, decided from the frame alone."""
     if data is not None:
         return Expect("error", codes=frozenset({"bad_request"}))
     assert text is not None
@@ -450,7 +450,7 @@ def assert_utf8(got: dict[str, Any]) -> None:
 def check_error_shape(error: Any) -> str:
     assert isinstance(error, dict), error
     code = error.get("code")
-    assert code in PROTOCOL_CODES, f"error code outside PROTOCOL §2: {error}"
+    assert code in PROTOCOL_CODES, f"error code outside docs/protocol.md §2: {error}"
     assert code not in CODES_THAT_ARE_BUGS, f"server bug answered as {code}: {error}"
     assert isinstance(error.get("message"), str), error
     return str(code)

@@ -1,4 +1,4 @@
-"""Tiers over a live consumer (issue 4): each user gets their tier's limits in `welcome` and is held
+"""Tiers over a live consumer: each user gets their tier's limits in `welcome` and is held
 to them — text size, subscriptions, rates per command class with no side effect when refused,
 connections (4429), history retention — while another user, or another tier, is unaffected."""
 
