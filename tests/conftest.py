@@ -3,19 +3,34 @@ loudly (never skip) when either is missing. `make test` sets DATABASE_URL and RE
 
 from __future__ import annotations
 
+import faulthandler
 import itertools
 import os
+import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings
 
 _counter = itertools.count()
 
+# How long past its pytest-timeout a test may still run before the whole process is ended (see
+# pytest_runtest_protocol below): room for the timeout's own failure and the test's teardown.
+HARD_STOP_GRACE_S = 60
+_HARD_STOP_AT = pytest.StashKey[float]()
+_HARD_STOP_FD = pytest.StashKey[int]()
+
 
 def pytest_configure(config: pytest.Config) -> None:
+    if config.option.help:
+        return  # `pytest --help` needs no services
+    # The hard stop's stack dump must reach the terminal: during a test, fd 2 is pytest's capture file,
+    # which is lost when the process ends. (Capture is suspended while plugins are configured.)
+    config.stash[_HARD_STOP_FD] = os.dup(sys.stderr.fileno())
     engine = settings.DATABASES["default"]["ENGINE"]
     if engine != "django.db.backends.postgresql":
         raise pytest.UsageError(
@@ -24,17 +39,111 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     if not settings.REDIS_URL:
         raise pytest.UsageError("REDIS_URL is not set: the test suite needs the real Redis (run `make test`).")
+    # Checked here, before any fixture: otherwise the first fixture to touch a missing service (the
+    # test database setup, a Redis cleanup) buries the one line that matters under its traceback.
+    db = settings.DATABASES["default"]
+    problems = [
+        postgres_problem(db.get("HOST") or "", db.get("PORT") or 5432, db.get("USER") or "", db.get("PASSWORD") or ""),
+        redis_problem(settings.REDIS_URL),
+    ]
+    if any(problems):
+        raise pytest.UsageError(*[p for p in problems if p])
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _require_redis() -> None:
+def postgres_problem(
+    host: str, port: int | str, user: str, password: str, variable: str = "DATABASE_URL"
+) -> str | None:
+    """None if PostgreSQL answers at host:port, else the one-line reason it does not (and that
+    `variable` is the setting to fix)."""
+    import psycopg
+
+    try:
+        # The maintenance database: the configured one may not exist yet, the test database never does.
+        conn = psycopg.connect(host=host, port=port, user=user, password=password, dbname="postgres", connect_timeout=3)
+        conn.close()
+    except psycopg.Error as exc:
+        # libpq's text is several lines ("… failed: Connection refused", "Is the server running…");
+        # the reason is the end of the first.
+        reason = str(exc).strip().splitlines()[0].rsplit("failed: ", 1)[-1]
+        return (
+            f"PostgreSQL at {host or 'the local socket'}:{port} is not reachable ({reason}): "
+            f"the tests need the real PostgreSQL; start it or point {variable} at it."
+        )
+    return None
+
+
+def redis_problem(url: str, variable: str = "REDIS_URL") -> str | None:
+    """None if Redis answers PING at url, else the one-line reason it does not."""
     import redis
 
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
     try:
         client.ping()
     except redis.RedisError as exc:
-        pytest.fail(f"Redis at {settings.REDIS_URL} is not reachable: {exc}", pytrace=False)
+        parts = urlsplit(url)  # host and port only: the URL may carry a password
+        return (
+            f"Redis at {parts.hostname}:{parts.port or 6379} is not reachable ({exc}): "
+            f"the tests need the real Redis; start it or point {variable} at it."
+        )
+    finally:
+        client.close()
+    return None
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    fd = config.stash.get(_HARD_STOP_FD, None)
+    if fd is not None:
+        os.close(fd)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
+    # pytest-timeout (signal method, see pyproject.toml) fails a hung test and the run goes on. A
+    # SIGALRM cannot stop a main thread stuck inside C code, though: past the timeout plus a grace,
+    # dump every thread's stack and end the process, so the run ends instead of freezing.
+    limit = _timeout_of(item)
+    if limit:
+        item.stash[_HARD_STOP_AT] = time.monotonic() + limit + HARD_STOP_GRACE_S
+    yield
+    if limit:
+        faulthandler.cancel_dump_traceback_later()
+
+
+# Armed again at every phase: pytest's own faulthandler plugin cancels the (single, process-wide) timer
+# whenever a phase fails, which would leave the teardown after a failure unguarded.
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _arm_hard_stop(item)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    _arm_hard_stop(item)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    _arm_hard_stop(item)
+
+
+def pytest_enter_pdb() -> None:
+    faulthandler.cancel_dump_traceback_later()  # someone is debugging: never end their session
+
+
+def _arm_hard_stop(item: pytest.Item) -> None:
+    deadline = item.stash.get(_HARD_STOP_AT, None)
+    fd = item.config.stash.get(_HARD_STOP_FD, None)
+    if deadline is not None and fd is not None:
+        faulthandler.dump_traceback_later(max(1.0, deadline - time.monotonic()), exit=True, file=fd)
+
+
+def _timeout_of(item: pytest.Item) -> float | None:
+    if not item.config.pluginmanager.hasplugin("timeout"):
+        return None  # -p no:timeout
+    from pytest_timeout import _get_item_settings  # ini value, --timeout and the test's marker, resolved
+
+    timeout = _get_item_settings(item).timeout
+    return float(timeout) if timeout and timeout > 0 else None
 
 
 @pytest.fixture(autouse=True)

@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support.servers import Stack, running_stack
+from tests.conftest import postgres_problem, redis_problem
+from tests.support.servers import PG_ADMIN_URL, REDIS_URL, Stack, running_stack
 
 CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -30,6 +33,24 @@ DEMO_PASSWORD = "demo-password"
 DEMO_TITLE = "Demo: ask the assistant"
 # Long enough per word that a ~30-word answer streams for ~2 s: room to reload a page mid-run.
 TOKEN_DELAY_MS = "60"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # The stacks reach PostgreSQL and Redis at their own addresses (PG_ADMIN_URL, E2E_REDIS_URL), which
+    # tests/conftest.py does not check: check them once, before the first stack fails on them with a
+    # long traceback (PostgreSQL) or a minute-long "not ready" (Redis), module after module.
+    here = Path(__file__).parent
+    if not any(here in item.path.parents for item in session.items):
+        return
+    admin = urlsplit(PG_ADMIN_URL)
+    problems = [
+        postgres_problem(
+            admin.hostname or "", admin.port or 5432, admin.username or "", admin.password or "", "PG_ADMIN_URL"
+        ),
+        redis_problem(REDIS_URL, "E2E_REDIS_URL"),
+    ]
+    if any(problems):
+        pytest.exit("\n".join(p for p in problems if p), returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 # Module scope, not session: Playwright's sync API keeps an event loop running on this thread while
