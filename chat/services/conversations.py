@@ -71,6 +71,8 @@ def workspace_member_add(*, workspace: Workspace, actor: User, username: str, ro
     user = User.objects.filter(username=username, is_active=True).first()
     if user is None:
         raise ServiceError("not_found", "no such user")
+    if user.id == actor.id:  # an owner demoting themselves could leave the workspace with no owner
+        raise ServiceError("conflict", "an owner cannot change their own role")
     member, _ = WorkspaceMember.objects.update_or_create(workspace=workspace, user=user, defaults={"role": role})
     return member
 
@@ -116,6 +118,8 @@ def conversation_member_add(*, conversation_id: str, actor_id: int, username: st
     user = User.objects.filter(username=username, is_active=True).first()
     if user is None:
         raise ServiceError("not_found", "no such user")
+    if user.id == actor_id:  # the owner demoting themselves would leave the conversation with no owner
+        raise ServiceError("conflict", "the owner cannot change their own role")
     return _member_set(conversation_id=access.conversation_id, title=access.title, user=user, role=role, by=actor_id)
 
 

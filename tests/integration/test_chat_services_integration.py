@@ -389,11 +389,6 @@ def test_workspace_member_add_refuses_an_unknown_or_inactive_user(make_user: Any
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workspace_member_add lets the only owner name themselves and demote themselves, leaving "
-    "a workspace nobody may add members to",
-)
 def test_the_only_workspace_owner_cannot_demote_themselves(make_user: Any) -> None:
     owner = make_user()
     workspace = workspace_create(owner=owner, name="team")
@@ -604,11 +599,6 @@ def test_conversation_member_add_refuses_an_unknown_or_inactive_user(make_user: 
     assert tap.heard() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="conversation_member_add lets the owner name themselves and demote themselves, leaving a "
-    "conversation without an owner, which conversation_member_remove refuses for leaving (conflict)",
-)
 def test_the_owner_cannot_demote_themselves(make_user: Any) -> None:
     owner = make_user()
     conv = factories.conversation_sync(owner)
