@@ -26,6 +26,7 @@ def stack() -> Iterator[Stack]:
         yield running
 
 
+@pytest.mark.timeout(180)  # waits up to 45 s for the page to reconnect, after the module's browser setup
 def test_tab_over_the_connection_limit_says_so_and_recovers_when_another_closes(
     new_page: Callable[[str], Any], open_demo: Callable[[Any, str], str], login: Callable[[Any, str], None]
 ) -> None:

@@ -90,6 +90,7 @@ class StalledClient:
             self.feed(data)
 
 
+@pytest.mark.timeout(240)  # its own deadlines (90 + 30 + 30 s) must fire before the suite's timeout
 async def test_a_stalled_reader_is_closed_4408_and_nobody_else_waits(stack: Stack) -> None:
     alice, bob = login(stack, "alice"), login(stack, "bob")
     conv = shared_conversation(stack, alice, "bob")

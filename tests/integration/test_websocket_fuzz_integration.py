@@ -782,6 +782,7 @@ def error_log() -> Iterator[ErrorLog]:
 # --- the property ----------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(300)  # 3,000 hypothesis examples, CPU-bound: grows with the machine's load
 async def test_fuzzed_frames_are_answered_per_protocol_and_harm_nobody(
     make_user: Any, settings: Any, monkeypatch: pytest.MonkeyPatch, error_log: ErrorLog
 ) -> None:

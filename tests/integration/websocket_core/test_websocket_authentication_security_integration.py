@@ -715,6 +715,7 @@ async def _real_server_flow(stack: Any, user: str, password: str) -> list[str]:
     return tokens
 
 
+@pytest.mark.timeout(240)  # starts a whole server stack inside the test
 @pytest.mark.e2e
 @pytest.mark.parametrize("server", ["uvicorn", "daphne"])
 async def test_tokens_never_reach_the_real_servers_logs(server: str) -> None:
