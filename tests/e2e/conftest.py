@@ -31,8 +31,9 @@ CHROMIUM_ARGS = [
 ]
 DEMO_PASSWORD = "demo-password"
 DEMO_TITLE = "Demo: ask the assistant"
-# Long enough per word that a ~30-word answer streams for ~2 s: room to reload a page mid-run.
-TOKEN_DELAY_MS = "60"
+# Long enough per word that a ~30-word answer streams for ~4 s: room to reload a page or click Stop
+# mid-run even on a loaded 2-core machine (at 60 ms a Stop clicked late raced the answer's end).
+TOKEN_DELAY_MS = "120"
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
