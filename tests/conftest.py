@@ -16,6 +16,9 @@ from urllib.parse import urlsplit
 import pytest
 from django.conf import settings
 
+# Opt-in fixtures for direct service tests (runner doorbells recorded, cheap password hashing).
+pytest_plugins = ["tests.support.effects"]
+
 _counter = itertools.count()
 
 # How long past its pytest-timeout a test may still run before the whole process is ended (see

@@ -21,7 +21,6 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents.models import AgentRun, RunStatus, ToolCall, ToolCallStatus
-from agents.runner import get_supervisor
 from agents.services import (
     MAX_TOOL_RESULT_CHARS,
     CancelResult,
@@ -39,49 +38,17 @@ from agents.services import (
     tool_call_finish,
     tool_call_start,
 )
-from chat import publishing
 from chat.errors import ServiceError
 from chat.infra.message_buffer import conversation_stream
 from chat.models import AuthorKind, Conversation, Event, Message, Role, User
 from chat.selectors import events_after
 from chat.wire.frames import StoredEvent
 from tests.support import factories
+from tests.support.effects import RecordingRunner
 
-pytestmark = [pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("runner", "fast_password_hashing")]
 
 WORKER = "test-worker:1"
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings: Any) -> None:
-    # Every test creates several users; hashing their passwords is not what is tested here.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-class RecordingRunner:
-    """Stands in for the in-process run supervisor at the publish road's local-runner hook: the
-    real one would start on the short-lived loop that delivers a sync caller's effects and claim
-    the runs these tests drive by hand. Records what the run doorbells told it, in order."""
-
-    def __init__(self) -> None:
-        self.told: list[object] = []
-
-    def wake(self) -> None:
-        self.told.append("wake")
-
-    def cancel(self, run_id: str) -> bool:
-        self.told.append(("cancel", run_id))
-        return False
-
-
-@pytest.fixture(autouse=True)
-def runner() -> Iterator[RecordingRunner]:
-    recording = RecordingRunner()
-    publishing.set_local_runner(lambda: recording)
-    try:
-        yield recording
-    finally:
-        publishing.set_local_runner(get_supervisor)  # what agents.apps installs
 
 
 @pytest.fixture

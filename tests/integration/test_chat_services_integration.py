@@ -22,8 +22,6 @@ from django.db import IntegrityError, connection, transaction
 from django.test import Client as HttpClient
 
 from agents.models import AgentRun, RunStatus, ToolCall
-from agents.runner import get_supervisor
-from chat import publishing
 from chat.errors import NotFound, ServiceError
 from chat.infra.doorbells import conversation_group, user_group
 from chat.infra.message_buffer import conversation_stream, user_stream
@@ -75,8 +73,9 @@ from chat.services.notifications import notification_create
 from chat.tiers import limits_for
 from chat.wire.frames import StoredEvent, notification_frame, rfc3339
 from tests.support import factories
+from tests.support.effects import RecordingRunner
 
-pytestmark = [pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("runner", "fast_password_hashing")]
 
 # How long to listen for a doorbell that must NOT come. The services deliver before they return,
 # so a doorbell that was rung is already on its way when the call returns; this only covers the
@@ -84,38 +83,6 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 SILENCE_S = 0.15
 # How long to wait for a doorbell that must come (a loaded machine may be slow to hand it over).
 ARRIVAL_S = 5.0
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings: Any) -> None:
-    # Every test creates several users; hashing their passwords is not what is tested here.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-class RecordingRunner:
-    """Stands in for the in-process run supervisor at the publish road's local-runner hook: the
-    real one would start on the short-lived loop that delivers a sync caller's effects and claim
-    the runs these tests queue. Records what the services' run doorbells told it, in order."""
-
-    def __init__(self) -> None:
-        self.told: list[object] = []
-
-    def wake(self) -> None:
-        self.told.append("wake")
-
-    def cancel(self, run_id: str) -> bool:
-        self.told.append(("cancel", run_id))
-        return False
-
-
-@pytest.fixture(autouse=True)
-def runner() -> Iterator[RecordingRunner]:
-    recording = RecordingRunner()
-    publishing.set_local_runner(lambda: recording)
-    try:
-        yield recording
-    finally:
-        publishing.set_local_runner(get_supervisor)  # what agents.apps installs
 
 
 class Tap:
