@@ -119,14 +119,6 @@ async def _append_to_buffer(events: Sequence[StoredEvent]) -> None:
             raise
 
 
-async def _buffer_events(events: Sequence[StoredEvent]) -> None:
-    """Only into the buffer, best effort (tests use it to stage a buffered range)."""
-    try:
-        await _append_to_buffer(events)
-    except Exception as exc:  # the log has them; a replay will read it instead
-        logger.warning("buffer append failed: %r", exc, exc_info=not _transient(exc))
-
-
 async def publish_notification(
     user_id: int, seq: int, frame: str, *, max_events: int | None = None, max_age_s: float | None = None
 ) -> None:

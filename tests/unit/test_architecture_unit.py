@@ -87,16 +87,13 @@ def test_only_the_bus_sends_on_the_channel_layer() -> None:
 
 
 def test_only_the_publish_road_uses_the_bus() -> None:
-    importers = set()
-    for path in modules():
-        for name, _ in imported_modules(ast.parse(path.read_text())):
-            if name in ("chat.infra.bus", "chat.infra.bus.*") or name.startswith("chat.infra.bus."):
-                importers.add(dotted(path))
-            if name == "chat.infra.bus" or name == "chat.infra.bus":
-                importers.add(dotted(path))
-        text = path.read_text()
-        if "from chat.infra import bus" in text:
-            importers.add(dotted(path))
+    # imported_modules names `from chat.infra import bus` as chat.infra.bus too.
+    importers = {
+        dotted(path)
+        for path in modules()
+        for name, _ in imported_modules(ast.parse(path.read_text()))
+        if name == "chat.infra.bus" or name.startswith("chat.infra.bus.")
+    }
     assert importers == {"chat.publishing"}
 
 

@@ -546,8 +546,8 @@ def test_message_event_as_the_service_builds_it() -> None:
 
     from chat.models import Message
     from chat.realtime import protocol
-    from chat.services.events import StoredEvent
     from chat.services.messages import message_event_data
+    from chat.wire.frames import StoredEvent
 
     message = Message(id=uuid.UUID(MSG), author_id=1, client_msg_id="k1", text="héllo", created_at=datetime.now(UTC))
     data = message_event_data(message, username="alice")
