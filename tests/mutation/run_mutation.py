@@ -40,6 +40,7 @@ MODULES = [
     "chat/infra/breakers.py",
     "chat/realtime/outbox.py",
     "chat/realtime/auth.py",
+    "chat/infra/log_redaction.py",
     "chat/services/messages.py",
     "chat/services/conversations.py",
     "chat/selectors.py",

@@ -8,15 +8,9 @@ from typing import Any
 
 import pytest
 
-from chat.realtime import auth
-from chat.realtime.auth import (
-    REDACTED,
-    ChatAuthMiddleware,
-    TokenRedactingFilter,
-    origin_allowed,
-    query_carries_token,
-    redact_tokens,
-)
+from chat.infra import log_redaction
+from chat.infra.log_redaction import REDACTED, TokenRedactingFilter, redact_tokens
+from chat.realtime.auth import ChatAuthMiddleware, origin_allowed, query_carries_token
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJ1c2VyX2lkIjoxfQ.c2lnbmF0dXJl"
 
@@ -106,9 +100,9 @@ def test_install_log_redaction_is_idempotent() -> None:
     logger = logging.getLogger("mutation-auth-test")
     logger.addHandler(handler)
     try:
-        auth.install_log_redaction()
-        auth.install_log_redaction()
-        assert handler.filters.count(auth._REDACTION) == 1
+        log_redaction.install_log_redaction()
+        log_redaction.install_log_redaction()
+        assert handler.filters.count(log_redaction._REDACTION) == 1
     finally:
         logger.removeHandler(handler)
 
