@@ -5,7 +5,7 @@ socket only through `Session`; what a command changes, a service changes (and pu
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -18,23 +18,38 @@ from chat.errors import NotFound, ProtocolError, ServiceError
 from chat.infra.message_buffer import buffered_or_none, user_stream
 from chat.publishing import run_service
 from chat.realtime import ephemeral
-from chat.realtime.protocol import opt_int, req_int, req_str
+from chat.realtime.protocol import command_fields
 from chat.realtime.reconnection_handler import resume_from
 from chat.realtime.session import Session
 from chat.selectors import Access
 from chat.services import conversations as conversation_services
 from chat.services import messages as message_services
+from chat.wire import commands as wire
+from chat.wire.common import CommandFields
 from chat.wire.frames import notification_frame, rfc3339
 from monitoring.metrics import metrics
 
-Handler = Callable[[Session, dict[str, Any]], Awaitable[dict[str, Any] | None]]
+Result = dict[str, Any] | None
+Handler = Callable[[Session, dict[str, Any]], Awaitable[Result]]
 HANDLERS: dict[str, Handler] = {}
+F = TypeVar("F", bound=CommandFields)
 
 
-def command(name: str) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        HANDLERS[name] = fn
-        return fn
+def command(name: str, schema: type[F]) -> Callable[[Callable[[Session, F], Awaitable[Result]]], Handler]:
+    """Register a handler for command `name`. The consumer hands it the frame's raw fields; they
+    are decoded through the command's wire schema here, so a handler only ever sees typed,
+    validated fields and the schema in chat/wire/commands.py is what the server enforces."""
+    if wire.COMMANDS.get(name) is not schema:
+        raise TypeError(f"{name!r} is declared with {wire.COMMANDS.get(name)!r} in chat.wire.commands")
+
+    def register(fn: Callable[[Session, F], Awaitable[Result]]) -> Handler:
+        async def handler(session: Session, fields: dict[str, Any]) -> Result:
+            return await fn(session, cast(F, command_fields(name, fields)))
+
+        handler.__name__ = handler.__qualname__ = fn.__name__
+        handler.__doc__ = fn.__doc__
+        HANDLERS[name] = handler
+        return handler
 
     return register
 
@@ -42,13 +57,11 @@ def command(name: str) -> Callable[[Handler], Handler]:
 NOT_FOUND = ProtocolError("not_found", "conversation not found")
 
 
-async def access_for(session: Session, fields: dict[str, Any]) -> Access:
+async def access_for(session: Session, conversation_id: str) -> Access:
     """The membership check every conversation command starts with."""
-    if "conversation" not in fields:
-        raise ProtocolError("bad_request", "conversation is required")
     try:
         return await database_sync_to_async(selectors.conversation_for_member)(
-            user_id=session.identity.user_id, conversation_id=fields["conversation"]
+            user_id=session.identity.user_id, conversation_id=conversation_id
         )
     except NotFound as exc:
         raise NOT_FOUND from exc
@@ -62,15 +75,15 @@ async def call(fn: Callable[..., Any], **kwargs: Any) -> Any:
         raise ProtocolError(exc.code, exc.message) from exc
 
 
-@command("ping")
-async def ping(session: Session, fields: dict[str, Any]) -> dict[str, Any]:
+@command("ping", wire.Ping)
+async def ping(session: Session, fields: wire.Ping) -> dict[str, Any]:
     return {"server_time": rfc3339(timezone.now())}
 
 
-@command("subscribe")
-async def subscribe(session: Session, fields: dict[str, Any]) -> dict[str, Any]:
-    since_seq = opt_int(fields, "since_seq", minimum=0)
-    access = await access_for(session, fields)
+@command("subscribe", wire.Subscribe)
+async def subscribe(session: Session, fields: wire.Subscribe) -> dict[str, Any]:
+    since_seq = fields.since_seq
+    access = await access_for(session, fields.conversation)
     conversation_id = access.conversation_id
     max_subscriptions = session.limits.max_subscriptions
     if conversation_id not in session.subscriptions and len(session.subscriptions) >= max_subscriptions:
@@ -81,7 +94,7 @@ async def subscribe(session: Session, fields: dict[str, Any]) -> dict[str, Any]:
     await session.hub.join(conversation_id, session.outbox)
     session.subscriptions.add(conversation_id)
     try:
-        await access_for(session, fields)  # a removal published before the join missed this socket
+        await access_for(session, conversation_id)  # a removal published before the join missed this socket
         head_seq, active = await database_sync_to_async(_head_and_runs)(conversation_id)
     except BaseException:
         if not already:  # no half-registered subscription that silently receives nothing
@@ -108,23 +121,24 @@ def _head_and_runs(conversation_id: str) -> tuple[int, list[dict[str, Any]]]:
     return head, run_selectors.active_runs(conversation_id=conversation_id)
 
 
-@command("unsubscribe")
-async def unsubscribe(session: Session, fields: dict[str, Any]) -> dict[str, Any]:
-    conversation = fields.get("conversation")
-    if isinstance(conversation, str) and conversation in session.subscriptions:
+@command("unsubscribe", wire.Unsubscribe)
+async def unsubscribe(session: Session, fields: wire.Unsubscribe) -> dict[str, Any]:
+    conversation = fields.conversation
+    if conversation in session.subscriptions:
         # The socket's own state: leaving works even after the membership was revoked.
         await session.drop_subscription(conversation)
         return {"conversation": conversation}
-    access = await access_for(session, fields)
+    access = await access_for(session, conversation)
     await session.drop_subscription(access.conversation_id)
     return {"conversation": access.conversation_id}
 
 
-@command("send")
-async def send(session: Session, fields: dict[str, Any]) -> dict[str, Any]:
-    client_msg_id = req_str(fields, "client_msg_id", max_len=64)
-    text = req_str(fields, "text", max_len=session.limits.max_text_chars)
-    access = await access_for(session, fields)
+@command("send", wire.Send)
+async def send(session: Session, fields: wire.Send) -> dict[str, Any]:
+    client_msg_id, text = fields.client_msg_id, fields.text
+    if len(text) > session.limits.max_text_chars:  # the tier's bound; the schema cannot know it
+        raise ProtocolError("too_large", f"text must be at most {session.limits.max_text_chars} characters")
+    access = await access_for(session, fields.conversation)
     # Check, then do: a refused message or a resend of a stored one (answered from the store:
     # idempotency must keep working for a client that was rate limited) never takes quota.
     checked = await call(
@@ -152,27 +166,23 @@ async def send(session: Session, fields: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
-@command("history")
-async def history(session: Session, fields: dict[str, Any]) -> dict[str, Any]:
-    before_seq = opt_int(fields, "before_seq", minimum=1)
-    limit = opt_int(fields, "limit", minimum=1, maximum=settings.CHAT_HISTORY_MAX) or 50
-    access = await access_for(session, fields)
+@command("history", wire.History)
+async def history(session: Session, fields: wire.History) -> dict[str, Any]:
+    access = await access_for(session, fields.conversation)
     events, has_more = await database_sync_to_async(selectors.events_before)(
         conversation_id=access.conversation_id,
-        before_seq=before_seq,
-        limit=limit,
+        before_seq=fields.before_seq,
+        limit=min(fields.page_size, settings.CHAT_HISTORY_MAX),
         retention_days=session.limits.history_retention_days,
     )
     return {"conversation": access.conversation_id, "events": [e.frame() for e in events], "has_more": has_more}
 
 
-@command("cancel")
-async def cancel(session: Session, fields: dict[str, Any]) -> dict[str, Any]:
-    if "run_id" not in fields:
-        raise ProtocolError("bad_request", "run_id is required")
+@command("cancel", wire.Cancel)
+async def cancel(session: Session, fields: wire.Cancel) -> dict[str, Any]:
     try:
         run, access = await database_sync_to_async(run_selectors.run_for_member)(
-            user_id=session.identity.user_id, run_id=fields["run_id"]
+            user_id=session.identity.user_id, run_id=fields.run_id
         )
     except NotFound as exc:
         raise ProtocolError("not_found", "run not found") from exc
@@ -187,10 +197,10 @@ async def cancel(session: Session, fields: dict[str, Any]) -> dict[str, Any]:
     return {"run_id": result.run_id, "status": result.status}
 
 
-@command("read")
-async def read(session: Session, fields: dict[str, Any]) -> None:
-    seq = req_int(fields, "seq", minimum=0)
-    access = await access_for(session, fields)
+@command("read", wire.Read)
+async def read(session: Session, fields: wire.Read) -> None:
+    seq = fields.seq
+    access = await access_for(session, fields.conversation)
     stored = await call(
         conversation_services.read_marker_set,
         conversation_id=access.conversation_id,
@@ -201,12 +211,11 @@ async def read(session: Session, fields: dict[str, Any]) -> None:
     return None
 
 
-@command("typing")
-async def typing(session: Session, fields: dict[str, Any]) -> None:
-    state = fields.get("state")
-    if state not in ("start", "stop"):
-        raise ProtocolError("bad_request", "state must be 'start' or 'stop'")
-    access = session.degraded_access(fields) or await access_for(session, fields)
+@command("typing", wire.Typing)
+async def typing(session: Session, fields: wire.Typing) -> None:
+    state = fields.state
+    conversation = fields.conversation
+    access = session.degraded_access({"conversation": conversation}) or await access_for(session, conversation)
     if not access.can_write:
         raise ProtocolError("forbidden", "viewers cannot type")
     await ephemeral.broadcast(
@@ -218,15 +227,15 @@ async def typing(session: Session, fields: dict[str, Any]) -> None:
     return None
 
 
-@command("presence")
-async def presence(session: Session, fields: dict[str, Any]) -> dict[str, Any]:
-    access = await access_for(session, fields)
+@command("presence", wire.Presence)
+async def presence(session: Session, fields: wire.Presence) -> dict[str, Any]:
+    access = await access_for(session, fields.conversation)
     return {"conversation": access.conversation_id, "members": await ephemeral.members(access.conversation_id)}
 
 
-@command("sync_notifications")
-async def sync_notifications(session: Session, fields: dict[str, Any]) -> dict[str, Any]:
-    since_seq = req_int(fields, "since_seq", minimum=0)
+@command("sync_notifications", wire.SyncNotifications)
+async def sync_notifications(session: Session, fields: wire.SyncNotifications) -> dict[str, Any]:
+    since_seq = fields.since_seq
     user_id = session.identity.user_id
     head = await database_sync_to_async(selectors.notification_head)(user_id=user_id)
     if head > since_seq:
@@ -256,7 +265,6 @@ def _notification_frames(user_id: int, since_seq: int) -> list[str]:
     ]
 
 
-@command("auth")
-async def auth(session: Session, fields: dict[str, Any]) -> dict[str, Any]:
-    token = req_str(fields, "token", max_len=4096)
-    return await session.refresh_auth(token)
+@command("auth", wire.Auth)
+async def auth(session: Session, fields: wire.Auth) -> dict[str, Any]:
+    return await session.refresh_auth(fields.token)

@@ -6,19 +6,24 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from django.conf import settings
 
 from chat.errors import CommandError, ProtocolError
+from chat.wire import FieldError, decode_command
+from chat.wire.common import CommandFields
 from chat.wire.frames import encode
 
-__all__ = ["PROTOCOL", "Command", "encode", "parse_frame", "reply_error", "reply_ok"]
+__all__ = ["PROTOCOL", "Command", "command_fields", "encode", "parse_frame", "reply_error", "reply_ok"]
 
 PROTOCOL = "chat.v1"
 MAX_ID_CHARS = 64
 # JSON nesting deeper than this is refused before anything looks at it; no command needs more than 3.
 MAX_DEPTH = 16
 
-
+_DECODER = msgspec.json.Decoder()
+_SCAN_STRING = json.decoder.scanstring  # type: ignore[attr-defined]
+_WHITESPACE = " \t\n\r"
 
 
 @dataclass(frozen=True)
@@ -78,10 +83,7 @@ def parse_frame(text: str | None, binary: bytes | None) -> Command:
         or len(text.encode("utf-8", "surrogatepass")) > settings.CHAT_MAX_FRAME_BYTES
     ):
         raise ProtocolError("too_large", f"frame exceeds {settings.CHAT_MAX_FRAME_BYTES} bytes")
-    try:
-        payload = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError("bad_request", "frame is not valid JSON") from exc
+    payload = _decode(text)
     if not isinstance(payload, dict):
         raise ProtocolError("bad_request", "frame must be a JSON object")
     command_id = payload.get("id")
@@ -97,6 +99,81 @@ def parse_frame(text: str | None, binary: bytes | None) -> Command:
     return Command(kind, command_id, fields)
 
 
+def _decode(text: str) -> Any:
+    """msgspec first (3x faster than json). It refuses what json accepts and the protocol answers
+    field by field (a lone surrogate escape in `text` is a `bad_request` reply, not an unreadable
+    frame), so a frame msgspec refuses gets a second reading by json. Nesting too deep for either
+    parser still gets its reply when the top-level `id` can be read."""
+    try:
+        return _DECODER.decode(text)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeError):
+        pass
+    try:
+        return json.loads(text)
+    except RecursionError as exc:
+        command_id = top_level_id(text)
+        if isinstance(command_id, str) and _valid_id(command_id):
+            raise CommandError(command_id, "bad_request", "frame is nested too deeply") from exc
+        raise ProtocolError("bad_request", "frame is nested too deeply") from exc
+    except ValueError as exc:
+        raise ProtocolError("bad_request", "frame is not valid JSON") from exc
+
+
+def _skip_ws(text: str, at: int) -> int:
+    while at < len(text) and text[at] in _WHITESPACE:
+        at += 1
+    return at
+
+
+def top_level_id(text: str) -> object:
+    """The string value of the top-level object's "id" key (the last one, as json keeps it), read
+    without building the object: a scan that tracks depth and skips strings, so any nesting below
+    the top level costs one pass and no recursion. None when there is none or the text is not an
+    object."""
+    at = _skip_ws(text, 0)
+    if at >= len(text) or text[at] != "{":
+        return None
+    depth, expect_key, found, at = 1, True, None, at + 1
+    while at < len(text):
+        char = text[at]
+        if char == '"':
+            try:
+                value, at = _SCAN_STRING(text, at + 1)
+            except ValueError:
+                return None
+            if depth == 1 and expect_key:
+                colon = _skip_ws(text, at)
+                if colon >= len(text) or text[colon] != ":":
+                    return None
+                at, expect_key = _skip_ws(text, colon + 1), False
+                if value == "id" and at < len(text) and text[at] == '"':
+                    try:
+                        found, at = _SCAN_STRING(text, at + 1)
+                    except ValueError:
+                        return None
+            continue
+        if char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+            if depth == 0:
+                break
+        elif char == "," and depth == 1:
+            expect_key = True
+        at += 1
+    return found
+
+
+def command_fields(kind: str, fields: dict[str, Any]) -> CommandFields:
+    """A command's fields checked against its wire schema (chat/wire/commands.py), as its Struct.
+    A value that does not fit is the client's `bad_request`, naming the field."""
+    try:
+        return decode_command(kind, fields)
+    except FieldError as exc:
+        field = exc.field or "frame"
+        if exc.detail.startswith(("is ", "must ")):
+            raise ProtocolError("bad_request", f"{field} {exc.detail}") from exc
+        raise ProtocolError("bad_request", f"{field}: {exc.detail}") from exc
 
 
 # --- field readers: each raises ProtocolError("bad_request") with a message naming the field ----
@@ -117,25 +194,6 @@ def req_str(fields: dict[str, Any], name: str, *, max_len: int, allow_empty: boo
         raise ProtocolError(
             "too_large" if name == "text" else "bad_request", f"{name} must be at most {max_len} characters"
         )
-    return value
-
-
-def opt_int(fields: dict[str, Any], name: str, *, minimum: int = 0, maximum: int | None = None) -> int | None:
-    value = fields.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ProtocolError("bad_request", f"{name} must be an integer")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-        raise ProtocolError("bad_request", f"{name} must be {bound}")
-    return value
-
-
-def req_int(fields: dict[str, Any], name: str, *, minimum: int = 0, maximum: int | None = None) -> int:
-    value = opt_int(fields, name, minimum=minimum, maximum=maximum)
-    if value is None:
-        raise ProtocolError("bad_request", f"{name} is required")
     return value
 
 

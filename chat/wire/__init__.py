@@ -126,6 +126,8 @@ def _convert(value: Any, schema: type[S]) -> S:
         return msgspec.convert(value, schema)
     except msgspec.ValidationError as exc:
         raise _field_error(str(exc)) from exc
+    except UnicodeEncodeError as exc:  # msgspec matches field names as UTF-8; a lone surrogate has none
+        raise FieldError("", "field names must be Unicode text without lone surrogates") from exc
 
 
 # msgspec's messages end with the value's location, e.g. "Expected `int`, got `str` - at `$.seq`".

@@ -23,6 +23,8 @@ import json
 import logging
 import os
 import random
+import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -93,6 +95,33 @@ def utf8_text(value: str) -> bool:
     return True
 
 
+def deep_loads(text: str) -> Any:
+    """json.loads without the recursion limit: a frame nested 30,000 levels deep is still one JSON
+    object whose top-level `id` the protocol promises to answer. The oracle parses it whole, in a
+    thread with a stack big enough for the C parser, instead of trusting the server's own scan."""
+    result: list[Any] = []
+    errors: list[BaseException] = []
+
+    def parse() -> None:
+        try:
+            result.append(json.loads(text))
+        except BaseException as exc:  # handed to the caller
+            errors.append(exc)
+
+    old_stack, old_limit = threading.stack_size(512 * 1024 * 1024), sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old_limit, 4 * len(text) + 1000))
+    try:
+        worker = threading.Thread(target=parse)
+        worker.start()
+        worker.join()
+    finally:
+        threading.stack_size(old_stack)
+        sys.setrecursionlimit(old_limit)
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
 def expectation(text: str | None, data: bytes | None) -> Expect:
     """The answer docs/protocol.md §2 promises, decided from the frame alone."""
     if data is not None:
@@ -103,7 +132,12 @@ def expectation(text: str | None, data: bytes | None) -> Expect:
         return Expect("error", codes=frozenset({"too_large"}))
     try:
         payload = json.loads(text)
-    except (ValueError, RecursionError):
+    except RecursionError:
+        try:
+            payload = deep_loads(text)
+        except ValueError:
+            return Expect("error", codes=frozenset({"bad_request"}))
+    except ValueError:
         return Expect("error", codes=frozenset({"bad_request"}))
     if not isinstance(payload, dict):
         return Expect("error", codes=frozenset({"bad_request"}))

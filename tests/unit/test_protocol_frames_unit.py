@@ -10,7 +10,7 @@ from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
 from chat.errors import CommandError, ProtocolError
-from chat.realtime.protocol import parse_frame, reply_error, reply_ok, req_str
+from chat.realtime.protocol import parse_frame, reply_error, reply_ok, req_str, top_level_id
 
 
 def test_valid_command_is_split_into_type_id_and_fields() -> None:
@@ -134,14 +134,52 @@ def test_deep_frame_with_valid_id_is_answered_with_a_reply() -> None:
     [
         "[" * 10_000 + "]" * 10_000,
         '{"a":' * 10_000 + "1" + "}" * 10_000,  # 60,001 characters: under the frame limit
-        '{"type": "ping", "id": "x", "a": ' + "[" * 10_000 + "]" * 10_000 + "}",
         "[" * 30_000,  # never closed
+        '{"id": "\\ud800", "a": ' + "[" * 10_000 + "]" * 10_000 + "}",  # an id no reply could carry
     ],
 )
 def test_ten_thousand_levels_of_nesting_is_bad_request_not_recursion_error(frame: str) -> None:
     with pytest.raises(ProtocolError) as exc:
         parse_frame(frame, None)
     assert exc.value.code == "bad_request"
+    assert not isinstance(exc.value, CommandError)  # no readable id: an `error` frame
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type": "ping", "id": "x", "a": ' + "[" * 10_000 + "]" * 10_000 + "}",
+        '{"a": ' + "[" * 10_000 + "]" * 10_000 + ', "id": "x", "type": "ping"}',  # the id after the depth
+        '{"a": {"id": "inner", "b": ' + "[" * 10_000 + "]" * 10_000 + '}, "id": "x"}',
+        '{"id": "first", "s": "[{\\"]", "id": "x", "a": ' + '{"b":' * 9_000 + "1" + "}" * 9_000 + "}",
+    ],
+)
+def test_ten_thousand_levels_of_nesting_with_an_id_gets_a_reply(frame: str) -> None:
+    """docs/protocol.md §2: a frame nested too deeply whose `id` is valid gets a `reply` — even when
+    it is too deep for any JSON parser, so the id is read by a scan of the top level."""
+    with pytest.raises(CommandError) as exc:
+        parse_frame(frame, None)
+    assert (exc.value.command_id, exc.value.code) == ("x", "bad_request")
+    assert exc.value.message == "frame is nested too deeply"
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ('{"id": "a"}', "a"),
+        ('  {"x": [1, {"id": "no"}], "id" : "b\\u00e9"}', "b\u00e9"),
+        ('{"id": "a", "id": "b"}', "b"),  # json keeps the last
+        ('{"s": "} ] , \\" {", "id": "c"}', "c"),  # brackets and quotes inside strings
+        ('{"id": 5}', None),
+        ('{"x": "id", "y": 1}', None),  # "id" as a value, not a key
+        ('["id", "a"]', None),
+        ('{"id": "unterminated', None),
+        ('{"id" "a"}', None),
+        ("", None),
+    ],
+)
+def test_top_level_id_reads_only_the_top_level_key(text: str, found: object) -> None:
+    assert top_level_id(text) == found
 
 
 def test_frame_limit_is_exact_in_characters_and_in_utf8_bytes() -> None:

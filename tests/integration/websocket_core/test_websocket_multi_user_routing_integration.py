@@ -278,7 +278,16 @@ async def test_a_foreign_id_answers_exactly_like_a_missing_one(sockets: Sockets,
         assert json.loads(missing)["error"]["code"] == "not_found"
         for name, target in w.ids().items():
             answer = await probe(s, {"type": command, **extra, id_field: target})
-            assert answer == missing, f"{command} {extra} with {name}: {answer} != {missing}"
+            if isinstance(target, str):
+                assert answer == missing, f"{command} {extra} with {name}: {answer} != {missing}"
+            else:
+                # An id of the wrong JSON type fails the command's wire schema before anything is
+                # looked up: `bad_request`, the same for every value of that type, naming nothing.
+                error = json.loads(answer)["error"]
+                assert error["code"] == "bad_request", f"{command} with {name}: {answer}"
+                assert error["message"].startswith(f"{id_field}: expected `str`"), error
+                assert w.conv not in answer
+                assert w.run_id not in answer
     await assert_attack_left_no_trace(s, before)
 
 
