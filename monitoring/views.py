@@ -1,11 +1,16 @@
 """Health and metrics endpoints. /healthz: the process answers. /readyz: it can reach the database
 and the channel layer (load balancers stop routing to a process that cannot).
 
-/readyz also shows every circuit breaker (chat/infra/error_recovery.py): this process's, merged with those
-the agent runners publish through Redis. A breaker that is not closed is listed under `degraded`
-but does not make the process unready: with the model server down (`llm` open) chat still works,
-and taking the process out of rotation would turn a degraded service into no service. Readiness
-stays decided by the database and channel-layer checks alone."""
+/readyz answers everyone with its status alone: "ready", "degraded" (it serves, but the channel layer
+is unreachable or a circuit breaker is not closed) or "unavailable" (no database; 503). Staff (an
+active staff session) also get why: each check, the list of degraded parts and every circuit breaker
+(chat/infra/error_recovery.py), this process's merged with those the agent runners publish through
+Redis. That detail (breaker thresholds and windows, last errors, the host:pid of every worker) tells
+a load balancer nothing and an attacker something.
+
+A breaker that is not closed makes the process degraded, not unready: with the model server down
+(`llm` open) chat still works, and taking the process out of rotation would turn a degraded service
+into no service. Readiness stays decided by the database check alone."""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import time
 
 from channels.db import database_sync_to_async
 from django.contrib.admin.views.decorators import staff_member_required
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
 
 from chat import publishing
@@ -54,15 +59,22 @@ async def readyz(request: HttpRequest) -> JsonResponse:
     degraded = {name for name, snap in breakers.items() if snap["state"] != "closed"}
     if not checks["channel_layer"]["ok"]:
         degraded.add("redis")
-    return JsonResponse(
-        {
-            "status": "ready" if ready else "unavailable",
-            "checks": checks,
-            "degraded": sorted(degraded),
-            "breakers": breakers,
-        },
-        status=200 if ready else 503,
-    )
+    status = "unavailable" if not ready else "degraded" if degraded else "ready"
+    body: dict[str, object] = {"status": status}
+    if await _is_staff(request):
+        body.update({"checks": checks, "degraded": sorted(degraded), "breakers": breakers})
+    return JsonResponse(body, status=200 if ready else 503)
+
+
+async def _is_staff(request: HttpRequest) -> bool:
+    """An active staff user's session; anything else (no session, the database unreachable to read
+    it within the checks' time) is anonymous: the details are only shown to someone known to be staff."""
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            user = await request.auser()
+    except (TimeoutError, DatabaseError, OSError):
+        return False
+    return bool(user.is_active and user.is_staff)
 
 
 async def _breakers() -> dict[str, dict[str, object]]:

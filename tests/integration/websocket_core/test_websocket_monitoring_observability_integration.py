@@ -10,8 +10,15 @@ from django.test import Client as HttpClient
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
-def test_healthz_and_readyz_report_real_dependencies() -> None:
+def staff_client(make_user: Any) -> HttpClient:
+    """/readyz shows its checks to staff only (the test of that is test_health_endpoints_integration)."""
     client = HttpClient()
+    client.force_login(make_user(is_staff=True))
+    return client
+
+
+def test_healthz_and_readyz_report_real_dependencies(make_user: Any) -> None:
+    client = staff_client(make_user)
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
@@ -21,7 +28,7 @@ def test_healthz_and_readyz_report_real_dependencies() -> None:
     assert body["checks"]["channel_layer"]["ok"] is True
 
 
-def test_readyz_stays_ready_but_degraded_when_the_channel_layer_is_unreachable(settings: Any) -> None:
+def test_readyz_stays_ready_but_degraded_when_the_channel_layer_is_unreachable(settings: Any, make_user: Any) -> None:
     """Without Redis a process still serves from PostgreSQL (docs/operations.md): it must not be
     taken out of the balancer, but it says it is degraded."""
     from channels.layers import channel_layers
@@ -34,8 +41,9 @@ def test_readyz_stays_ready_but_degraded_when_the_channel_layer_is_unreachable(s
     }
     channel_layers.backends.clear()
     try:
-        response = HttpClient().get("/readyz")
+        response = staff_client(make_user).get("/readyz")
         assert response.status_code == 200
+        assert response.json()["status"] == "degraded"
         assert response.json()["checks"]["channel_layer"]["ok"] is False
         assert response.json()["checks"]["database"]["ok"] is True
         assert "redis" in response.json()["degraded"]
