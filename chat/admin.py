@@ -6,15 +6,19 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from chat.models import (
     Conversation,
     ConversationMember,
     Event,
+    LoginLockout,
     Message,
     Notification,
     User,
@@ -22,7 +26,8 @@ from chat.models import (
     WorkspaceMember,
 )
 from chat.selectors import author_name
-from chat.services.accounts import CLOSE_DISABLED, user_deactivate, user_sockets_close
+from chat.services import login_guard
+from chat.services.accounts import user_deactivate
 from chat.services.conversations import (
     conversation_member_remove_by_staff,
     conversation_member_set_by_staff,
@@ -42,7 +47,7 @@ class UserAdmin(BaseUserAdmin):
     def save_model(self, request: HttpRequest, obj: User, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         if change and "is_active" in form.changed_data and not obj.is_active:
-            user_sockets_close(user_id=obj.id, code=CLOSE_DISABLED)  # same as the action
+            user_deactivate(user_id=obj.id)  # same as the action: sockets closed, tokens revoked
 
     @admin.action(description="Deactivate and disconnect selected users")
     def deactivate(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
@@ -157,3 +162,62 @@ class EventAdmin(ReadOnlyAdmin):
 class NotificationAdmin(ReadOnlyAdmin):
     list_display = ("user", "seq", "created_at")
     search_fields = ("user__username",)
+
+
+class GuardedAdminAuthenticationForm(AdminAuthenticationForm):
+    def get_invalid_login_error(self) -> ValidationError:
+        # A login guard refusal says so (and when to come back) instead of "wrong username or password".
+        return login_guard.refusal_error(self.request) or super().get_invalid_login_error()
+
+
+# The admin's login checks passwords through the guarded backend like every login; this form words its
+# refusals, and /admin/login/ (chat.views.admin_login) answers them 429 with Retry-After.
+admin.site.login_form = GuardedAdminAuthenticationForm
+
+
+class LockedNowFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("locked", "locked now"), ("counting", "counting failures")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[LoginLockout]) -> QuerySet[LoginLockout]:
+        now = timezone.now()
+        if self.value() == "locked":
+            return queryset.filter(locked_until__gt=now)
+        if self.value() == "counting":
+            return queryset.exclude(locked_until__gt=now)
+        return queryset
+
+
+@admin.register(LoginLockout)
+class LoginLockoutAdmin(admin.ModelAdmin):
+    """Failed logins being counted and the current lockouts (chat/services/login_guard.py). Staff clear
+    a key with the action; nothing here is edited by hand."""
+
+    list_display = ("scope", "username", "ip", "locked_now", "locked_until", "failures", "lockouts", "updated_at")
+    list_filter = (LockedNowFilter, "scope")
+    search_fields = ("username", "ip")
+    ordering = ("-locked_until", "-updated_at")
+    actions = ["clear_lockouts"]
+
+    @admin.display(boolean=True, description="Locked now")
+    def locked_now(self, obj: LoginLockout) -> bool:
+        return bool(obj.locked_until and obj.locked_until > timezone.now())
+
+    @admin.action(permissions=["delete"], description="Clear selected lockouts (forget their failures)")
+    def clear_lockouts(self, request: HttpRequest, queryset: QuerySet[LoginLockout]) -> None:
+        cleared = login_guard.clear(ids=list(queryset.values_list("id", flat=True)))
+        messages.success(request, f"Cleared {cleared} login lockout(s).")
+
+    def get_actions(self, request: HttpRequest) -> Any:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # clearing goes through the guard's service
+        return actions
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

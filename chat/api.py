@@ -6,12 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from rest_framework import status
+from rest_framework.exceptions import AuthenticationFailed, ValidationError
 from rest_framework.exceptions import NotFound as DRFNotFound
-from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
+from rest_framework_simplejwt.exceptions import ExpiredTokenError, InvalidToken, TokenError
+from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, TokenRefreshSerializer
+from rest_framework_simplejwt.tokens import RefreshToken, Token
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from chat import selectors
@@ -24,6 +27,7 @@ from chat.serializers import (
     MemberAddSerializer,
     WorkspaceCreateSerializer,
 )
+from chat.services import accounts, login_guard
 from chat.services import conversations as conversation_services
 from chat.tiers import limits_for
 
@@ -52,12 +56,75 @@ class RefreshThrottle(IPThrottle):
     endpoint = "token-refresh"
 
 
+def refusal_response(refusal: login_guard.Refusal) -> Response:
+    """A login the guard refused: 429, the wait in the body and in Retry-After."""
+    body = {"error": {"code": "login_locked", "message": refusal.message, "retry_after": refusal.retry_after_s}}
+    return Response(body, status=status.HTTP_429_TOO_MANY_REQUESTS, headers={"Retry-After": str(refusal.retry_after_s)})
+
+
+class TokenPairSerializer(TokenObtainPairSerializer):
+    @classmethod
+    def get_token(cls, user: Any) -> Token:
+        return accounts.stamp_token(super().get_token(user), user)  # type: ignore[no-any-return]
+
+
 class TokenView(TokenObtainPairView):
+    """The password is checked by the guarded backend (chat/services/login_guard.py) like every login."""
+
+    serializer_class = TokenPairSerializer
     throttle_classes = [IPThrottle]
+
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        try:
+            return super().post(request, *args, **kwargs)
+        except AuthenticationFailed:
+            refusal = login_guard.refusal_of(request)
+            if refusal is None:
+                raise
+            return refusal_response(refusal)
+
+
+class RefreshSerializer(TokenRefreshSerializer):
+    def validate(self, attrs: dict[str, Any]) -> dict[str, str]:
+        refresh = RefreshToken(attrs["refresh"])
+        # A deleted user, an inactive one, a changed password or a log-out-everywhere: 401 alike.
+        if selectors.token_holder(refresh.payload) is None:
+            raise AuthenticationFailed("unknown or inactive user, or revoked token", code="token_not_valid")
+        return {"access": str(refresh.access_token)}  # carries the refresh token's revocation claims
 
 
 class TokenRefresh(TokenRefreshView):
+    """A refresh token carries no password to guess, so the guard counts only forged or malformed
+    ones, per address; an expired or revoked token is a client's ordinary state and is not counted."""
+
+    serializer_class = RefreshSerializer
     throttle_classes = [RefreshThrottle]
+
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        attempt = login_guard.admit(login_guard.token_keys(rate_limiter.client_ip(request.META)))
+        if isinstance(attempt, login_guard.Refusal):
+            return refusal_response(attempt)
+        serializer = self.get_serializer(data=request.data)
+        try:
+            serializer.is_valid(raise_exception=True)
+        except TokenError as exc:
+            lock = login_guard.record(attempt, failed=not isinstance(exc, ExpiredTokenError))
+            if lock is not None:
+                return refusal_response(lock)  # the failure that locks the address already says so
+            raise InvalidToken(exc.args[0]) from exc
+        except Exception:
+            login_guard.record(attempt, failed=False)  # a missing field, a revoked token: not a forgery
+            raise
+        login_guard.record(attempt, failed=False)
+        return Response(serializer.validated_data, status=status.HTTP_200_OK)
+
+
+class LogoutAll(APIView):
+    """Log out everywhere: every token and session of the caller ends, every socket closes."""
+
+    def post(self, request: Request) -> Response:
+        accounts.tokens_revoke(user_id=uid(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 def uid(request: Request) -> int:

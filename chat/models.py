@@ -6,6 +6,7 @@ import uuid
 
 from django.contrib.auth.models import AbstractUser
 from django.db import models
+from django.utils.crypto import salted_hmac
 
 
 class Tier(models.TextChoices):
@@ -24,6 +25,22 @@ class User(AbstractUser):
     tier = models.CharField(max_length=16, choices=Tier.choices, default=Tier.FREE)
     # Last per-user notification seq handed out; bumped under a row lock like Conversation.last_seq.
     notification_seq = models.BigIntegerField(default=0)
+    # Bumped by log-out-everywhere and deactivation (chat/services/accounts.py): every token carries the
+    # version it was minted under, and every Django session's auth hash includes it, so a bump ends both.
+    token_version = models.PositiveIntegerField(default=0)
+
+    def _get_session_auth_hash(self, secret: str | None = None) -> str:
+        # Django checks this hash on every request of a session (and channels at the socket's handshake);
+        # folding the token version in makes log-out-everywhere end browser sessions as well. Version 0
+        # keeps Django's own hash, so sessions opened before this field existed stay valid.
+        if not self.token_version:
+            return super()._get_session_auth_hash(secret=secret)  # type: ignore[misc]
+        return salted_hmac(
+            "chat.User.session_auth_hash",
+            f"{self.password}:{self.token_version}",
+            secret=secret,
+            algorithm="sha256",
+        ).hexdigest()
 
 
 class Workspace(models.Model):
@@ -145,3 +162,34 @@ class Notification(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["user", "seq"], name="uniq_notification_seq")]
         ordering = ["user", "seq"]
+
+
+class LoginLockout(models.Model):
+    """Failed logins of one scope key and its lock (chat/services/login_guard.py). Kept in PostgreSQL,
+    which every login needs anyway, so the guard holds exactly across processes and never falls back
+    to a weaker limit. A row whose `locked_until` is in the future is a current lockout."""
+
+    class Scope(models.TextChoices):
+        USER_IP = "user_ip", "username from one address"
+        USER = "user", "username from any address"
+        IP = "ip", "any username from one address"
+        TOKEN_IP = "token_ip", "bad refresh tokens from one address"
+
+    scope = models.CharField(max_length=16, choices=Scope.choices)
+    username = models.CharField(max_length=150, blank=True, default="")  # as typed, casefolded
+    ip = models.CharField(max_length=64, blank=True, default="")  # an IPv6 address counts as its /64
+    # Attempts counted in the current window, including ones still being checked (reserved up front,
+    # so concurrent guesses cannot all slip under the limit); a success gives its reservation back.
+    failures = models.PositiveIntegerField(default=0)
+    window_started_at = models.DateTimeField()
+    lockouts = models.PositiveIntegerField(default=0)  # locks so far: each one lasts twice the one before
+    locked_until = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["scope", "username", "ip"], name="uniq_login_lockout_key")]
+        indexes = [models.Index(fields=["updated_at"]), models.Index(fields=["locked_until"])]
+
+    def __str__(self) -> str:
+        who = " from ".join(part for part in (self.username, self.ip) if part)
+        return f"{self.get_scope_display()}: {who}"

@@ -5,12 +5,16 @@ see raise the same `NotFound`, so existence never leaks (docs/protocol.md §2)."
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.db.models import Q, QuerySet
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare
+from rest_framework_simplejwt.settings import api_settings as jwt_settings
+from rest_framework_simplejwt.utils import get_md5_hash_password
 
 from chat.errors import NotFound
 from chat.models import (
@@ -213,9 +217,41 @@ def user_is_active(*, user_id: int) -> bool:
     return User.objects.filter(id=user_id, is_active=True).exists()
 
 
-def user_for_token(*, user_id: int | str) -> User | None:
-    """The user a verified token names (active or not: the caller decides what inactive means)."""
-    return User.objects.filter(id=user_id).only("id", "username", "tier", "is_active").first()
+def user_for_token(*, user_id: int | str | None) -> User | None:
+    """The user a verified token names (active or not: the caller decides what inactive means), with
+    what `token_holder` compares the token's revocation claims against."""
+    try:
+        user_pk = int(user_id or "")
+    except ValueError:
+        return None  # only a token signed with our key gets here, and ours always name an integer id
+    fields = ("id", "username", "tier", "is_active", "password", "token_version")
+    return User.objects.filter(id=user_pk).only(*fields).first()
+
+
+# The user's token version a token was minted under (chat/services/accounts.py puts it in every pair
+# the token endpoint mints). A token without it was minted under version 0: valid only until the
+# user's first log-out-everywhere or deactivation.
+TOKEN_VERSION_CLAIM = "ver"
+
+
+def token_holder(claims: Mapping[str, Any]) -> User | None:
+    """The active user a verified token belongs to, or None when the token no longer stands: the user
+    is gone or inactive, the password changed since it was minted (simplejwt's password claim, which
+    CHECK_REVOKE_TOKEN puts in every token it mints), or the user logged out everywhere or was
+    deactivated since (the version claim). Refresh, REST and the socket all ask this one question."""
+    user = user_for_token(user_id=claims.get(str(jwt_settings.USER_ID_CLAIM)))
+    if user is None or not user.is_active:
+        return None
+    password_claim = claims.get(str(jwt_settings.REVOKE_TOKEN_CLAIM))
+    # No password claim: a token from before revocation existed, which cannot be checked; refused.
+    if not isinstance(password_claim, str) or not constant_time_compare(
+        password_claim, get_md5_hash_password(user.password)
+    ):
+        return None
+    version = claims.get(TOKEN_VERSION_CLAIM, 0)
+    if type(version) is not int or version != user.token_version:
+        return None
+    return user
 
 
 def workspaces_for_user(*, user_id: int) -> list[WorkspaceMember]:

@@ -2,33 +2,60 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import AuthenticationForm
+from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from chat import selectors
 from chat.infra import rate_limiter
+from chat.services import login_guard
+
+
+class GuardedLoginForm(AuthenticationForm):
+    def get_invalid_login_error(self) -> ValidationError:
+        # A guard refusal says so (and when to come back) instead of "wrong username or password".
+        return login_guard.refusal_error(self.request) or super().get_invalid_login_error()
+
+
+def _window(request: HttpRequest, endpoint: str) -> None:
+    """The endpoint's per-address window (chat/infra/rate_limiter.py): over it, the attempt is refused
+    before any password is checked (the backend sees the refusal left on the request)."""
+    decision = rate_limiter.ip_admit(endpoint, rate_limiter.client_ip(request.META))
+    if not decision.allowed:
+        login_guard.refuse(request, login_guard.refusal_for(decision.retry_after_ms / 1000, "window"))
+
+
+def _answer_refusal(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    """A refused (or just locked) login page answers 429 with Retry-After; the form shows why."""
+    refusal = login_guard.refusal_of(request)
+    if refusal is not None:
+        response.status_code = 429
+        response["Retry-After"] = str(refusal.retry_after_s)
+    return response
 
 
 class LoginView(auth_views.LoginView):
-    """Django's login page with a per-IP limit on attempts (password guessing)."""
+    """Django's login page behind the per-address window and the login guard (password guessing)."""
 
     template_name = "chat/login.html"
+    authentication_form = GuardedLoginForm
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        decision = rate_limiter.ip_admit("login", rate_limiter.client_ip(request.META))
-        if not decision.allowed:
-            seconds = math.ceil(decision.retry_after_ms / 1000)
-            form = self.get_form()
-            form.add_error(None, f"Too many login attempts from your address; try again in {seconds} s.")
-            response = self.render_to_response(self.get_context_data(form=form), status=429)
-            response["Retry-After"] = str(seconds)
-            return response
-        return super().post(request, *args, **kwargs)
+        _window(request, "login")
+        return _answer_refusal(request, super().post(request, *args, **kwargs))
+
+
+def admin_login(request: HttpRequest) -> HttpResponse:
+    """The admin's own login page (chat/admin.py gives it the guarded form) behind its own window."""
+    if request.method == "POST":
+        _window(request, "admin-login")
+    return _answer_refusal(request, admin.site.login(request))
 
 
 @login_required

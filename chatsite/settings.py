@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -61,6 +62,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "chatsite.security.ContentSecurityPolicyMiddleware",  # the one header Django 5.2 does not set
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -156,7 +158,7 @@ else:
 # --- Auth / REST -----------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "chat.realtime.auth.RevocableJWTAuthentication",  # simplejwt's, refusing revoked tokens
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -168,6 +170,8 @@ SIMPLE_JWT = {
     "REFRESH_TOKEN_LIFETIME": timedelta(seconds=env_int("JWT_REFRESH_LIFETIME_S", 7 * 24 * 3600)),
     "SIGNING_KEY": os.environ.get("JWT_SIGNING_KEY") or SECRET_KEY,
     "UPDATE_LAST_LOGIN": False,
+    # Every token simplejwt mints carries a hash of the user's password hash: a password change revokes it.
+    "CHECK_REVOKE_TOKEN": True,
 }
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
@@ -189,6 +193,19 @@ AGENT_LOST_AFTER_S = float(os.environ.get("AGENT_LOST_AFTER_S", "20"))
 AGENT_DELTA_COALESCE_MS = env_int("AGENT_DELTA_COALESCE_MS", 40)
 # Pace of the offline agent's answer stream, so streaming is visible to a person (0 in tests).
 AGENT_OFFLINE_TOKEN_DELAY_MS = env_int("AGENT_OFFLINE_TOKEN_DELAY_MS", 30)
+
+# --- Agent tools: the calculator's sandbox and the search's time limit (docs/operations.md "Agent tools") ---
+# The calculator evaluates in AGENT_TOOL_SANDBOX_WORKERS worker processes (agents/sandbox.py), each
+# call killed after AGENT_TOOL_SANDBOX_TIMEOUT_S of wall clock; a worker may use
+# AGENT_TOOL_SANDBOX_MEMORY_MB of address space and AGENT_TOOL_SANDBOX_CPU_S of CPU over its life,
+# and is replaced after AGENT_TOOL_SANDBOX_CALLS_PER_WORKER calls.
+AGENT_TOOL_SANDBOX_WORKERS = env_int("AGENT_TOOL_SANDBOX_WORKERS", 2)
+AGENT_TOOL_SANDBOX_TIMEOUT_S = float(os.environ.get("AGENT_TOOL_SANDBOX_TIMEOUT_S", "2"))
+AGENT_TOOL_SANDBOX_MEMORY_MB = env_int("AGENT_TOOL_SANDBOX_MEMORY_MB", 256)
+AGENT_TOOL_SANDBOX_CPU_S = env_int("AGENT_TOOL_SANDBOX_CPU_S", 10)
+AGENT_TOOL_SANDBOX_CALLS_PER_WORKER = env_int("AGENT_TOOL_SANDBOX_CALLS_PER_WORKER", 200)
+# search_history's statement timeout (the database's default for everything else is 30 s).
+AGENT_TOOL_SEARCH_TIMEOUT_MS = env_int("AGENT_TOOL_SEARCH_TIMEOUT_MS", 3000)
 
 # --- Realtime limits (docs/protocol.md §2/§3): server-wide caps; per-tier values are in CHAT_TIERS below ------
 CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 64 * 1024)
@@ -267,8 +284,21 @@ CHAT_RATE_HAMMER_LIMIT = env_int("CHAT_RATE_HAMMER_LIMIT", 20)
 # A socket's slot in its user's connection count is refreshed by the socket and expires this long
 # after its process died without releasing it.
 CHAT_CONNECTION_TTL_S = float(os.environ.get("CHAT_CONNECTION_TTL_S", "60"))
-# Per client IP on POST /login/, /api/auth/token/ and /api/auth/token/refresh/: [limit, window s].
+# Per client IP on POST /login/, /admin/login/, /api/auth/token/ and its refresh: [limit, window s].
 CHAT_LOGIN_RATE = [env_int("CHAT_LOGIN_RATE_LIMIT", 20), float(os.environ.get("CHAT_LOGIN_RATE_WINDOW_S", "60"))]
+# --- Login guard (chat/services/login_guard.py; docs/operations.md "Login attempts") -----------------------
+# Every password check made for a request goes through the guarded backend. ModelBackend is listed only so
+# sessions opened under its name stay valid: the guarded one ends every password check itself.
+AUTHENTICATION_BACKENDS = ["chat.services.login_guard.GuardedModelBackend", "django.contrib.auth.backends.ModelBackend"]
+# Per key: [failures, window s, first lock s, longest lock s]; each further lock of a key lasts twice the one
+# before. Partial overrides: CHAT_LOGIN_GUARD_JSON='{"user": [10, 3600, 600, 3600]}'.
+CHAT_LOGIN_GUARD: dict[str, list[float]] = {
+    "user_ip": [5, 15 * 60, 60, 60 * 60],  # one username from one address
+    "user": [20, 60 * 60, 5 * 60, 30 * 60],  # one username from any address: slower, and capped lower
+    "ip": [50, 60 * 60, 5 * 60, 60 * 60],  # any username from one address
+    "token_ip": [20, 60 * 60, 5 * 60, 60 * 60],  # forged refresh tokens from one address
+} | json.loads(os.environ.get("CHAT_LOGIN_GUARD_JSON") or "{}")
+CHAT_LOGIN_GUARD_FORGET_S = env_int("CHAT_LOGIN_GUARD_FORGET_S", 24 * 60 * 60)  # a key quiet this long starts over
 # Circuit breakers (chat/infra/error_recovery.py): this many transient failures within the window open the
 # circuit; after the reset timeout one probe call is let through.
 CHAT_BREAKER_FAILURES = env_int("CHAT_BREAKER_FAILURES", 5)
@@ -280,6 +310,25 @@ CHAT_BREAKER_POSTGRES_FAILURES = env_int("CHAT_BREAKER_POSTGRES_FAILURES", 3)
 CHAT_BREAKER_POSTGRES_WINDOW_S = float(os.environ.get("CHAT_BREAKER_POSTGRES_WINDOW_S", "60"))
 CHAT_BREAKER_LLM_WINDOW_S = float(os.environ.get("CHAT_BREAKER_LLM_WINDOW_S", "300"))
 
+# --- Handshakes, client addresses, limits while Redis is slow (docs/operations.md "Security") ---------------
+# Proxies whose X-Forwarded-For is believed, as IPs or CIDRs ("10.0.0.5,10.1.0.0/16"). Empty (the
+# default): nobody's, the client is the TCP peer. `serve` hands uvicorn the same list.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+# A connection whose HTTP request head (request line and headers) is not complete this long after it
+# opened, or after its previous request, is closed (slowloris). At most this many connections per client
+# address may be waiting for their head at once; the next one is closed at once.
+CHAT_HANDSHAKE_TIMEOUT_S = float(os.environ.get("CHAT_HANDSHAKE_TIMEOUT_S", "10"))
+CHAT_INCOMPLETE_HANDSHAKES_PER_IP = env_int("CHAT_INCOMPLETE_HANDSHAKES_PER_IP", 20)
+# Sockets on /ws/chat/ still waiting for their `auth` frame, per client address and server process; the
+# next one is closed 4429.
+CHAT_UNAUTH_SOCKETS_PER_IP = env_int("CHAT_UNAUTH_SOCKETS_PER_IP", 20)
+# How many server processes share the limits and which one this is (0-based); `serve` sets both for
+# its children. While Redis cannot be asked, a process allows only its share of a limit, so that the
+# processes together never allow more than the limit. Without an index a process takes the share
+# rounded down.
+CHAT_SERVER_PROCESSES = env_int("CHAT_SERVER_PROCESSES", 1)
+CHAT_SERVER_INDEX: int | None = int(os.environ["CHAT_SERVER_INDEX"]) if os.environ.get("CHAT_SERVER_INDEX") else None
+
 STATIC_URL = "static/"
 # Serve /static/ from the ASGI app (single-machine layout); set SERVE_STATIC=0 behind a CDN/proxy.
 SERVE_STATIC = env_bool("SERVE_STATIC", True)
@@ -289,11 +338,58 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 
+# --- Browser hardening headers and HTTPS (chatsite/security.py; docs/operations.md "Browser hardening headers
+# and HTTPS") ---
+# The defaults suit plain http://localhost (the embedded mode, `make run`). A deployment behind TLS sets the
+# production values listed in docs/operations.md; `manage.py check --deploy` is clean with them.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Load balancers and probes call these over plain HTTP inside the network: answered, never redirected.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+# Which request header says the client spoke https to the proxy, e.g. "X-Forwarded-Proto". Unset (the
+# default): none. uvicorn under `serve` already takes the scheme from TRUSTED_PROXIES' X-Forwarded-Proto
+# and nobody else's, so this is for a server that does not (daphne). Django believes the header from any
+# peer, so it is refused unless a proxy is configured (TRUSTED_PROXIES) that overwrites it.
+_PROXY_SSL_HEADER = os.environ.get("SECURE_PROXY_SSL_HEADER", "").strip()
+if _PROXY_SSL_HEADER and not env_list("TRUSTED_PROXIES", []):
+    raise ImproperlyConfigured(
+        "SECURE_PROXY_SSL_HEADER is set but TRUSTED_PROXIES is empty: the header would be believed from any "
+        "client. Configure the proxy that sets it in TRUSTED_PROXIES, or unset SECURE_PROXY_SSL_HEADER."
+    )
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _PROXY_SSL_HEADER.upper().replace("-", "_"), "https") if _PROXY_SSL_HEADER else None
+)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy (chatsite/security.py): scripts, styles, images, fonts and connections (the
+# socket included) from this origin only; no inline script or style, no plugins, no framing.
+CHAT_CONTENT_SECURITY_POLICY: dict[str, list[str]] = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'"],
+    "font-src": ["'self'"],
+    "connect-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'self'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    # Tokens never reach a log line (chat/infra/log_redaction.py): on Django's handler from the start,
+    # so every management command is covered too; the ASGI application puts it on the server's own.
+    "filters": {"redact_tokens": {"()": "chat.infra.log_redaction.TokenRedactingFilter"}},
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_tokens"]}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }

@@ -10,9 +10,12 @@ urlpatterns = [
     path("c/<str:conversation_id>/", views.conversation, name="conversation"),
     path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # Before the admin's own routes: its login page behind the per-address window and the guard's 429.
+    path("admin/login/", views.admin_login),
     path("admin/", admin.site.urls),
     path("api/auth/token/", api.TokenView.as_view(), name="token"),
     path("api/auth/token/refresh/", api.TokenRefresh.as_view(), name="token-refresh"),
+    path("api/auth/logout-all/", api.LogoutAll.as_view(), name="logout-all"),
     path("api/conversations/", api.ConversationList.as_view()),
     path("api/conversations/<str:conversation_id>/", api.ConversationDetail.as_view()),
     path("api/conversations/<str:conversation_id>/members/", api.ConversationMembers.as_view()),

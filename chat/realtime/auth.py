@@ -5,6 +5,9 @@ another origin) an `auth` frame after the handshake. Tokens in the query string 
 because they end up in access logs. Nothing here logs a token, and `install_log_redaction` keeps
 the ASGI server's own log lines (uvicorn logs every WebSocket handshake's path *with* its query
 string, even with its access log off) from carrying one either.
+
+A token is good only while `selectors.token_holder` says so (not revoked by a password change, a
+log-out-everywhere or a deactivation); REST asks the same through `RevocableJWTAuthentication`.
 """
 
 from __future__ import annotations
@@ -21,14 +24,17 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.http.cookie import parse_cookie
 from django.http.request import validate_host
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.exceptions import TokenError
-from rest_framework_simplejwt.tokens import AccessToken
+from rest_framework_simplejwt.tokens import AccessToken, Token
 
 from chat import selectors
 from chat.errors import AuthFailed
 from chat.infra.log_redaction import JWT_PATTERN, QUERY_TOKEN_KEYS, install_log_redaction
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -40,16 +46,29 @@ class Identity:
 
 
 def identity_from_token(raw: str) -> Identity:
-    """Validate an access token and load its (active) user. Sync: call via database_sync_to_async."""
+    """Validate an access token and load its (active) user; a revoked token (password changed, logged
+    out everywhere, deactivated) is refused like a forged one. Sync: call via database_sync_to_async."""
     try:
         token = AccessToken(raw)  # type: ignore[arg-type]
     except TokenError as exc:
         raise AuthFailed("invalid or expired token") from exc
-    user_id = token.get(str(settings.SIMPLE_JWT.get("USER_ID_CLAIM", "user_id")))
-    user = selectors.user_for_token(user_id=user_id)
-    if user is None or not user.is_active:
-        raise AuthFailed("unknown or inactive user")
+    user = selectors.token_holder(token.payload)
+    if user is None:
+        raise AuthFailed("unknown or inactive user, or revoked token")
     return Identity(user.id, user.username, user.tier, "jwt", int(token["exp"]))
+
+
+class RevocableJWTAuthentication(JWTAuthentication):
+    """REST's Bearer authentication (REST_FRAMEWORK in settings): simplejwt's, with the same holder
+    check as the socket, so a revoked token is refused on every road. It lives here, beside
+    identity_from_token, because DRF imports its authentication classes while `rest_framework.views`
+    is being imported, which chat.api cannot be imported during."""
+
+    def get_user(self, validated_token: Token) -> Any:  # the User (AuthUser in the stubs)
+        user = selectors.token_holder(validated_token.payload)
+        if user is None:
+            raise AuthenticationFailed("unknown or inactive user, or revoked token", code="token_not_valid")
+        return user
 
 
 def query_carries_token(query_string: bytes) -> bool:
