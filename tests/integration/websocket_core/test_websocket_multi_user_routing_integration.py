@@ -544,6 +544,31 @@ def rest_token_refresh(r: Rest) -> None:
         assert "access" not in response.json()
 
 
+def rest_admin_login(r: Rest) -> None:
+    """The admin's login page: the victim's username with a wrong password answers like an unknown
+    username (no account probing) and logs nobody in."""
+    w = r.world
+    anonymous = HttpClient()
+    wrong = anonymous.post("/admin/login/", {"username": w.alice.username, "password": "wrong-password"})
+    unknown = anonymous.post("/admin/login/", {"username": "no-such-user-x", "password": "wrong-password"})
+    assert wrong.status_code == unknown.status_code == 200
+    assert CSRF_TOKEN.sub("", wrong.content.decode()).replace(w.alice.username, "<u>") == CSRF_TOKEN.sub(
+        "", unknown.content.decode()
+    ).replace("no-such-user-x", "<u>")
+    assert "_auth_user_id" not in anonymous.session
+
+
+def rest_logout_all(r: Rest) -> None:
+    """The attacker logging out everywhere ends her own tokens and session only."""
+    victim = APIClient()
+    victim.credentials(HTTP_AUTHORIZATION=f"Bearer {access_token(r.world.alice)}")
+    status, _, _ = r.call("POST", "/api/auth/logout-all/")
+    assert status == 204
+    assert r.api.get("/api/conversations/").status_code == 401  # mallory's token is revoked...
+    assert r.pages.get("/").status_code == 302  # ...and her session
+    assert victim.get("/api/conversations/").status_code == 200  # ...alice's are not
+
+
 def rest_health(r: Rest) -> None:
     for path in ("/healthz", "/readyz"):
         status, content, _ = r.call("GET", path)
@@ -563,9 +588,11 @@ REST_CASES: dict[tuple[str, str], Callable[[Rest], None]] = {
     ("c/<str:conversation_id>/", "*"): rest_conversation_page,
     ("login/", "*"): rest_login,
     ("logout/", "*"): rest_logout,
+    ("admin/login/", "*"): rest_admin_login,
     ("admin/", "*"): rest_admin,
     ("api/auth/token/", "POST"): rest_token,
     ("api/auth/token/refresh/", "POST"): rest_token_refresh,
+    ("api/auth/logout-all/", "POST"): rest_logout_all,
     ("api/conversations/", "GET"): rest_conversation_list,
     ("api/conversations/", "POST"): rest_conversation_create,
     ("api/conversations/<str:conversation_id>/", "GET"): rest_conversation_get,
