@@ -11,11 +11,13 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 django_asgi_app = get_asgi_application()
 
 from django.conf import settings  # noqa: E402
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+
+from chatsite.security import HardenedStaticFilesHandler  # noqa: E402
 
 if settings.SERVE_STATIC:
-    # One-machine deployments (and `make run`) serve /static/ from the app itself, like runserver.
-    django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
+    # One-machine deployments (and `make run`) serve /static/ from the app itself, like runserver,
+    # with the hardening headers the middleware cannot add there.
+    django_asgi_app = HardenedStaticFilesHandler(django_asgi_app)
 
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
