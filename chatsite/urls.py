@@ -1,12 +1,16 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import path
+from django.views.generic import RedirectView
 
 from chat import api, views
 from monitoring import views as monitoring_views
 
 urlpatterns = [
     path("", views.index, name="index"),
+    # Pages that declare no icon (the admin's) make browsers ask for /favicon.ico.
+    path("favicon.ico", RedirectView.as_view(url=static("chat/favicon.svg"), permanent=True)),
     path("c/<str:conversation_id>/", views.conversation, name="conversation"),
     path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -569,6 +569,12 @@ def rest_logout_all(r: Rest) -> None:
     assert victim.get("/api/conversations/").status_code == 200  # ...alice's are not
 
 
+def rest_favicon(r: Rest) -> None:
+    status, _, location = r.call("GET", "/favicon.ico")
+    assert status == 301
+    assert location.endswith("chat/favicon.svg")
+
+
 def rest_health(r: Rest) -> None:
     for path in ("/healthz", "/readyz"):
         status, content, _ = r.call("GET", path)
@@ -587,6 +593,7 @@ REST_CASES: dict[tuple[str, str], Callable[[Rest], None]] = {
     ("", "*"): rest_index_page,
     ("c/<str:conversation_id>/", "*"): rest_conversation_page,
     ("login/", "*"): rest_login,
+    ("favicon.ico", "*"): rest_favicon,
     ("logout/", "*"): rest_logout,
     ("admin/login/", "*"): rest_admin_login,
     ("admin/", "*"): rest_admin,
