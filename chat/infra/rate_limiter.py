@@ -8,9 +8,17 @@ atomically and records in all or none: a `send` that would start an agent run co
 "messages" and an "agent_runs" slot together, or neither.
 
 With Redis configured the windows are Redis sorted sets updated by one Lua script, so the limit
-holds across every server process. Without Redis (embedded mode) — and, degraded, while Redis is
-unreachable — an in-process twin with the same semantics answers; an outage therefore relaxes
-limits to per-process rather than refusing everyone or letting everything through.
+holds across every server process. Without Redis (embedded mode) an in-process twin with the same
+semantics answers.
+
+While Redis cannot be asked (down, slower than REDIS_TIMEOUT_S, or its circuit open) a limit never
+fails open: each server process allows only its share of it (`share`: the limit divided among
+settings.CHAT_SERVER_PROCESSES, the remainder spread by key so the shares add up to the limit), and
+counts against that share every action it allowed itself in the window, including those Redis
+allowed before the outage (the twin mirrors every allowed action). Actions allowed during the
+outage are written to Redis with the next call that reaches it, so they still count once it is
+back. Connection slots work the same way (ConnectionSlots), and once Redis answers again a socket
+allowed during the outage that finds the user over the limit is closed by its next heartbeat.
 
 Time is injected (`clock`, seconds) so tests advance a fake clock instead of sleeping. Processes
 must share a clock (one host, or NTP) since every caller passes its own `now`.
@@ -24,46 +32,43 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import redis
 from django.conf import settings
 from redis.exceptions import RedisError
 
 from chat.errors import CircuitOpen
+from chat.infra import client_address
 from chat.infra.breakers import breaker
+from chat.infra.limit_windows import Clock, Decision, Limiter, MemoryLimiter, Window, share
 from chat.infra.redis_client import redis_call, redis_client
 from monitoring.metrics import metrics
 
+__all__ = [
+    "REDIS_DOWN",
+    "REDIS_TIMEOUT_S",
+    "ConnectionSlots",
+    "Decision",
+    "Limiter",
+    "MemoryLimiter",
+    "RedisLimiter",
+    "Window",
+    "client_ip",
+    "get_limiter",
+    "get_slots",
+    "hit_sync",
+    "ip_admit",
+    "key",
+    "share",
+]
+
 logger = logging.getLogger(__name__)
-
-Clock = Callable[[], float]
-# How long a limiter call may wait for Redis before the in-process twin answers instead.
+# How long a limiter call may wait for Redis before this process's share answers instead.
 REDIS_TIMEOUT_S = 0.5
-# Redis unreachable, too slow, or its circuit open: the in-process twin answers (or the slot is granted).
+# Redis unreachable, too slow, or its circuit open: this process's share of the limit answers.
 REDIS_DOWN: tuple[type[BaseException], ...] = (OSError, TimeoutError, RedisError, CircuitOpen)
-
-
-@dataclass(frozen=True)
-class Window:
-    key: str
-    limit: int
-    window_ms: int
-
-
-@dataclass(frozen=True)
-class Decision:
-    allowed: bool
-    retry_after_ms: int = 0  # when refused: the wait after which the same call is allowed
-    remaining: int = 0  # when allowed: the smallest number of further actions left in any window
-    refused: int = -1  # when refused: the index of the window that refused (the longest wait)
-
-
-class Limiter(Protocol):
-    async def hit(self, windows: Sequence[Window]) -> Decision: ...
 
 
 # KEYS: one zset per window. ARGV: now_ms, member, then limit and window_ms per key.
@@ -95,44 +100,17 @@ for i, key in ipairs(KEYS) do
 end
 return {1, remaining}
 """
-
-
-class MemoryLimiter:
-    """The in-process twin: the same sliding windows in deques (embedded mode, Redis outages)."""
-
-    def __init__(self, clock: Clock = time.time) -> None:
-        self.clock = clock
-        self._windows: dict[str, deque[int]] = {}
-        self._lock = threading.Lock()  # the REST throttle calls it from worker threads
-
-    def hit_sync(self, windows: Sequence[Window]) -> Decision:
-        now = int(self.clock() * 1000)
-        with self._lock:
-            retry = 0
-            which = -1
-            remaining: int | None = None
-            for index, w in enumerate(windows):
-                log = self._windows.setdefault(w.key, deque())
-                while log and log[0] <= now - w.window_ms:
-                    log.popleft()
-                if len(log) >= w.limit:
-                    wait = log[len(log) - w.limit] + w.window_ms - now
-                    if wait > retry:
-                        retry, which = wait, index
-                else:
-                    left = w.limit - len(log) - 1
-                    remaining = left if remaining is None else min(remaining, left)
-            if retry > 0:
-                return Decision(False, retry_after_ms=retry, refused=which)
-            for w in windows:
-                self._windows[w.key].append(now)
-            if len(self._windows) > 100_000:  # idle keys: drop the empty ones now and then
-                for key in [k for k, log in self._windows.items() if not log]:
-                    del self._windows[key]
-            return Decision(True, remaining=remaining or 0)
-
-    async def hit(self, windows: Sequence[Window]) -> Decision:
-        return self.hit_sync(windows)
+# The same, after first writing the actions this process allowed while Redis was out of reach:
+# after the windows' arguments, triples of (1-based key index, score, member).
+_SYNC_LUA = """
+local p = 3 + 2 * #KEYS
+while p <= #ARGV do
+  local i = tonumber(ARGV[p])
+  redis.call('ZADD', KEYS[i], tonumber(ARGV[p + 1]), ARGV[p + 2])
+  redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[2 + 2 * i]))
+  p = p + 3
+end
+"""
 
 
 _members = itertools.count()
@@ -149,49 +127,104 @@ class RedisLimiter:
         self.client_factory = client_factory
         self.clock = clock
         self.fallback = MemoryLimiter(clock)
+        # key -> {member: (score, window_ms)}: allowed here while Redis was out of reach, not yet in Redis.
+        self._unsynced: dict[str, dict[str, tuple[int, int]]] = {}
+        self._unsynced_lock = threading.Lock()
 
-    def _eval_args(self, windows: Sequence[Window]) -> list[Any]:
-        """KEYS and ARGV of _HIT_LUA for these windows, stamped now."""
-        now = int(self.clock() * 1000)
-        args: list[Any] = [_HIT_LUA, len(windows), *[w.key for w in windows], now, _member(now)]
+    def _eval_args(
+        self, windows: Sequence[Window], now: int | None = None, member: str | None = None, pending: Any = ()
+    ) -> list[Any]:
+        """KEYS and ARGV of _HIT_LUA for these windows, stamped now (plus _SYNC_LUA's triples, if any)."""
+        now = int(self.clock() * 1000) if now is None else now
+        script = _SYNC_LUA + _HIT_LUA if pending else _HIT_LUA
+        args: list[Any] = [script, len(windows), *[w.key for w in windows], now, member or _member(now)]
         for w in windows:
             args += [w.limit, w.window_ms]
+        for index, score, pending_member in pending:
+            args += [index, score, pending_member]
         return args
 
-    def _fallback(self, windows: Sequence[Window], exc: BaseException) -> Decision:
+    def _pending(self, windows: Sequence[Window], now: int) -> list[tuple[int, int, str]]:
+        if not self._unsynced:
+            return []
+        with self._unsynced_lock:
+            out = []
+            for index, w in enumerate(windows, start=1):
+                entries = self._unsynced.get(w.key)
+                for pending_member, (score, span) in list((entries or {}).items()):
+                    if score <= now - span:
+                        del entries[pending_member]  # type: ignore[union-attr]
+                    else:
+                        out.append((index, score, pending_member))
+            return out
+
+    def _synced(self, windows: Sequence[Window], pending: Sequence[tuple[int, int, str]]) -> None:
+        with self._unsynced_lock:
+            for index, _, pending_member in pending:
+                key_ = windows[index - 1].key
+                entries = self._unsynced.get(key_, {})
+                entries.pop(pending_member, None)
+                if not entries:
+                    self._unsynced.pop(key_, None)
+
+    def _answered(self, windows: Sequence[Window], answer: list[Any], now: int, pending: Any) -> Decision:
+        if pending:
+            self._synced(windows, pending)
+        decision = _decision(answer)
+        if decision.allowed:
+            self.fallback.record(windows, now)
+        return decision
+
+    def _fallback(self, windows: Sequence[Window], exc: BaseException, now: int, member: str) -> Decision:
         metrics.inc("ratelimit_fallback")
-        logger.warning("rate limiter: Redis unavailable (%s); limiting per process", type(exc).__name__)
-        return self.fallback.hit_sync(windows)
+        logger.warning("rate limiter: Redis unavailable (%s); allowing this process's share", type(exc).__name__)
+        shares = [Window(w.key, share(w.limit, w.key), w.window_ms) for w in windows]
+        for index, w in enumerate(shares):
+            if w.limit < 1:  # no share here: the other processes hold the whole limit
+                return Decision(False, retry_after_ms=max(1000, breaker("redis").retry_after_ms()), refused=index)
+        decision = self.fallback.hit_sync(shares, now)
+        if decision.allowed:
+            with self._unsynced_lock:
+                for w in windows:
+                    self._unsynced.setdefault(w.key, {})[member] = (now, w.window_ms)
+        return decision
 
     async def hit(self, windows: Sequence[Window]) -> Decision:
         if not windows:
             return Decision(True)
+        now = int(self.clock() * 1000)
+        member = _member(now)
+        pending = self._pending(windows, now)
         try:
             # Bounded and counted into breaker("redis"); while that circuit is open this fails at
-            # once (CircuitOpen) and the in-process twin answers without waiting on Redis.
+            # once (CircuitOpen) and this process's share answers without waiting on Redis.
             client = self.client_factory()
             answer = await redis_call(
-                functools.partial(client.eval, *self._eval_args(windows)), timeout_s=REDIS_TIMEOUT_S
+                functools.partial(client.eval, *self._eval_args(windows, now, member, pending)),
+                timeout_s=REDIS_TIMEOUT_S,
             )
         except REDIS_DOWN as exc:
-            return self._fallback(windows, exc)
-        return _decision(answer)
+            return self._fallback(windows, exc, now, member)
+        return self._answered(windows, answer, now, pending)
 
     def hit_sync(self, windows: Sequence[Window]) -> Decision:
         """For sync callers (the REST throttle, which runs in a worker thread)."""
         if not windows:
             return Decision(True)
+        now = int(self.clock() * 1000)
+        member = _member(now)
+        pending = self._pending(windows, now)
         redis = breaker("redis")
         try:
-            redis.before_call()  # open circuit: straight to the in-process window, no 0.5 s wait
-            answer = _sync_client().eval(*self._eval_args(windows))
+            redis.before_call()  # open circuit: straight to this process's share, no 0.5 s wait
+            answer = _sync_client().eval(*self._eval_args(windows, now, member, pending))
         except CircuitOpen as exc:
-            return self._fallback(windows, exc)
+            return self._fallback(windows, exc, now, member)
         except REDIS_DOWN as exc:
             redis.record_failure(exc)
-            return self._fallback(windows, exc)
+            return self._fallback(windows, exc, now, member)
         redis.record_success()
-        return _decision(answer)
+        return self._answered(windows, answer, now, pending)
 
 
 def _decision(answer: list[Any]) -> Decision:
@@ -218,10 +251,7 @@ _limiter: Limiter | None = None
 def get_limiter() -> Limiter:
     global _limiter
     if _limiter is None:
-        if settings.REDIS_URL:
-                _limiter = RedisLimiter(redis_client)
-        else:
-            _limiter = MemoryLimiter()
+        _limiter = RedisLimiter(redis_client) if settings.REDIS_URL else MemoryLimiter()
     return _limiter
 
 
@@ -237,9 +267,9 @@ def key(*parts: object) -> str:
 
 
 def client_ip(meta: dict[str, Any]) -> str:
-    """The caller's address as the ASGI server saw it (uvicorn already applied X-Forwarded-For
-    from its trusted proxies; we do not trust the header ourselves)."""
-    return str(meta.get("REMOTE_ADDR") or "unknown")
+    """The caller's address: the TCP peer, or the client a trusted proxy forwarded for
+    (chat/infra/client_address.py; settings.TRUSTED_PROXIES, default none)."""
+    return client_address.meta_client_ip(meta)
 
 
 def ip_admit(endpoint: str, ip: str) -> Decision:
@@ -268,13 +298,16 @@ class ConnectionSlots:
 
     Each socket holds a slot (its session id) that expires CHAT_CONNECTION_TTL_S after its last
     refresh, so a process that dies without releasing its slots frees them within that time.
-    Redis unreachable: the slot is granted (fail open) — refusing every reconnect during an outage
-    would turn a Redis blip into a full disconnect of the product.
+    Redis out of reach: the socket is allowed only within this process's share of the limit
+    (`share`), counting every socket of the user this process holds, however it was allowed. The
+    socket's heartbeat refreshes its slot with the limit (`refresh`): once Redis answers again, a
+    socket allowed during the outage that does not fit is told so, and closed.
     """
 
     def __init__(self, clock: Clock = time.time) -> None:
         self.clock = clock
         self._memory: dict[str, dict[str, int]] = {}
+        self._held: dict[int, set[str]] = {}  # this process's sockets per user (Redis mode)
         self._lock = threading.Lock()
 
     def _key(self, user_id: int) -> str:
@@ -286,17 +319,35 @@ class ConnectionSlots:
         if not settings.REDIS_URL:
             return self._acquire_memory(self._key(user_id), session_id, limit, now, ttl)
         try:
-            granted = await redis_call(
-                functools.partial(
-                    redis_client().eval, _ACQUIRE_LUA, 1, self._key(user_id), now, session_id, limit, ttl
-                ),
-                timeout_s=REDIS_TIMEOUT_S,
+            granted = bool(
+                int(
+                    await redis_call(
+                        functools.partial(
+                            redis_client().eval, _ACQUIRE_LUA, 1, self._key(user_id), now, session_id, limit, ttl
+                        ),
+                        timeout_s=REDIS_TIMEOUT_S,
+                    )
+                )
             )
         except REDIS_DOWN:
-            metrics.inc("connection_slots_unavailable")
-            logger.warning("connection slots: Redis unavailable; granting the slot")
-            return True
-        return bool(int(granted))
+            granted = self._acquire_share(user_id, session_id, limit)
+        if granted:
+            self._held.setdefault(user_id, set()).add(session_id)
+        elif session_id in self._held.get(user_id, ()):
+            self._held[user_id].discard(session_id)  # refused on refresh: its socket is closed, not released
+        return granted
+
+    def _acquire_share(self, user_id: int, session_id: str, limit: int) -> bool:
+        metrics.inc("connection_slots_unavailable")
+        held = self._held.get(user_id, set())
+        if session_id in held:
+            return True  # a heartbeat of a socket this process already counts
+        allowed = share(limit, self._key(user_id))
+        if len(held) >= allowed:
+            logger.warning("connection slots: Redis unavailable; refusing beyond this process's share (%s)", allowed)
+            return False
+        logger.warning("connection slots: Redis unavailable; allowing within this process's share (%s)", allowed)
+        return True
 
     def _acquire_memory(self, key_: str, session_id: str, limit: int, now: int, ttl: int) -> bool:
         with self._lock:
@@ -308,11 +359,17 @@ class ConnectionSlots:
             slots[session_id] = now + ttl
             return True
 
-    async def refresh(self, user_id: int, session_id: str) -> None:
-        """Keep the slot alive (called from the socket's heartbeat, well within the TTL)."""
-        await self.acquire(user_id, session_id, limit=1 << 30)
+    async def refresh(self, user_id: int, session_id: str, limit: int = 1 << 30) -> bool:
+        """Keep the slot alive (called from the socket's heartbeat, well within the TTL). False: the
+        slot is not held and the user is at `limit` (a socket allowed while Redis was unreachable)."""
+        return await self.acquire(user_id, session_id, limit)
 
     async def release(self, user_id: int, session_id: str) -> None:
+        held = self._held.get(user_id)
+        if held is not None:
+            held.discard(session_id)
+            if not held:
+                del self._held[user_id]
         if not settings.REDIS_URL:
             with self._lock:
                 self._memory.get(self._key(user_id), {}).pop(session_id, None)

@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from tests.support.servers import free_port
@@ -40,6 +41,8 @@ def _pingable(port: int, timeout: float = 0.5) -> bool:
 class RedisServer:
     """`redis-server` on 127.0.0.1:<port>, in the foreground as our child, with nothing on disk:
     after `kill()` + `start()` it is empty, like a production Redis restarted without persistence."""
+
+    extra_args: tuple[str, ...] = ()  # more redis-server options (BusyRedisServer enables DEBUG)
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
@@ -71,6 +74,7 @@ class RedisServer:
                 self._dir,
                 "--loglevel",
                 "warning",
+                *self.extra_args,
             ],  # fmt: skip
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -246,3 +250,32 @@ def refused(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+class BusyRedisServer(RedisServer):
+    """A private redis-server that lets `busy()` keep it occupied: Redis alive but lagging, the way it
+    looks while another client's heavy commands hold its single thread."""
+
+    extra_args = ("--enable-debug-command", "yes")
+
+    @contextlib.contextmanager
+    def busy(self, slice_s: float) -> Iterator[None]:
+        """While inside: a side connection runs DEBUG SLEEP `slice_s` back to back, so every other
+        client's command, connection accept and handshake waits up to a slice (or two) for its turn."""
+        stop = threading.Event()
+
+        def occupy() -> None:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=slice_s + 10) as sock:
+                command = f"*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n${len(str(slice_s))}\r\n{slice_s}\r\n".encode()
+                while not stop.is_set():
+                    sock.sendall(command)
+                    if not sock.recv(64).startswith(b"+OK"):
+                        raise RuntimeError("DEBUG SLEEP was refused")
+
+        thread = threading.Thread(target=occupy, name=f"busy-redis-{self.port}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=slice_s + 10)

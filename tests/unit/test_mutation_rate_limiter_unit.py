@@ -236,7 +236,7 @@ async def test_connection_slots_in_memory(settings: Any) -> None:
     assert slots._memory[key("conns", 1)] == {"c": int(clock.now * 1000 + settings.CHAT_CONNECTION_TTL_S * 1000)}
 
 
-async def test_connection_slots_fail_open_when_redis_is_down(monkeypatch: Any) -> None:
+async def test_connection_slots_hold_this_process_share_when_redis_is_down(monkeypatch: Any) -> None:
     class Down:
         async def eval(self, *args: Any) -> Any:
             raise ConnectionError("refused")
@@ -247,6 +247,9 @@ async def test_connection_slots_fail_open_when_redis_is_down(monkeypatch: Any) -
     monkeypatch.setattr(rate_limiter, "redis_client", lambda *a: Down())
     slots = ConnectionSlots(Clock())
     before = metrics.counter("connection_slots_unavailable")
-    assert await slots.acquire(1, "a", 0) is True
-    assert metrics.counter("connection_slots_unavailable") == before + 1
+    assert await slots.acquire(1, "a", 1) is True  # one process: its share is the whole limit
+    assert await slots.acquire(1, "b", 1) is False  # never more than the limit (no failing open)
+    assert await slots.acquire(1, "a", 1) is True  # the held socket's refresh
+    assert metrics.counter("connection_slots_unavailable") == before + 3
     await slots.release(1, "a")  # swallowed: the slot expires on its own
+    assert await slots.acquire(1, "b", 1) is True
