@@ -3,14 +3,25 @@
 Arguments are validated against the schema before the tool runs; a tool runs with a timeout; its
 result is JSON data. Tools that read chat data take the asking user and go through selectors, so
 an agent can never show a user something that user could not read.
+
+A tool runs on the agent worker's event loop, next to every run the worker holds, so no argument
+may make one slow or block the loop (docs/operations.md, "Agent tools"):
+- calculator: bounded arithmetic (agents/calculator.py), evaluated in the sandbox's worker
+  processes (agents/sandbox.py): bounded memory and CPU, killed after AGENT_TOOL_SANDBOX_TIMEOUT_S;
+- current_time: a timezone must be one of the IANA names the system knows (looked up off the loop);
+- search_history: a query of at most 200 characters without control characters, at most 20
+  matches, read on its own thread (not the shared database thread) under a statement timeout.
+Whatever a tool does wrong ends as the tool's error, which the model reads; the run goes on.
 """
 
 from __future__ import annotations
 
-import ast
 import asyncio
-import math
-import operator
+import functools
+import logging
+import threading
+import unicodedata
+import zoneinfo
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,9 +29,24 @@ from typing import Any
 
 import jsonschema
 from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import OperationalError, connection, transaction
 
 from agents.backends.base import ToolOutcome
+from agents.calculator import MAX_EXPRESSION_CHARS, calculate
+from agents.sandbox import Sandbox, SandboxLimits, ToolError
 from chat.selectors import search_messages
+
+__all__ = ["Tool", "ToolContext", "ToolError", "ToolRegistry", "calculate", "default_registry"]
+
+logger = logging.getLogger(__name__)
+
+# The longest error text a tool call reports: the model reads it, and so does every member of the
+# conversation (it is the tool_completed event's result).
+MAX_ERROR_CHARS = 200
+MAX_QUERY_CHARS = 200
+MAX_SEARCH_RESULTS = 20
+MAX_TIMEZONE_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -50,10 +76,13 @@ class Tool:
 class ToolRegistry:
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
+        # Built once: jsonschema.validate() checks the schema itself again on every call.
+        self._validators: dict[str, jsonschema.protocols.Validator] = {}
 
     def register(self, tool: Tool) -> None:
         jsonschema.Draft202012Validator.check_schema(tool.schema)
         self._tools[tool.name] = tool
+        self._validators[tool.name] = jsonschema.Draft202012Validator(tool.schema)
 
     def get(self, name: str) -> Tool | None:
         return self._tools.get(name)
@@ -67,109 +96,128 @@ class ToolRegistry:
     async def call(self, name: str, arguments: Any, ctx: ToolContext) -> ToolOutcome:
         tool = self._tools.get(name)
         if tool is None:
-            return ToolOutcome(False, {"error": f"unknown tool {name!r}"})
-        try:
-            jsonschema.validate(arguments, tool.schema, cls=jsonschema.Draft202012Validator)
-        except jsonschema.ValidationError as exc:
-            return ToolOutcome(False, {"error": f"invalid arguments: {exc.message}"})
+            return _failed(f"unknown tool {name!r}")
+        invalid = jsonschema.exceptions.best_match(self._validators[name].iter_errors(arguments))
+        if invalid is not None:
+            return _failed(f"invalid arguments: {_schema_error(invalid)}")
         try:
             async with asyncio.timeout(tool.timeout_s):  # not wait_for: it can swallow a cancel on 3.11
                 result = await tool.fn(ctx, arguments)
         except TimeoutError:
-            return ToolOutcome(False, {"error": f"{name} timed out after {tool.timeout_s:g}s"})
+            return _failed(f"{name} timed out after {tool.timeout_s:g}s")
         except ToolError as exc:
-            return ToolOutcome(False, {"error": str(exc)})
+            return _failed(str(exc))
+        except Exception:
+            # A bug or an outage under the tool: the model hears that the tool failed and the run goes
+            # on; the traceback goes to the log, not to the conversation.
+            logger.exception("tool %s failed", name)
+            return _failed(f"{name} failed (an internal error)")
         return ToolOutcome(True, result)
 
 
-class ToolError(Exception):
-    """A tool refused its input (e.g. division by zero); reported to the model, not a crash."""
+def _failed(message: str) -> ToolOutcome:
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[: MAX_ERROR_CHARS - 1] + "…"
+    return ToolOutcome(False, {"error": message})
 
 
-# --- calculator: arithmetic over an AST whitelist (no eval) --------------------------------------
-_BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
-}
-_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
-_FUNCS: dict[str, Callable[..., Any]] = {"sqrt": math.sqrt, "abs": abs, "round": round}
-# Bounds that keep one expression cheap: 10**300 is fine, 9**9**9 is not.
-MAX_EXPRESSION_CHARS = 200
-MAX_EXPONENT = 1000
-MAX_MAGNITUDE = 10**300
+def _schema_error(exc: jsonschema.ValidationError) -> str:
+    """jsonschema's message quotes the offending value (all 100,000 characters of it); this names
+    the field and the rule instead."""
+    field = ".".join(str(part) for part in exc.absolute_path) or "the arguments"
+    bound = exc.validator_value
+    rules = {
+        "maxLength": f"{field} is longer than {bound} characters",
+        "minLength": f"{field} is shorter than {bound} character(s)",
+        "maximum": f"{field} is more than {bound}",
+        "minimum": f"{field} is less than {bound}",
+        "type": f"{field} must be of type {bound}",
+    }
+    return rules.get(str(exc.validator), exc.message)
 
 
-def calculate(expression: str) -> int | float:
-    if len(expression) > MAX_EXPRESSION_CHARS:
-        raise ToolError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
-    normalized = expression.replace("×", "*").replace("÷", "/").replace("^", "**")
-    try:
-        tree = ast.parse(normalized, mode="eval")
-    except SyntaxError as exc:
-        raise ToolError(f"not an arithmetic expression: {expression!r}") from exc
+# --- calculator -----------------------------------------------------------------------------------
+_sandbox: Sandbox | None = None
+_sandbox_lock = threading.Lock()
 
-    def ev(node: ast.AST) -> Any:
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
-            return node.value
-        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-            left, right = ev(node.left), ev(node.right)
-            if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
-                raise ToolError("exponent too large")
-            try:
-                value = _BINARY[type(node.op)](left, right)
-            except ZeroDivisionError as exc:
-                raise ToolError("division by zero") from exc
-            except OverflowError as exc:
-                raise ToolError("result too large") from exc
-            if abs(value) > MAX_MAGNITUDE:
-                raise ToolError("result too large")
-            return value
-        if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-            return _UNARY[type(node.op)](ev(node.operand))
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id in _FUNCS
-            and not node.keywords
-            and len(node.args) <= 2
-        ):
-            try:
-                return _FUNCS[node.func.id](*[ev(a) for a in node.args])
-            except ValueError as exc:
-                raise ToolError(str(exc)) from exc
-        raise ToolError(f"unsupported element in expression: {ast.dump(node)[:40]}")
 
-    value = ev(tree)
-    if isinstance(value, complex):  # e.g. (-8) ** 0.5
-        raise ToolError("the result is not a real number")
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    return value
+def calculator_sandbox() -> Sandbox:
+    """The process's calculator sandbox, made on first use (its workers start with their first call).
+    One per process, shared by every event loop: its calls wait in its own threads."""
+    global _sandbox
+    with _sandbox_lock:
+        if _sandbox is None:
+            _sandbox = Sandbox(
+                SandboxLimits(
+                    workers=settings.AGENT_TOOL_SANDBOX_WORKERS,
+                    timeout_s=settings.AGENT_TOOL_SANDBOX_TIMEOUT_S,
+                    memory_bytes=settings.AGENT_TOOL_SANDBOX_MEMORY_MB * 2**20,
+                    cpu_s=settings.AGENT_TOOL_SANDBOX_CPU_S,
+                    calls_per_worker=settings.AGENT_TOOL_SANDBOX_CALLS_PER_WORKER,
+                ),
+                name="calculator",
+            )
+        return _sandbox
 
 
 async def _calculator(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
-    return {"expression": args["expression"], "value": calculate(args["expression"])}
+    value = await calculator_sandbox().run(calculate, args["expression"])
+    return {"expression": args["expression"], "value": value}
+
+
+# --- current_time ---------------------------------------------------------------------------------
+@functools.cache
+def _known_timezones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())  # reads the tz database: ~70 ms, once
+
+
+def _zone(name: str) -> zoneinfo.ZoneInfo:
+    # Only names the tz database lists: never a path (ZoneInfo("../..") would look one up).
+    if name not in _known_timezones():
+        raise ToolError(f"unknown timezone {name!r}: use an IANA name such as 'Europe/Paris'")
+    return zoneinfo.ZoneInfo(name)
 
 
 async def _current_time(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
     now = datetime.now(UTC)
-    return {"utc": now.isoformat(timespec="seconds").replace("+00:00", "Z"), "weekday": now.strftime("%A")}
+    result = {"utc": now.isoformat(timespec="seconds").replace("+00:00", "Z"), "weekday": now.strftime("%A")}
+    name = args.get("timezone")
+    if name is not None:
+        local = now.astimezone(await asyncio.to_thread(_zone, name))  # file reads, off the loop
+        result |= {
+            "timezone": name,
+            "local": local.isoformat(timespec="seconds"),
+            "local_weekday": local.strftime("%A"),
+        }
+    return result
+
+
+# --- search_history -------------------------------------------------------------------------------
+def _search(*, user_id: int, query: str, conversation_id: str, limit: int) -> list[dict[str, Any]]:
+    """The search under its own statement timeout, shorter than the tool's: a slow LIKE scan over a
+    huge conversation is cancelled by PostgreSQL instead of holding a connection for 30 s."""
+    timeout_ms = settings.AGENT_TOOL_SEARCH_TIMEOUT_MS
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(timeout_ms)])
+            return search_messages(user_id=user_id, query=query, conversation_id=conversation_id, limit=limit)
+    except OperationalError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) == "57014":  # query_canceled: the timeout
+            raise ToolError(f"the search took longer than {timeout_ms} ms and was stopped") from exc
+        raise
 
 
 async def _search_history(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
+    query = args["query"]
+    if any(unicodedata.category(c) == "Cc" for c in query):  # PostgreSQL refuses NUL in text
+        raise ToolError("the query may not contain control characters")
     if ctx.user_id is None:
-        return {"query": args["query"], "matches": []}
-    matches = await database_sync_to_async(search_messages)(
-        user_id=ctx.user_id, query=args["query"], conversation_id=ctx.conversation_id, limit=args.get("limit", 5)
+        return {"query": query, "matches": []}
+    # thread_sensitive=False: its own thread, not the one thread every run's event writes share.
+    matches = await database_sync_to_async(_search, thread_sensitive=False)(
+        user_id=ctx.user_id, query=query, conversation_id=ctx.conversation_id, limit=args.get("limit", 5)
     )
-    return {"query": args["query"], "matches": matches}
+    return {"query": query, "matches": matches}
 
 
 def default_registry() -> ToolRegistry:
@@ -190,8 +238,12 @@ def default_registry() -> ToolRegistry:
     registry.register(
         Tool(
             "current_time",
-            "The current date and time in UTC.",
-            {"type": "object", "properties": {}, "additionalProperties": False},
+            "The current date and time in UTC, and in an IANA timezone (e.g. 'Asia/Tokyo') if one is given.",
+            {
+                "type": "object",
+                "properties": {"timezone": {"type": "string", "minLength": 1, "maxLength": MAX_TIMEZONE_CHARS}},
+                "additionalProperties": False,
+            },
             _current_time,
         )
     )
@@ -202,8 +254,8 @@ def default_registry() -> ToolRegistry:
             {
                 "type": "object",
                 "properties": {
-                    "query": {"type": "string", "minLength": 1, "maxLength": 200},
-                    "limit": {"type": "integer", "minimum": 1, "maximum": 20},
+                    "query": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_SEARCH_RESULTS},
                 },
                 "required": ["query"],
                 "additionalProperties": False,
