@@ -69,12 +69,21 @@ class WorkspaceMember(models.Model):
         return f"{self.user} in {self.workspace} ({self.role})"
 
 
+class AgentMode(models.TextChoices):
+    # When the conversation's agent answers a human message (docs/protocol.md §8).
+    AUTO = "auto", "Auto: every message while one human is a member, then only when mentioned"
+    ALWAYS = "always", "Always"
+    MENTION = "mention", "Only when mentioned"
+    OFF = "off", "Off"
+
+
 class Conversation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=200)
     # Name of the agent that answers in this conversation; blank means people only.
     agent = models.CharField(max_length=64, blank=True, default="")
+    agent_mode = models.CharField(max_length=8, choices=AgentMode.choices, default=AgentMode.AUTO)
     created_by = models.ForeignKey(User, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     # Highest seq handed out. The next event takes last_seq + 1 under a row lock of this
@@ -91,6 +100,9 @@ class ConversationMember(models.Model):
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
     last_read_seq = models.BigIntegerField(default=0)
     joined_at = models.DateTimeField(auto_now_add=True)
+    # The member's unsent composer text, shared by all their tabs and devices (docs/protocol.md §10).
+    draft = models.TextField(blank=True, default="")
+    draft_updated_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["conversation", "user"], name="uniq_conversation_member")]
@@ -125,6 +137,8 @@ class Message(models.Model):
                 name="uniq_message_idempotency_key",
             )
         ]
+        # Unread counts and the last message of each conversation read the newest seqs of a conversation.
+        indexes = [models.Index(fields=["conversation", "seq"], name="chat_message_conv_seq")]
         ordering = ["conversation", "seq"]
 
     def __str__(self) -> str:
