@@ -1,0 +1,119 @@
+"""Realtime limits, tiers, abuse, breakers, handshakes and the server-process share of a limit
+(docs/protocol.md §2/§3/§8, docs/operations.md "Tiers and limits" and "Security")."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from chatsite.config.env import env_int, env_list
+
+# --- Realtime limits (docs/protocol.md §2/§3): server-wide caps; per-tier values are in CHAT_TIERS below ------
+CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 64 * 1024)
+CHAT_REPLAY_LIMIT = env_int("CHAT_REPLAY_LIMIT", 500)
+CHAT_HISTORY_MAX = 100
+CHAT_AUTH_TIMEOUT_S = float(os.environ.get("CHAT_AUTH_TIMEOUT_S", "5"))
+CHAT_HEARTBEAT_MS = env_int("CHAT_HEARTBEAT_MS", 25_000)
+CHAT_TYPING_TTL_MS = env_int("CHAT_TYPING_TTL_MS", 6_000)
+# Outbound frames queued per socket before it is closed as a slow consumer (4408). 2,000 frames
+# is several seconds of a busy room; a client further behind is better served by resuming.
+CHAT_OUTBOUND_QUEUE = env_int("CHAT_OUTBOUND_QUEUE", 2_000)
+CHAT_MAX_TEXT_CHARS = env_int("CHAT_MAX_TEXT_CHARS", 16_000)
+CHAT_MAX_SUBSCRIPTIONS = env_int("CHAT_MAX_SUBSCRIPTIONS", 100)
+# Hot buffer of recent events per conversation and per user (chat/infra/message_buffer.py). 1,000
+# events covers twice the replay limit, so any recoverable replay can be served from it; 15
+# minutes covers a laptop lid closed over a meeting. Older replays read the log.
+CHAT_BUFFER_MAX_EVENTS = env_int("CHAT_BUFFER_MAX_EVENTS", 1000)
+CHAT_BUFFER_MAX_AGE_S = float(os.environ.get("CHAT_BUFFER_MAX_AGE_S", "900"))
+
+# --- Tiers, rate limits and abuse (chat/tiers.py, chat/infra/rate_limiter.py, docs/protocol.md §8) ----------
+# Rates are [limit, window seconds], sliding windows per user, shared by every server process
+# through Redis (in-memory in embedded mode). Command classes: "messages" (send), "agent_runs" (a send
+# that starts an agent run), "typing", "commands" (everything else, pings included).
+CHAT_TIERS: dict[str, dict[str, object]] = {
+    "free": {
+        "connections": 5,
+        "rates": {"messages": [30, 60], "agent_runs": [20, 3600], "typing": [30, 60], "commands": [300, 60]},
+        "max_frame_bytes": 64 * 1024,
+        "max_text_chars": 8_000,
+        "max_subscriptions": 50,
+        "replay_limit": CHAT_REPLAY_LIMIT,
+        "buffer_max_events": 500,
+        "buffer_max_age_s": 15 * 60,
+        "history_retention_days": 30,
+    },
+    "pro": {
+        "connections": 20,
+        "rates": {"messages": [120, 60], "agent_runs": [200, 3600], "typing": [60, 60], "commands": [1200, 60]},
+        "max_frame_bytes": 64 * 1024,
+        "max_text_chars": CHAT_MAX_TEXT_CHARS,
+        "max_subscriptions": CHAT_MAX_SUBSCRIPTIONS,
+        "replay_limit": CHAT_REPLAY_LIMIT,
+        "buffer_max_events": 1000,
+        "buffer_max_age_s": 60 * 60,
+        "history_retention_days": 365,
+    },
+    "enterprise": {
+        "connections": 100,
+        "rates": {"messages": [600, 60], "agent_runs": [2000, 3600], "typing": [120, 60], "commands": [6000, 60]},
+        "max_frame_bytes": 64 * 1024,
+        "max_text_chars": CHAT_MAX_TEXT_CHARS,
+        "max_subscriptions": CHAT_MAX_SUBSCRIPTIONS,
+        "replay_limit": CHAT_REPLAY_LIMIT,
+        "buffer_max_events": 1000,
+        "buffer_max_age_s": 24 * 60 * 60,
+        "history_retention_days": None,
+    },
+}
+# A deployment (or a load test) overrides parts of the table without a code change, e.g.
+# CHAT_TIERS_JSON='{"free": {"rates": {"messages": [100, 60]}}}' (merged key by key).
+if os.environ.get("CHAT_TIERS_JSON"):
+
+    def _merge(base: dict[str, object], extra: dict[str, object]) -> dict[str, object]:
+        out = dict(base)
+        for key, value in extra.items():
+            current = out.get(key)
+            out[key] = _merge(current, value) if isinstance(current, dict) and isinstance(value, dict) else value
+        return out
+
+    CHAT_TIERS = _merge(CHAT_TIERS, json.loads(os.environ["CHAT_TIERS_JSON"]))  # type: ignore[arg-type,assignment]
+# More than this many malformed frames (bad_request, unknown_command, too_large) within the window,
+# or more than CHAT_RATE_HAMMER_LIMIT commands sent while already told to wait: close 4400.
+CHAT_ABUSE_LIMIT = env_int("CHAT_ABUSE_LIMIT", 30)
+CHAT_ABUSE_WINDOW_S = float(os.environ.get("CHAT_ABUSE_WINDOW_S", "10"))
+CHAT_RATE_HAMMER_LIMIT = env_int("CHAT_RATE_HAMMER_LIMIT", 20)
+# A socket's slot in its user's connection count is refreshed by the socket and expires this long
+# after its process died without releasing it.
+CHAT_CONNECTION_TTL_S = float(os.environ.get("CHAT_CONNECTION_TTL_S", "60"))
+# Per client IP on POST /login/, /admin/login/, /api/auth/token/ and its refresh: [limit, window s].
+CHAT_LOGIN_RATE = [env_int("CHAT_LOGIN_RATE_LIMIT", 20), float(os.environ.get("CHAT_LOGIN_RATE_WINDOW_S", "60"))]
+
+# Circuit breakers (chat/infra/error_recovery.py): this many transient failures within the window open the
+# circuit; after the reset timeout one probe call is let through.
+CHAT_BREAKER_FAILURES = env_int("CHAT_BREAKER_FAILURES", 5)
+CHAT_BREAKER_WINDOW_S = float(os.environ.get("CHAT_BREAKER_WINDOW_S", "10"))
+CHAT_BREAKER_RESET_S = float(os.environ.get("CHAT_BREAKER_RESET_S", "5"))
+# A database or model-server failure can take as long as its timeout (pool 5 s, LLM 60 s): their
+# windows are wide enough that consecutive slow failures still add up to an open circuit.
+CHAT_BREAKER_POSTGRES_FAILURES = env_int("CHAT_BREAKER_POSTGRES_FAILURES", 3)
+CHAT_BREAKER_POSTGRES_WINDOW_S = float(os.environ.get("CHAT_BREAKER_POSTGRES_WINDOW_S", "60"))
+CHAT_BREAKER_LLM_WINDOW_S = float(os.environ.get("CHAT_BREAKER_LLM_WINDOW_S", "300"))
+
+# --- Handshakes, client addresses, limits while Redis is slow (docs/operations.md "Security") ---------------
+# Proxies whose X-Forwarded-For is believed, as IPs or CIDRs ("10.0.0.5,10.1.0.0/16"). Empty (the
+# default): nobody's, the client is the TCP peer. `serve` hands uvicorn the same list.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+# A connection whose HTTP request head (request line and headers) is not complete this long after it
+# opened, or after its previous request, is closed (slowloris). At most this many connections per client
+# address may be waiting for their head at once; the next one is closed at once.
+CHAT_HANDSHAKE_TIMEOUT_S = float(os.environ.get("CHAT_HANDSHAKE_TIMEOUT_S", "10"))
+CHAT_INCOMPLETE_HANDSHAKES_PER_IP = env_int("CHAT_INCOMPLETE_HANDSHAKES_PER_IP", 20)
+# Sockets on /ws/chat/ still waiting for their `auth` frame, per client address and server process; the
+# next one is closed 4429.
+CHAT_UNAUTH_SOCKETS_PER_IP = env_int("CHAT_UNAUTH_SOCKETS_PER_IP", 20)
+# How many server processes share the limits and which one this is (0-based); `serve` sets both for
+# its children. While Redis cannot be asked, a process allows only its share of a limit, so that the
+# processes together never allow more than the limit. Without an index a process takes the share
+# rounded down.
+CHAT_SERVER_PROCESSES = env_int("CHAT_SERVER_PROCESSES", 1)
+CHAT_SERVER_INDEX: int | None = int(os.environ["CHAT_SERVER_INDEX"]) if os.environ.get("CHAT_SERVER_INDEX") else None
