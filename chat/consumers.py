@@ -27,7 +27,7 @@ from django.utils import timezone
 from agents.runner import get_supervisor
 from chat import selectors
 from chat.errors import AuthFailed, CircuitOpen, CommandError, ProtocolError
-from chat.infra import rate_limiter
+from chat.infra import handshake_guard, rate_limiter
 from chat.infra.breakers import CircuitBreaker, breaker
 from chat.realtime import ephemeral
 from chat.realtime.auth import Identity, identity_from_token
@@ -48,6 +48,7 @@ from chat.wire.frames import rfc3339
 from monitoring.metrics import metrics
 
 logger = logging.getLogger(__name__)
+
 
 def _still_active(user_id: int) -> bool:
     try:
@@ -79,6 +80,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self._expiry_task: asyncio.Task[None] | None = None
         self._closing = False
         self._slot_held = False
+        self._unauthenticated_from: str | None = None  # counted in handshake_guard.unauthenticated
         if PROTOCOL not in self.scope.get("subprotocols", []):
             await self.close()  # refuse the handshake: we only speak chat.v1
             return
@@ -97,7 +99,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if identity is not None:
             await self._authenticated(identity)
         else:
+            # Waiting for an `auth` frame: counted per client address (too many: 4429 at once).
+            self._unauthenticated_from = handshake_guard.admit_unauthenticated(self.scope)
+            if self._unauthenticated_from is None:
+                await self._close(4429)
+                return
             self._tasks.append(asyncio.create_task(self._auth_deadline()))
+
+    def _stop_waiting_for_auth(self) -> None:
+        handshake_guard.unauthenticated.remove(self._unauthenticated_from)
+        self._unauthenticated_from = None
 
     async def _auth_deadline(self) -> None:
         await asyncio.sleep(settings.CHAT_AUTH_TIMEOUT_S)
@@ -136,7 +147,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             on_overflow=lambda: self._spawn(self._close(4408)),
             on_user_message=self._on_user_message,
         )
-        self._tasks.append(asyncio.create_task(self._write_loop()))
+        writer = self.outbox.serve(closed=lambda: self._closing, on_failure=lambda: self._close(1011))
+        self._tasks.append(asyncio.create_task(writer))
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
         self._schedule_expiry(identity.expires_at)
         if settings.AGENT_RUNNER == "inprocess":
@@ -162,19 +174,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
     def user_public(self) -> dict[str, Any]:
         return {"id": self.identity.user_id, "username": self.identity.username}
 
-    async def _write_loop(self) -> None:
-        try:
-            await self.outbox.run()
-        except asyncio.CancelledError:
-            raise
-        except OSError:
-            # The client went away with frames still queued (uvicorn's ClientDisconnected is an
-            # OSError): a normal end, not a server error; websocket_disconnect cleans up.
-            metrics.inc("writes_after_disconnect")
-        except Exception:
-            logger.exception("socket writer failed")
-            await self._close(1011)
-
     async def _heartbeat_loop(self) -> None:
         interval = ephemeral.PRESENCE_TTL_S / 3
         while True:
@@ -182,7 +181,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             with contextlib.suppress(Exception):
                 await ephemeral.presence_refresh(self)
             with contextlib.suppress(Exception):
-                await rate_limiter.get_slots().refresh(self.identity.user_id, self.session_id)
+                # With the limit: a socket let in while Redis was unreachable that does not fit now is closed.
+                slots = rate_limiter.get_slots()
+                if not await slots.refresh(self.identity.user_id, self.session_id, self.limits.connections):
+                    self._slot_held = False
+                    metrics.inc("connections_refused", reason="tier_limit_rechecked")
+                    return await self._close(4429)
 
     def _schedule_expiry(self, expires_at: int | None) -> None:
         if self._expiry_task is not None:
@@ -359,6 +363,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             for task in self._tasks:
                 task.cancel()
             self._tasks.clear()
+            self._stop_waiting_for_auth()
             await self._authenticated(identity)
             if not self.authenticated:  # refused (4429): no reply on a closed socket
                 raise ProtocolError("rate_limited", "too many connections for this user's tier")
@@ -376,6 +381,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await ephemeral.presence_leave(self, conversation_id)
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        self._stop_waiting_for_auth()
         for task in self._tasks:
             task.cancel()
         if self._expiry_task is not None:

@@ -95,6 +95,27 @@ class Outbox:
         self._put(("stop", conversation_id))
 
     # --- the writer ------------------------------------------------------------------------------
+    async def serve(self, *, closed: Callable[[], bool], on_failure: Callable[[], Awaitable[None]]) -> None:
+        """The socket's writer task: `run` until the socket ends.
+
+        A write that fails because the socket is gone or going (the client vanished: uvicorn raises
+        ClientDisconnected, an OSError; or the server closed the socket while frames were still
+        queued: uvicorn raises RuntimeError, daphne autobahn's Disconnected) is the normal end of a
+        socket, logged as one line. Any other failure is a bug: a traceback, then `on_failure`."""
+        try:
+            await self.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not isinstance(exc, OSError) and not closed():
+                logger.exception("socket writer failed")
+                await on_failure()
+                return
+            metrics.inc("writes_after_disconnect")
+            logger.info(
+                "socket %s closed with %d frame(s) unsent (%s)", self.session_id, self.pending(), type(exc).__name__
+            )
+
     async def run(self) -> None:
         try:
             while True:

@@ -5,6 +5,13 @@ benchmarks, so they all measure what a deployment runs.
 The ASGI server is uvicorn with the sans-I/O websockets implementation by default: measured on
 this 2-core machine with tests/benchmarks/fanout.py it costs about half of daphne's CPU per
 delivered frame (tests/benchmarks/README.md). `--server daphne` runs daphne instead.
+
+uvicorn runs with our protocol classes (chat/infra/uvicorn_protocols.py: a bounded request head,
+one log line for a bad frame) and trusts X-Forwarded-For only from settings.TRUSTED_PROXIES, the
+list the app itself uses (chat/infra/client_address.py); uvicorn's own default would trust
+127.0.0.1. Each server process is told how many there are and which one it is
+(CHAT_SERVER_PROCESSES, CHAT_SERVER_INDEX), so that while Redis cannot be asked each allows only its
+share of a limit (chat/infra/rate_limiter.py).
 """
 
 from __future__ import annotations
@@ -19,6 +26,11 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from chat.infra import client_address
+
+UVICORN_HTTP = "chat.infra.uvicorn_protocols:GuardedHttpToolsProtocol"
+UVICORN_WS = "chat.infra.uvicorn_protocols:QuietWebSocketsSansIOProtocol"
+
 
 def server_argv(server: str, host: str, port: int) -> list[str]:
     if server == "uvicorn":
@@ -31,8 +43,11 @@ def server_argv(server: str, host: str, port: int) -> list[str]:
             host,
             "--port",
             str(port),
+            "--http",
+            UVICORN_HTTP,
             "--ws",
-            "websockets-sansio",
+            UVICORN_WS,
+            *client_address.uvicorn_proxy_args(),
             "--no-access-log",
             "--lifespan",
             "off",
@@ -57,15 +72,26 @@ class Command(BaseCommand):
         parser.add_argument("--no-worker", action="store_true", help="do not start the agent worker")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        env = dict(os.environ)
+        try:
+            client_address.trusted_networks()
+        except ValueError as exc:
+            raise CommandError(f"TRUSTED_PROXIES: {exc}") from None
+        processes = options["processes"]
         argvs: list[list[str]] = [
-            server_argv(options["server"], options["host"], options["port"] + i) for i in range(options["processes"])
+            server_argv(options["server"], options["host"], options["port"] + i) for i in range(processes)
+        ]
+        # Per child: how many server processes share the limits, and which one this is.
+        envs = [
+            dict(os.environ, CHAT_SERVER_PROCESSES=str(processes), CHAT_SERVER_INDEX=str(i)) for i in range(processes)
         ]
         if settings.AGENT_RUNNER == "worker" and not options["no_worker"]:
             argvs.append([sys.executable, "manage.py", "runworker", "agent-runs"])
-        elif settings.AGENT_RUNNER == "inprocess" and options["processes"] > 1:
+            envs.append(dict(os.environ, CHAT_SERVER_PROCESSES=str(processes)))
+        elif settings.AGENT_RUNNER == "inprocess" and processes > 1:
             raise CommandError("AGENT_RUNNER=inprocess with several processes would run agents in each")
-        procs: list[subprocess.Popen[bytes]] = [subprocess.Popen(argv, env=env) for argv in argvs]
+        procs: list[subprocess.Popen[bytes]] = [
+            subprocess.Popen(argv, env=env) for argv, env in zip(argvs, envs, strict=True)
+        ]
         restarts = [0] * len(procs)
         stopping = False
 
@@ -102,5 +128,5 @@ class Command(BaseCommand):
                         f"process {' '.join(argvs[i][1:4])} exited with {proc.returncode}; restarting in {delay:.1f}s"
                     )
                     time.sleep(delay)
-                    procs[i] = subprocess.Popen(argvs[i], env=env)
+                    procs[i] = subprocess.Popen(argvs[i], env=envs[i])
             time.sleep(0.2)
