@@ -6,7 +6,7 @@ PGHOST ?= 127.0.0.1
 TEST_ENV := DB_POOL_MIN=0 TEST_DATABASE_NAME=test_chat_$$$$ DATABASE_URL=postgres://postgres@$(PGHOST):5432/chat REDIS_URL=redis://127.0.0.1:6379/0 \
 	CHANNEL_PREFIX=chattest$$$$
 
-.PHONY: install run run-embedded test lint browser mutation
+.PHONY: install run run-embedded test lint browser promtool mutation
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,7 +23,13 @@ browser:
 		echo "installing Debian's chromium for the browser tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: install browser
+# promtool (Debian's prometheus package) unit-tests the shipped SLO alerting rules (monitoring/prometheus/).
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+		echo "installing Debian's prometheus for promtool"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+test: install browser promtool
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not chaos"
 
 # The short chaos run (tests/e2e/test_chaos_e2e.py, ~80 s, so not in `make test`): faults against the

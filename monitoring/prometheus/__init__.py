@@ -1,0 +1,1 @@
+"""Prometheus rules equivalent to the in-app SLO burn-rate alerts (monitoring.slo)."""
