@@ -20,13 +20,18 @@ import time
 from typing import Any
 
 from channels.consumer import AsyncConsumer
+from channels.db import database_sync_to_async
 from channels.worker import Worker
 
 from agents.runner import get_supervisor
 from chat.errors import ErrorClass
 from chat.infra.doorbells import AGENT_RUNS_CHANNEL
 from chat.infra.error_recovery import backoff_delay, classify
+from monitoring.config import option
+from monitoring.event_monitor import sweep
 from monitoring.metrics import metrics
+from monitoring.performance import monitor as performance_monitor
+from monitoring.performance import watch_event_loop
 
 __all__ = ["AGENT_RUNS_CHANNEL", "AgentWorker", "RunWorkerConsumer"]
 
@@ -53,6 +58,7 @@ class AgentWorker(Worker):
     async def handle(self) -> None:
         if AGENT_RUNS_CHANNEL in self.channels:
             get_supervisor()  # starts claiming, heart-beating and reaping now
+            self.monitoring = asyncio.create_task(monitoring_loop(), name="monitoring-sweep")
         await super().handle()
 
     async def listener(self, channel: str) -> None:
@@ -78,6 +84,28 @@ class AgentWorker(Worker):
                     )
                 )
                 attempt += 1
+
+
+async def monitoring_loop() -> None:
+    """The monitoring sweep (stuck and incomplete runs, slow first events, SLO burn, this process's
+    performance, alert delivery) every `sweep_interval_s`, and the event loop's lag sampled
+    meanwhile. Off the shared database thread: a sweep must not queue behind the runs' writes, nor
+    they behind it (it may send mail). A failed sweep is logged and the next one tries again."""
+    lag = asyncio.create_task(watch_event_loop(performance_monitor), name="monitoring-loop-lag")
+    try:
+        while True:
+            await asyncio.sleep(float(option("sweep_interval_s")))
+            try:
+                await database_sync_to_async(sweep, thread_sensitive=False)()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if classify(exc) is ErrorClass.TRANSIENT:
+                    logger.warning("monitoring sweep failed: a dependency is unavailable (%s)", type(exc).__name__)
+                else:
+                    logger.exception("monitoring sweep failed")
+    finally:
+        lag.cancel()
 
 
 def _forget_unsubscribed_channel(channel_layer: Any, channel: str) -> None:
