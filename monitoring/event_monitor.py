@@ -227,8 +227,12 @@ def _audit_ended_runs(now: datetime, report: SweepReport, counts: slo.Counts) ->
         subject = str(record.run_id)
         who = _who({"tier": record.tier, "username": record.username})
         ended = record.terminal_event
-        if verdict.missing:
-            message = f"run {subject} ({who}) ended {ended} without {', '.join(verdict.missing)}"
+        missing = list(verdict.missing)
+        if terminal_seq is None:  # recorded as ended, but the log has no terminal event (any more)
+            started = any(kind == "agent_started" for _, kind, _ in events)
+            missing = ([] if started else ["agent_started"]) + [ended]
+        if missing:
+            message = f"run {subject} ({who}) ended {ended} without {', '.join(missing)}"
             _raise(report, "missing_event", subject, message, Severity.WARNING, now)
         if problems:
             message = f"run {subject} ({who}): events out of order: {'; '.join(problems)}"
@@ -239,7 +243,7 @@ def _audit_ended_runs(now: datetime, report: SweepReport, counts: slo.Counts) ->
         alerts.resolve(kind="stuck_run", subject=subject, now=now)
         updates: dict[str, Any] = {
             "audited_events": record.event_count,
-            "missing": verdict.missing,
+            "missing": missing,
             "problems": problems + verdict.extra_terminals,
         }
         if not record.slo_counted and record.last_event_at is not None:

@@ -118,6 +118,16 @@ def test_a_deleted_event_raises_one_missing_event_alert(make_user: Any) -> None:
     assert RunEventRecord.objects.get(run_id=run.run_id).missing_critical == ["agent_thinking"]
 
 
+def test_a_run_whose_events_all_left_the_log_misses_them(make_user: Any) -> None:
+    run = start_run(make_user())
+    think(run)
+    complete(run)
+    Event.objects.filter(run_id=run.run_id).delete()
+    sweep()
+    assert open_alerts() == [("missing_event", run.run_id, 1)]
+    assert RunEventRecord.objects.get(run_id=run.run_id).missing == ["agent_started", "agent_completed"]
+
+
 def test_an_unfinished_tool_call_in_a_completed_run_is_missing(make_user: Any) -> None:
     run = start_run(make_user())
     think(run)
