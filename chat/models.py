@@ -166,16 +166,121 @@ class Event(models.Model):
 
 
 class Notification(models.Model):
-    """A user event (docs/protocol.md §2), replayed by `sync_notifications`."""
+    """A user event (docs/protocol.md §2, §9), replayed by `sync_notifications`; `data` is what the
+    frame carries. The columns beside it route its delivery (chat/services/notifications.py)."""
+
+    class Delivery(models.TextChoices):
+        NONE = "none", "Off for this kind"
+        PENDING = "pending", "Waiting for the notifications worker (held: due later)"
+        DONE = "done", "Handed on (push: queued to every device; email: in a digest)"
+        SKIPPED = "skipped", "Read before it was delivered, or nowhere to deliver it"
 
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="notifications")
     seq = models.BigIntegerField()
     data = models.JSONField()
     created_at = models.DateTimeField()
+    kind = models.CharField(max_length=32, blank=True, default="")
+    priority = models.CharField(max_length=8, default="normal")
+    conversation_id = models.UUIDField(null=True, blank=True)
+    push_state = models.CharField(max_length=8, choices=Delivery.choices, default=Delivery.NONE)
+    # Not before: now when created; the end of quiet hours, `muted_until` or a collapse window when held.
+    push_due_at = models.DateTimeField(null=True, blank=True)
+    pushed_at = models.DateTimeField(null=True, blank=True)
+    email_state = models.CharField(max_length=8, choices=Delivery.choices, default=Delivery.NONE)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["user", "seq"], name="uniq_notification_seq")]
+        indexes = [
+            # The worker's scans touch only what is still to deliver.
+            models.Index(
+                fields=["push_due_at"], condition=models.Q(push_state="pending"), name="notification_push_due"
+            ),
+            models.Index(fields=["user"], condition=models.Q(email_state="pending"), name="notification_email_due"),
+            models.Index(
+                fields=["user", "kind", "conversation_id", "pushed_at"],
+                condition=models.Q(pushed_at__isnull=False),
+                name="notification_pushed",
+            ),
+        ]
         ordering = ["user", "seq"]
+
+
+class NotificationSettings(models.Model):
+    """A user's notification preferences (docs/protocol.md §9) and their delivery bookkeeping. No
+    row means every default; chat/services/notification_prefs.py validates and merges."""
+
+    user = models.OneToOneField(User, primary_key=True, on_delete=models.CASCADE, related_name="notification_settings")
+    # {"<kind>": {"in_app": bool, "push": bool, "email": bool}}: only what differs from the defaults.
+    kinds = models.JSONField(default=dict, blank=True)
+    quiet_start = models.TimeField(null=True, blank=True)
+    quiet_end = models.TimeField(null=True, blank=True)
+    quiet_timezone = models.CharField(max_length=64, blank=True, default="")
+    muted_until = models.DateTimeField(null=True, blank=True)
+    # Notifications with seq ≤ read_seq are read, on every device (POST /api/me/notifications/read/).
+    read_seq = models.BigIntegerField(default=0)
+    digest_sent_at = models.DateTimeField(null=True, blank=True)
+    digest_failures = models.PositiveIntegerField(default=0)
+    digest_retry_at = models.DateTimeField(null=True, blank=True)
+
+
+class ConversationNotificationLevel(models.Model):
+    """A user's level for one conversation; no row means `all`."""
+
+    class Level(models.TextChoices):
+        ALL = "all", "Everything"
+        MENTIONS = "mentions", "Only mentions and approvals"
+        NONE = "none", "Nothing"
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="+")
+    level = models.CharField(max_length=8, choices=Level.choices)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "conversation"], name="uniq_conversation_level")]
+
+
+class PushSubscription(models.Model):
+    """One browser's Web Push subscription (its PushSubscription JSON), per user and device."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="push_subscriptions")
+    endpoint = models.TextField()
+    p256dh = models.CharField(max_length=128)
+    auth = models.CharField(max_length=64)
+    created_at = models.DateTimeField()
+    last_success_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "endpoint"], name="uniq_push_subscription")]
+
+
+class PushDelivery(models.Model):
+    """One push message still to send to one device: retried with backoff until it is accepted, the
+    device's subscription turns out dead (404/410: removed with its deliveries) or attempts run out."""
+
+    subscription = models.ForeignKey(PushSubscription, on_delete=models.CASCADE, related_name="deliveries")
+    payload = models.JSONField()
+    urgency = models.CharField(max_length=8, default="normal")
+    topic = models.CharField(max_length=32, blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    due_at = models.DateTimeField()
+    created_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["due_at"])]
+
+
+class RunEndNote(models.Model):
+    """A run that ended, for the notifications worker to decide on `agent_finished`: whether the
+    user who started it had a socket subscribed to the conversation is known in Redis only, so it is
+    looked up after commit; the row makes sure every ended run is looked at once."""
+
+    run_id = models.UUIDField(primary_key=True)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="+")
+    seq = models.BigIntegerField()
+    status = models.CharField(max_length=16)
+    preview = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField()
 
 
 class LoginLockout(models.Model):

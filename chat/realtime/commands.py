@@ -233,6 +233,11 @@ async def presence(session: Session, fields: wire.Presence) -> dict[str, Any]:
     return {"conversation": access.conversation_id, "members": await ephemeral.members(access.conversation_id)}
 
 
+# One sync_notifications reply is followed by at most this many frames; its `has_more` says when
+# more exist, and the client asks again from `until_seq` (docs/protocol.md §3).
+SYNC_NOTIFICATIONS_PAGE = 500
+
+
 @command("sync_notifications", wire.SyncNotifications)
 async def sync_notifications(session: Session, fields: wire.SyncNotifications) -> dict[str, Any]:
     since_seq = fields.since_seq
@@ -245,23 +250,24 @@ async def sync_notifications(session: Session, fields: wire.SyncNotifications) -
         buffered = []
     if buffered is not None:
         metrics.inc("notification_replays", source="buffer")
-        rows = [frame for _, frame in buffered]
+        rows = buffered[:SYNC_NOTIFICATIONS_PAGE]
     else:
         metrics.inc("notification_replays", source="log")
         rows = await database_sync_to_async(_notification_frames)(user_id, since_seq)
+    until = rows[-1][0] if rows else since_seq
 
     def push() -> None:
-        for frame in rows:
+        for _, frame in rows:
             session.outbox.send_frame(frame)
 
     session.after_reply(push)
-    return {"head_seq": head}
+    return {"head_seq": head, "until_seq": until, "has_more": len(rows) == SYNC_NOTIFICATIONS_PAGE and until < head}
 
 
-def _notification_frames(user_id: int, since_seq: int) -> list[str]:
+def _notification_frames(user_id: int, since_seq: int) -> list[tuple[int, str]]:
     return [
-        notification_frame(n.seq, n.created_at, n.data)
-        for n in selectors.notifications_after(user_id=user_id, after_seq=since_seq)
+        (n.seq, notification_frame(n.seq, n.created_at, n.data))
+        for n in selectors.notifications_after(user_id=user_id, after_seq=since_seq, limit=SYNC_NOTIFICATIONS_PAGE)
     ]
 
 

@@ -19,7 +19,7 @@ from chat.models import (
 )
 from chat.selectors import conversation_for_member
 from chat.services.accounts import membership_revoked, membership_role_changed
-from chat.services.notifications import notification_create
+from chat.services.notifications import notify_membership
 
 
 @transaction.atomic
@@ -132,15 +132,8 @@ def _member_set(*, conversation_id: str, title: str, user: User, role: str, by: 
         raise ServiceError("conflict", "membership changed concurrently") from exc
     if not created:
         membership_role_changed(user_id=user.id, conversation_id=conversation_id, role=role)
-    notification_create(
-        user_id=user.id,
-        data={
-            "kind": "conversation_added" if created else "role_changed",
-            "conversation": conversation_id,
-            "title": title,
-            "role": role,
-            "by": by,
-        },
+    notify_membership(
+        user_id=user.id, conversation_id=str(conversation_id), title=title, role=role, created=created, by_id=by
     )
     return member
 

@@ -80,6 +80,10 @@ class PresenceReply(ServerData):
 class SyncNotificationsReply(ServerData):
     # The missed notification frames follow the reply.
     head_seq: NonNegative
+    # (extension) The seq of the last frame that follows (since_seq when none does), and whether
+    # more exist after it: one reply sends at most a page, never silently less than head_seq.
+    until_seq: NonNegative
+    has_more: bool
 
 
 class AuthReply(ServerData):

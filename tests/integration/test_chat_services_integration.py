@@ -22,6 +22,7 @@ from django.db import IntegrityError, connection, transaction
 from django.test import Client as HttpClient
 
 from agents.models import AgentRun, RunStatus, ToolCall
+from chat import wire
 from chat.errors import NotFound, ServiceError
 from chat.infra.doorbells import conversation_group, user_group
 from chat.infra.message_buffer import conversation_stream, user_stream
@@ -195,7 +196,16 @@ def log(conversation_id: str) -> list[StoredEvent]:
 
 
 def notifications(user: Any) -> list[tuple[int, dict[str, Any]]]:
-    return list(Notification.objects.filter(user=user).order_by("seq").values_list("seq", "data"))
+    """(seq, data as given) of each of `user`'s notifications: notification_create adds created_at."""
+    rows = Notification.objects.filter(user=user).order_by("seq").values_list("seq", "data")
+    return [(seq, {k: v for k, v in data.items() if k != "created_at"}) for seq, data in rows]
+
+
+def membership_notes(user: Any) -> list[tuple[int, dict[str, Any]]]:
+    """(seq, what the membership kinds are about) of each of `user`'s notifications; the common §9
+    fields are checked by test_membership_notifications_have_the_section_9_shape."""
+    rows = Notification.objects.filter(user=user).order_by("seq").values_list("seq", "data")
+    return [(seq, {k: data[k] for k in ("kind", "conversation", "title", "role", "by")}) for seq, data in rows]
 
 
 def role_of(conversation_id: str, user: Any) -> str | None:
@@ -453,7 +463,7 @@ def test_conversation_create_checks_the_title_before_the_workspace(make_user: An
 
 
 @pytest.mark.parametrize("role", [Role.MEMBER, Role.VIEWER])
-def test_owner_adds_a_member_who_is_told_conversation_added(make_user: Any, tap: Tap, role: str) -> None:
+def test_owner_adds_a_member_who_is_told_added_to_conversation(make_user: Any, tap: Tap, role: str) -> None:
     owner, newcomer = make_user(), make_user()
     conv = factories.conversation_sync(owner, title="Roadmap")
     tap.forget(newcomer)
@@ -467,14 +477,33 @@ def test_owner_adds_a_member_who_is_told_conversation_added(make_user: Any, tap:
         role,
         0,
     )
-    data = {"kind": "conversation_added", "conversation": conv, "title": "Roadmap", "role": role, "by": owner.id}
-    assert notifications(newcomer) == [(1, data)]
-    assert notifications(owner) == []
+    data = {"kind": "added_to_conversation", "conversation": conv, "title": "Roadmap", "role": role, "by": owner.id}
+    assert membership_notes(newcomer) == [(1, data)]
+    assert membership_notes(owner) == []
     assert User.objects.filter(id=newcomer.id).values_list("notification_seq", flat=True).get() == 1
     # Only the notification reaches the newcomer (no "role" message: they had no role to update).
     assert tap.heard(1) == [(user_group(newcomer.id), notification_doorbell(newcomer, 1))]
     assert tap.buffered(user_stream(newcomer.id)) == [(1, notification_doorbell(newcomer, 1)["frame"])]
     assert conversation_for_member(user_id=newcomer.id, conversation_id=conv).role == role
+
+
+def test_membership_notifications_have_the_section_9_shape(make_user: Any) -> None:
+    owner, member = make_user(), make_user()
+    conv = factories.conversation_sync(owner, title="Roadmap")
+    conversation_member_add(conversation_id=conv, actor_id=owner.id, username=member.username, role=Role.MEMBER)
+    conversation_member_add(conversation_id=conv, actor_id=owner.id, username=member.username, role=Role.VIEWER)
+    added, changed = Notification.objects.filter(user=member).order_by("seq")
+    for note, kind, priority, preview in (
+        (added, "added_to_conversation", "normal", "You were added to Roadmap as member"),
+        (changed, "role_changed", "low", "You are now viewer in Roadmap"),
+    ):
+        data = note.data
+        assert (data["kind"], data["priority"], data["preview"], data["seq"]) == (kind, priority, preview, None)
+        assert data["actor"] == {"id": owner.id, "username": owner.username}
+        assert data["created_at"] == rfc3339(note.created_at)
+        assert str(uuid.UUID(data["id"])) == data["id"]
+        wire.decode_event_data("notification", data)  # exactly the declared schema
+    assert added.data["id"] != changed.data["id"]
 
 
 def test_owner_changes_a_role_and_the_member_is_told_role_changed(make_user: Any, tap: Tap) -> None:
@@ -489,8 +518,17 @@ def test_owner_changes_a_role_and_the_member_is_told_role_changed(make_user: Any
 
     assert (changed.id, changed.role) == (row_id, Role.VIEWER)
     assert ConversationMember.objects.filter(conversation_id=conv).count() == 2
-    assert notifications(member) == [
-        (1, {"kind": "conversation_added", "conversation": conv, "title": "Roadmap", "role": "member", "by": owner.id}),
+    assert membership_notes(member) == [
+        (
+            1,
+            {
+                "kind": "added_to_conversation",
+                "conversation": conv,
+                "title": "Roadmap",
+                "role": "member",
+                "by": owner.id,
+            },
+        ),
         (2, {"kind": "role_changed", "conversation": conv, "title": "Roadmap", "role": "viewer", "by": owner.id}),
     ]
     # The sockets' held role first (for a database outage), then the notification, in commit order.
@@ -716,8 +754,8 @@ def test_staff_add_a_member_with_any_role(make_user: Any, tap: Tap, role: str) -
 
     assert (member.user_id, member.role) == (newcomer.id, role)
     assert role_of(conv, newcomer) == role
-    assert notifications(newcomer) == [
-        (1, {"kind": "conversation_added", "conversation": conv, "title": "Ops", "role": role, "by": staff.id})
+    assert membership_notes(newcomer) == [
+        (1, {"kind": "added_to_conversation", "conversation": conv, "title": "Ops", "role": role, "by": staff.id})
     ]
     assert tap.heard(1) == [(user_group(newcomer.id), notification_doorbell(newcomer, 1))]
 
@@ -730,7 +768,7 @@ def test_staff_change_any_role_the_owners_included(make_user: Any, tap: Tap) -> 
     conversation_member_set_by_staff(conversation_id=uuid.UUID(conv), user=owner, role=Role.VIEWER, staff_id=staff.id)
 
     assert role_of(conv, owner) == Role.VIEWER
-    assert notifications(owner) == [
+    assert membership_notes(owner) == [
         (1, {"kind": "role_changed", "conversation": conv, "title": "Ops", "role": "viewer", "by": staff.id})
     ]
     assert tap.heard(2) == [
@@ -1276,7 +1314,7 @@ def test_notifications_take_per_user_increasing_seqs_and_keep_their_data(make_us
         "type": "notification",
         "seq": 2,
         "ts": rfc3339(made[2].created_at),
-        "data": {"kind": "a", "n": 2, "nested": {"x": [1, 2]}},
+        "data": {"kind": "a", "n": 2, "nested": {"x": [1, 2]}, "created_at": rfc3339(made[2].created_at)},
     }
     assert tap.buffered(user_stream(alice.id)) == [
         (1, notification_doorbell(alice, 1)["frame"]),

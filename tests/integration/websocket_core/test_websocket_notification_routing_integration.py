@@ -7,7 +7,10 @@ from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
+from django.utils import timezone
 
+from chat.models import Notification, User
+from chat.realtime import commands
 from chat.services.conversations import conversation_member_add
 from monitoring.metrics import metrics
 from tests.support import factories
@@ -31,7 +34,7 @@ async def test_being_added_to_a_conversation_notifies_every_socket_of_that_user_
     for tab in bob_tabs:
         note = await tab.seen_or_until(lambda f: f.get("type") == "notification")
         assert note["seq"] == 1
-        assert note["data"]["kind"] == "conversation_added"
+        assert note["data"]["kind"] == "added_to_conversation"
         assert note["data"]["conversation"] == conv
         assert note["data"]["role"] == "member"
     assert (await carol_client.command("ping"))["ok"] is True
@@ -60,4 +63,34 @@ async def test_sync_notifications_replays_what_was_missed(make_user: Any) -> Non
     assert (await client.command("sync_notifications", since_seq=3))["head_seq"] == 3
     assert (await client.command("ping"))["ok"] is True
     assert [f["seq"] for f in client.frames if f.get("type") == "notification"] == [2, 3]
+    await client.close()
+
+
+def _many_notifications(user: Any, count: int) -> None:
+    """`count` stored notifications, written in one statement: none is in the user's hot buffer, so
+    a sync reads them from the database, where a page ends."""
+    now = timezone.now()
+    Notification.objects.bulk_create(
+        Notification(user=user, seq=seq, data={"kind": "test", "n": seq}, created_at=now) for seq in range(1, count + 1)
+    )
+    User.objects.filter(id=user.id).update(notification_seq=count)
+
+
+async def test_sync_notifications_says_when_a_page_stops_before_the_head(make_user: Any) -> None:
+    """More missed than one reply carries: the reply says where its frames stop and that more exist,
+    and asking again from there gets the rest, none twice."""
+    page = commands.SYNC_NOTIFICATIONS_PAGE
+    bob = await database_sync_to_async(make_user)()
+    await database_sync_to_async(_many_notifications)(bob, page + 2)
+    client, _, _ = await Client.connect(bob)
+    await client.recv()
+    first = await client.command("sync_notifications", since_seq=0)
+    assert (first["head_seq"], first["until_seq"], first["has_more"]) == (page + 2, page, True)
+    second = await client.command("sync_notifications", since_seq=first["until_seq"])
+    assert (second["head_seq"], second["until_seq"], second["has_more"]) == (page + 2, page + 2, False)
+    third = await client.command("sync_notifications", since_seq=page + 2)
+    assert (third["until_seq"], third["has_more"]) == (page + 2, False)
+    assert (await client.command("ping"))["ok"] is True
+    seqs = [f["seq"] for f in client.frames if f.get("type") == "notification"]
+    assert seqs == list(range(1, page + 3))
     await client.close()
