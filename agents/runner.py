@@ -30,7 +30,10 @@ from chat.infra.breakers import all_breakers
 from chat.infra.error_recovery import classify
 from chat.infra.per_loop import PerLoop
 from chat.publishing import run_service
+from chat.realtime import telemetry
 from monitoring.health import publish_breakers, shared_state_max_age_s, withdraw_breakers
+from monitoring.metrics.families import OTHER
+from monitoring.metrics.runs import run_ended
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ class RunSupervisor:
             asyncio.create_task(self._reaper_loop(), name="runs-reaper"),
             asyncio.create_task(self._breaker_loop(), name="runs-breakers"),
         ]
+        telemetry.ensure_started("worker")  # loop lag, breaker states and process_* of this process
         logger.info("run supervisor %s started", self.worker_id)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
@@ -173,6 +177,8 @@ class RunSupervisor:
                 continue
             if events:
                 logger.warning("failed %d run(s) whose worker was lost", len(events))
+                for _ in events:  # their requester's tier died with the runner that knew it
+                    run_ended("worker_lost", OTHER)
 
 
 def _breaker_states() -> dict[str, str]:

@@ -197,6 +197,11 @@ from chatsite.config.security import *  # noqa: E402,F403
 # Overrides merged key by key, e.g. MONITORING_JSON='{"stuck_after_s": 300, "first_event_s": {"free": 20}}'.
 MONITORING: dict[str, object] = json.loads(os.environ.get("MONITORING_JSON") or "{}")
 ALERT_EMAIL = env_list("ALERT_EMAIL", [])  # addresses mailed every alert of warning severity or above
+
+# --- Metrics scraping (docs/operations.md "What to watch") ---
+# A scraper sends `Authorization: Bearer <METRICS_TOKEN>` to /metrics; unset, only staff sessions may read it.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+SECURE_REDIRECT_EXEMPT = [*SECURE_REDIRECT_EXEMPT, r"^livez$"]  # noqa: F405  (probes call over plain HTTP)
 STATIC_URL = "static/"
 # Serve /static/ from the ASGI app (single-machine layout); set SERVE_STATIC=0 behind a CDN/proxy.
 SERVE_STATIC = env_bool("SERVE_STATIC", True)

@@ -26,7 +26,10 @@ urlpatterns = [
     path("api/conversations/<str:conversation_id>/events/", api.ConversationEvents.as_view()),
     path("api/workspaces/", api.WorkspaceList.as_view()),
     path("api/workspaces/<str:workspace_id>/members/", api.WorkspaceMembers.as_view()),
+    path("livez", monitoring_views.livez),
     path("healthz", monitoring_views.healthz),
     path("readyz", monitoring_views.readyz),
     path("metrics", monitoring_views.metrics_view),
+    path("staff/dashboard/", monitoring_views.dashboard, name="staff-dashboard"),
+    path("staff/dashboard/data", monitoring_views.dashboard_data, name="staff-dashboard-data"),
 ]

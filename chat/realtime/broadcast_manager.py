@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
@@ -27,9 +28,11 @@ from chat.infra.error_recovery import classify
 from chat.infra.message_buffer import Buffer, conversation_stream, get_buffer
 from chat.infra.per_loop import PerLoop
 from chat.infra.redis_client import redis_call
+from chat.realtime import telemetry
 from chat.realtime.groups import GroupMembership
 from chat.realtime.reconnection_handler import load_events, log_heads
 from monitoring.metrics import metrics
+from monitoring.metrics.meter import meter
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +109,7 @@ class Hub(GroupMembership):
         async with self._start_lock:
             if self._resync_task is None:
                 self._resync_task = asyncio.create_task(self._resync_loop(), name="chat-hub-resync")
+                telemetry.ensure_started("server", self)
             if self.channel is not None:
                 return self.channel
             channel: str = await redis_call(functools.partial(self.layer.new_channel, "hub."))
@@ -166,8 +170,10 @@ class Hub(GroupMembership):
     def _fan_out(self, conversation_id: str, seq: int, text: str | None) -> None:
         self.next_seq[conversation_id] = seq + 1
         self.last_seen[conversation_id] = seq
+        started = time.perf_counter()
         for sink in tuple(self.conversations.get(conversation_id, ())):
             sink.deliver_event(conversation_id, seq, text)
+        meter.broadcast(time.perf_counter() - started)  # chat_broadcast_duration_seconds, batched
 
     def _drain_early(self, conversation_id: str) -> None:
         early = self.early.get(conversation_id)

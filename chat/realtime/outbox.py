@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ from chat.infra.error_recovery import backoff_delay, classify
 from chat.realtime.broadcast_manager import Hub
 from chat.realtime.reconnection_handler import load_events
 from monitoring.metrics import metrics
+from monitoring.metrics.meter import meter
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +199,13 @@ class Outbox:
     async def _send(self, text: str) -> None:
         await self._send_text(text)
         self.sent_frames += 1
+        meter.frame(text)  # chat_frames_sent_total, chat_bytes_sent_total (batched: O(1), no I/O)
+
+    async def _send_live(self, text: str) -> None:
+        """A live event: also its delivery lag (commit → written), which a replay would distort."""
+        await self._send_text(text)
+        self.sent_frames += 1
+        meter.delivered(text, time.time())
 
     async def _event(self, conversation_id: str, seq: int, text: str | None) -> None:
         position = self.positions.get(conversation_id)
@@ -215,7 +224,7 @@ class Outbox:
             if not rows:
                 return
             text = rows[0][1]
-        await self._send(text)
+        await self._send_live(text)
         self.positions[conversation_id] = seq
 
     async def _fill(self, conversation_id: str, up_to_seq: int) -> None:

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from monitoring.metrics.families import MULTIPROC_DIR
 from monitoring.metrics.meter import meter
 
+# The text format every Prometheus version reads (2.x expects 0.0.4; our names need nothing newer).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Only these families go to the dashboard's JSON (the rest of /metrics is for Prometheus).
 DASHBOARD_PREFIXES = ("chat_", "agent_", "process_")
 
@@ -48,7 +50,7 @@ def scrape_registry() -> CollectorRegistry:
 def render() -> tuple[bytes, str]:
     """The Prometheus text of every process (this one's batched frame counts flushed first)."""
     meter.flush()
-    return generate_latest(scrape_registry()), CONTENT_TYPE_LATEST
+    return generate_latest(scrape_registry()), CONTENT_TYPE
 
 
 def record_process_stats(role: str) -> None:

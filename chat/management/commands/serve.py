@@ -12,19 +12,29 @@ list the app itself uses (chat/infra/client_address.py); uvicorn's own default w
 127.0.0.1. Each server process is told how many there are and which one it is
 (CHAT_SERVER_PROCESSES, CHAT_SERVER_INDEX), so that while Redis cannot be asked each allows only its
 share of a limit (chat/infra/rate_limiter.py).
+
+Metrics: every child records into one PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess
+mode), so /metrics on any server process sums all of them and the worker. The operator's directory
+when the variable is set, else a new temporary one (removed on exit); its files are removed at
+start (counts from an earlier run must not be added to this one's), and a child that exits is
+marked dead so its live gauges (connections, breaker states, process_*) stop counting.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from prometheus_client.multiprocess import mark_process_dead
 
 from chat.infra import client_address
 
@@ -59,6 +69,19 @@ def server_argv(server: str, host: str, port: int) -> list[str]:
     raise CommandError(f"unknown server {server!r}")
 
 
+def metrics_directory() -> tuple[str, bool]:
+    """(PROMETHEUS_MULTIPROC_DIR for the children, whether serve created it). An operator's
+    directory is kept but emptied of the client's files (*.db); otherwise a new temporary one."""
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
+    if not configured:
+        return tempfile.mkdtemp(prefix="chat-metrics-"), True
+    path = Path(configured)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    return str(path), False
+
+
 class Command(BaseCommand):
     help = "Run the ASGI server process(es) and the agent worker together."
 
@@ -80,15 +103,15 @@ class Command(BaseCommand):
         argvs: list[list[str]] = [
             server_argv(options["server"], options["host"], options["port"] + i) for i in range(processes)
         ]
+        if settings.AGENT_RUNNER == "inprocess" and processes > 1:
+            raise CommandError("AGENT_RUNNER=inprocess with several processes would run agents in each")
+        metrics_dir, own_metrics_dir = metrics_directory()
+        common = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=metrics_dir)
         # Per child: how many server processes share the limits, and which one this is.
-        envs = [
-            dict(os.environ, CHAT_SERVER_PROCESSES=str(processes), CHAT_SERVER_INDEX=str(i)) for i in range(processes)
-        ]
+        envs = [dict(common, CHAT_SERVER_PROCESSES=str(processes), CHAT_SERVER_INDEX=str(i)) for i in range(processes)]
         if settings.AGENT_RUNNER == "worker" and not options["no_worker"]:
             argvs.append([sys.executable, "manage.py", "runworker", "agent-runs"])
-            envs.append(dict(os.environ, CHAT_SERVER_PROCESSES=str(processes)))
-        elif settings.AGENT_RUNNER == "inprocess" and processes > 1:
-            raise CommandError("AGENT_RUNNER=inprocess with several processes would run agents in each")
+            envs.append(dict(common, CHAT_SERVER_PROCESSES=str(processes)))
         procs: list[subprocess.Popen[bytes]] = [
             subprocess.Popen(argv, env=env) for argv, env in zip(argvs, envs, strict=True)
         ]
@@ -107,6 +130,8 @@ class Command(BaseCommand):
                     proc.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     proc.kill()
+            if own_metrics_dir:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
             sys.exit(0)
 
         signal.signal(signal.SIGTERM, stop)
@@ -123,6 +148,7 @@ class Command(BaseCommand):
                     # A crashed server or worker is replaced, not left dead: clients reconnect and
                     # resume, and a new worker's reaper fails the runs the dead one held.
                     restarts[i] += 1
+                    mark_process_dead(proc.pid, metrics_dir)
                     delay = min(10.0, 0.5 * 2 ** min(restarts[i], 5))
                     self.stderr.write(
                         f"process {' '.join(argvs[i][1:4])} exited with {proc.returncode}; restarting in {delay:.1f}s"

@@ -3,6 +3,7 @@ end to end: real agent runs over the socket judged by the monitoring sweep."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.test import Client as HttpClient
 from django.utils import timezone
+from prometheus_client.parser import text_string_to_metric_families
 
 from agents.models import AgentRun
 from agents.runner import get_supervisor
@@ -65,12 +67,65 @@ def test_readyz_stays_ready_but_degraded_when_the_channel_layer_is_unreachable(s
         channel_layers.backends.clear()
 
 
-def test_metrics_are_staff_only_and_count_events(make_user: Any) -> None:
+def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text as {(sample name, sorted labels): value}; the parser refuses malformed text."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_livez_and_its_old_name_answer_without_asking_anything() -> None:
+    for path in ("/livez", "/healthz"):
+        response = HttpClient().get(path)
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok"}
+
+
+def test_metrics_answer_a_scraper_token_or_staff_and_nobody_else(make_user: Any, settings: Any) -> None:
+    settings.METRICS_TOKEN = "scrape-" + uuid.uuid4().hex
+    anonymous = HttpClient().get("/metrics")
+    assert anonymous.status_code == 401
+    assert anonymous.json()["error"] == "unauthorized"
+    assert anonymous["WWW-Authenticate"].startswith("Bearer")
+    wrong = HttpClient().get("/metrics", HTTP_AUTHORIZATION="Bearer " + settings.METRICS_TOKEN + "x")
+    assert wrong.status_code == 401
+    assert settings.METRICS_TOKEN not in wrong.content.decode()
+    basic = HttpClient().get("/metrics", HTTP_AUTHORIZATION="Basic " + settings.METRICS_TOKEN)
+    assert basic.status_code == 401
+    member = HttpClient()
+    member.force_login(make_user())
+    assert member.get("/metrics").status_code == 403  # a session, but not staff
+    scraper = HttpClient().get("/metrics", HTTP_AUTHORIZATION="Bearer " + settings.METRICS_TOKEN)
+    assert scraper.status_code == 200
+    assert scraper["Content-Type"].startswith("text/plain; version=0.0.4")
+    families = {f.name for f in text_string_to_metric_families(scraper.content.decode())}
+    assert {"chat_commands", "agent_runs_incomplete", "chat_delivery_lag_seconds", "process_cpu_seconds"} <= families
+    assert staff_client(make_user).get("/metrics").status_code == 200
+    deactivated = make_user(is_staff=True)
+    former = HttpClient()
+    former.force_login(deactivated)
+    deactivated.is_active = False
+    deactivated.save(update_fields=["is_active"])
+    assert former.get("/metrics").status_code in (401, 403)  # staff no longer: the session counts for nothing
+
+
+def test_without_a_configured_token_no_bearer_is_accepted(settings: Any) -> None:
+    settings.METRICS_TOKEN = ""
+    for header in ("Bearer ", "Bearer  ", "Bearer x"):
+        assert HttpClient().get("/metrics", HTTP_AUTHORIZATION=header).status_code == 401
+
+
+def test_metrics_count_events_written(make_user: Any) -> None:
     from chat.services.conversations import conversation_create
     from chat.services.messages import message_send
 
-    staff = make_user(is_staff=True)
     user = make_user()
+    client = staff_client(make_user)
+    before = scrape(client.get("/metrics").content.decode()).get(
+        ("chat_events_appended_total", (("type", "message"),)), 0
+    )
     conv = conversation_create(creator=user, title="t", agent="").conversation
     message_send(
         conversation_id=str(conv.id),
@@ -80,13 +135,37 @@ def test_metrics_are_staff_only_and_count_events(make_user: Any) -> None:
         text="hi",
         can_write=True,
     )
-    client = HttpClient()
-    client.force_login(user)
-    assert client.get("/metrics").status_code == 302  # not staff: sent to the admin login
-    client.force_login(staff)
-    body = client.get("/metrics").json()
-    assert body["events_in_log"]["message"] >= 1
-    assert body["process"]["counters"]["events_appended"]["type=message"] >= 1
+    after = scrape(client.get("/metrics").content.decode())
+    assert after[("chat_events_appended_total", (("type", "message"),))] == before + 1
+
+
+def test_the_dashboard_is_for_staff_and_its_data_is_the_metrics(make_user: Any, settings: Any) -> None:
+    settings.METRICS_TOKEN = "scrape-" + uuid.uuid4().hex
+    anonymous = HttpClient().get("/staff/dashboard/")
+    assert anonymous.status_code == 302
+    assert "/admin/login/" in anonymous["Location"]
+    member = HttpClient()
+    member.force_login(make_user())
+    assert member.get("/staff/dashboard/").status_code == 302
+    assert member.get("/staff/dashboard/data").status_code == 403
+    assert HttpClient().get("/staff/dashboard/data").status_code == 403
+    bearer = HttpClient().get("/staff/dashboard/data", HTTP_AUTHORIZATION="Bearer " + settings.METRICS_TOKEN)
+    assert bearer.status_code == 403  # the scraper's token is for /metrics only
+    staff = staff_client(make_user)
+    page = staff.get("/staff/dashboard/").content.decode()
+    assert "monitoring/dashboard.js" in page
+    assert "uPlot.iife.min.js" in page
+    assert "<script>" not in page  # the CSP allows no inline script...
+    assert "style=" not in page  # ...nor inline style
+    data = staff.get("/staff/dashboard/data").json()
+    metrics = scrape(staff.get("/metrics").content.decode())
+    assert {"alerts", "slo", "runs_with_problems"} <= set(data)
+    for name in ("chat_commands_total", "chat_disconnects_total", "agent_runs_incomplete_total"):
+        for key, value in data["families"][name]["series"].items():
+            labels = tuple(sorted(tuple(part.split("=", 1)) for part in key.split(",") if part))
+            assert metrics[(name, labels)] == value, (name, key)
+    lag = data["families"]["chat_delivery_lag_seconds"]["series"][""]
+    assert lag["buckets"][-1] == [None, metrics[("chat_delivery_lag_seconds_bucket", (("le", "+Inf"),))]]
 
 
 # --- alerts end to end: real runs of the offline agent over the socket, then the monitoring sweep ---

@@ -576,16 +576,28 @@ def rest_favicon(r: Rest) -> None:
 
 
 def rest_health(r: Rest) -> None:
-    for path in ("/healthz", "/readyz"):
+    for path in ("/livez", "/healthz", "/readyz"):
         status, content, _ = r.call("GET", path)
         assert status == 200
         assert_nothing_of_theirs(r.world, content.decode())
 
 
 def rest_metrics(r: Rest) -> None:
-    status, content, location = r.call("GET", "/metrics")
-    assert status == 302  # staff only
+    status, content, _ = r.call("GET", "/metrics")
+    assert status == 403  # staff or the scraper's token only
+    assert_nothing_of_theirs(r.world, content.decode())
+
+
+def rest_dashboard(r: Rest) -> None:
+    status, content, location = r.call("GET", "/staff/dashboard/")
+    assert status == 302  # staff only: sent to the admin login
     assert "/admin/login/" in location
+    assert_nothing_of_theirs(r.world, content.decode())
+
+
+def rest_dashboard_data(r: Rest) -> None:
+    status, content, _ = r.call("GET", "/staff/dashboard/data")
+    assert status == 403
     assert_nothing_of_theirs(r.world, content.decode())
 
 
@@ -610,9 +622,12 @@ REST_CASES: dict[tuple[str, str], Callable[[Rest], None]] = {
     ("api/workspaces/", "POST"): rest_workspace_create,
     ("api/workspaces/<str:workspace_id>/members/", "GET"): rest_workspace_members_get,
     ("api/workspaces/<str:workspace_id>/members/", "POST"): rest_workspace_members_post,
+    ("livez", "*"): rest_health,
     ("healthz", "*"): rest_health,
     ("readyz", "*"): rest_health,
     ("metrics", "*"): rest_metrics,
+    ("staff/dashboard/", "*"): rest_dashboard,
+    ("staff/dashboard/data", "*"): rest_dashboard_data,
 }
 
 
