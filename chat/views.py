@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from django.contrib import admin
@@ -15,6 +16,7 @@ from django.shortcuts import render
 from chat import selectors
 from chat.infra import rate_limiter
 from chat.services import login_guard
+from chat.services.notification_config import vapid_public_key
 
 
 class GuardedLoginForm(AuthenticationForm):
@@ -71,3 +73,24 @@ def conversation(request: HttpRequest, conversation_id: str) -> HttpResponse:
     except selectors.NotFound as exc:
         raise Http404("conversation not found") from exc
     return render(request, "chat/conversation.html", {"access": access})
+
+
+@login_required
+def notification_settings(request: HttpRequest) -> HttpResponse:
+    """Every notification preference (docs/protocol.md §9) on one page; chat/static/chat/settings.js
+    reads and saves them through /api/me/notification-settings/."""
+    rows = selectors.conversations_for_user(user_id=int(request.user.pk or 0))
+    context = {"memberships": rows, "vapid_public_key": vapid_public_key() or ""}
+    return render(request, "chat/notification_settings.html", context)
+
+
+SERVICE_WORKER = Path(__file__).resolve().parent / "static" / "chat" / "sw.js"
+
+
+def service_worker(request: HttpRequest) -> HttpResponse:
+    """The Web Push service worker, served from the site's root: a worker's scope is its script's
+    directory, and /static/chat/ would cover no page. Not cached, so an update reaches browsers."""
+    response = HttpResponse(SERVICE_WORKER.read_bytes(), content_type="application/javascript; charset=utf-8")
+    response["Service-Worker-Allowed"] = "/"
+    response["Cache-Control"] = "no-cache"
+    return response

@@ -4,7 +4,7 @@ from django.templatetags.static import static
 from django.urls import path
 from django.views.generic import RedirectView
 
-from chat import api, views
+from chat import api, api_me, views
 from monitoring import views as monitoring_views
 
 urlpatterns = [
@@ -26,6 +26,15 @@ urlpatterns = [
     path("api/conversations/<str:conversation_id>/events/", api.ConversationEvents.as_view()),
     path("api/workspaces/", api.WorkspaceList.as_view()),
     path("api/workspaces/<str:workspace_id>/members/", api.WorkspaceMembers.as_view()),
+    # The caller's own notifications (docs/protocol.md §9): no id of anyone's in any of these paths.
+    path("api/me/notification-settings/", api_me.NotificationSettingsView.as_view()),
+    path("api/me/notifications/", api_me.NotificationList.as_view()),
+    path("api/me/notifications/read/", api_me.NotificationsRead.as_view()),
+    path("api/me/notifications/test/", api_me.NotificationTest.as_view()),
+    path("api/me/push-subscriptions/", api_me.PushSubscriptions.as_view()),
+    path("settings/notifications/", views.notification_settings, name="notification-settings"),
+    # The service worker from the site's root, so that its scope covers every page.
+    path("sw.js", views.service_worker, name="service-worker"),
     path("livez", monitoring_views.livez),
     path("healthz", monitoring_views.healthz),
     path("readyz", monitoring_views.readyz),

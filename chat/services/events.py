@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from chat.models import Conversation, Event
 from chat.publishing import events_committed
+from chat.services.notifications import RUN_ENDS, run_ended
 from chat.wire.frames import StoredEvent, rfc3339
 
 
@@ -43,6 +44,8 @@ def append_event(
     from monitoring.event_monitor import record_event  # monitoring observes the one write path
 
     record_event(type=type, data=data, at=now, conversation_id=str(conversation_id))
+    if run_id is not None and type in RUN_ENDS:  # its requester may be told, if they were away
+        run_ended(run_id=str(run_id), conversation_id=str(conversation_id), seq=seq, type=type, data=data)
     event = StoredEvent(str(conversation_id), seq, type, rfc3339(now), data)
     events_committed([event])  # every durable event is published once it commits, by whoever wrote it
     return event

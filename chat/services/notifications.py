@@ -20,11 +20,13 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from chat.models import Notification, User
+from agents.models import AgentRun
+from chat.models import Notification, RunEndNote, User
 from chat.publishing import NotificationCommitted, after_commit
 from chat.services import notification_prefs as prefs
 from chat.tiers import limits_for
 from chat.wire.frames import notification_frame, rfc3339
+from monitoring.metrics import metrics
 
 PREVIEW_MAX_CHARS = 200  # docs/protocol.md §9: `preview` ≤ 200 characters
 
@@ -73,6 +75,7 @@ def notify(
             **(extra or {}),
         }
         created.append(notification_create(user_id=user_id, data=data, push=route.push, email=route.email))
+        metrics.inc("notifications_created", kind=kind)
     return created
 
 
@@ -180,4 +183,54 @@ def notify_agent_finished(
         actor=None,
         preview=preview,
         extra={"run_id": run_id, "status": status},
+    )
+
+
+# --- agent_finished: noted when a run ends, decided by the notifications worker ----------------------------
+
+RUN_ENDS = {"agent_completed": "completed", "agent_failed": "failed", "agent_cancelled": "cancelled"}
+
+
+def run_ended(*, run_id: str, conversation_id: str, seq: int, type: str, data: dict[str, Any]) -> None:
+    """Called by append_event for a run's terminal event, in its transaction: note the run for the
+    worker, which knows (from Redis) whether its requester had a socket subscribed to the
+    conversation. A run its requester cancelled needs no note: they were there."""
+    requested_by = AgentRun.objects.filter(id=run_id).values_list("requested_by_id", flat=True).first()
+    if requested_by is None or (data.get("by") or {}).get("id") == requested_by:
+        return
+    text = data.get("text") or (data.get("error") or {}).get("message") or data.get("partial_text") or ""
+    RunEndNote.objects.create(
+        run_id=run_id,
+        user_id=requested_by,
+        conversation_id=conversation_id,
+        seq=seq,
+        status=RUN_ENDS[type],
+        preview=preview_of(text or f"The run {RUN_ENDS[type]}"),
+        created_at=timezone.now(),
+    )
+
+
+def run_end_notes(*, limit: int) -> list[RunEndNote]:
+    return list(RunEndNote.objects.order_by("created_at")[:limit])
+
+
+@transaction.atomic
+def run_end_decide(*, run_id: str, away: bool) -> bool:
+    """Notify `agent_finished` if the requester was away, and forget the note either way (once: a
+    second worker deciding the same note finds it gone). True when a notification was created."""
+    note = RunEndNote.objects.select_for_update(skip_locked=True).filter(run_id=run_id).first()
+    if note is None:
+        return False
+    note.delete()
+    if not away:
+        return False
+    return bool(
+        notify_agent_finished(
+            user_id=note.user_id,
+            conversation_id=str(note.conversation_id),
+            seq=note.seq,
+            run_id=str(note.run_id),
+            status=note.status,
+            preview=note.preview,
+        )
     )

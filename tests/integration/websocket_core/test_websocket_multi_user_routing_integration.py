@@ -30,6 +30,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.test import Client as HttpClient
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
 from rest_framework.test import APIClient
 from rest_framework.views import APIView
 
@@ -37,9 +38,12 @@ from agents.models import AgentRun
 from chat.models import (
     Conversation,
     ConversationMember,
+    ConversationNotificationLevel,
     Event,
     Message,
     Notification,
+    NotificationSettings,
+    PushSubscription,
     User,
     Workspace,
     WorkspaceMember,
@@ -54,7 +58,10 @@ from chat.services.conversations import (
     workspace_member_add,
 )
 from chat.services.messages import message_send
+from chat.services.notification_prefs import settings_update
+from chat.services.push import subscription_save
 from tests.support import factories
+from tests.support.push_endpoint import Browser
 from tests.support.ws import Client, access_token
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -116,11 +123,21 @@ def build_world(make_user: Any) -> World:
         author_id=alice.id,
         username=alice.username,
         client_msg_id="v1",
-        text=f"victim-text-{mark}",
+        text=f"@assistant victim-text-{mark}",  # two humans in auto mode: the agent answers when addressed
         can_write=True,
     )
     assert sent.run_id is not None  # queued: AGENT_RUNNER=worker and no worker
     read_marker_set(conversation_id=conv, user_id=bob.id, seq=1)
+    # The victim's notification preferences and a device subscribed to Web Push.
+    settings_update(
+        user_id=alice.id,
+        body={
+            "conversations": {conv: "mentions"},
+            "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "UTC"},
+        },
+    )
+    endpoint = f"https://fcm.googleapis.com/fcm/send/victim-{mark}"
+    subscription_save(user_id=alice.id, body=push_subscription_json(endpoint), now=timezone.now())
     own = str(conversation_create(creator=mallory, title="mallory's own", agent="").conversation.id)
     world = World(alice, bob, mallory, conv, sent.run_id, sent.message_id, str(workspace.id), own)
     world.secrets = [
@@ -135,6 +152,7 @@ def build_world(make_user: Any) -> World:
         sent.run_id,
         sent.message_id,
         str(workspace.id),
+        endpoint,
     ]
     return world
 
@@ -143,9 +161,11 @@ def victim_state(w: World) -> dict[str, list[str]]:
     """Every row of the victim's that an attack could change, and what the attacker belongs to."""
     victims = [w.alice.id, w.bob.id]
     tables: dict[str, Any] = {
-        "conversation": Conversation.objects.filter(id=w.conv).values_list("title", "last_seq", "workspace_id"),
+        "conversation": Conversation.objects.filter(id=w.conv).values_list(
+            "title", "last_seq", "workspace_id", "agent_mode"
+        ),
         "members": ConversationMember.objects.filter(conversation_id=w.conv).values_list(
-            "user_id", "role", "last_read_seq"
+            "user_id", "role", "last_read_seq", "draft", "draft_updated_at"
         ),
         "workspace": Workspace.objects.filter(id=w.workspace).values_list("name"),
         "workspace_members": WorkspaceMember.objects.filter(workspace_id=w.workspace).values_list("user_id", "role"),
@@ -156,6 +176,15 @@ def victim_state(w: World) -> dict[str, list[str]]:
         ),
         "notifications": Notification.objects.filter(user_id__in=victims).values_list("user_id", "seq", "data"),
         "users": User.objects.filter(id__in=victims).values_list("id", "is_active", "notification_seq"),
+        "notification_settings": NotificationSettings.objects.filter(user_id__in=victims).values_list(
+            "user_id", "kinds", "quiet_start", "quiet_end", "quiet_timezone", "muted_until", "read_seq"
+        ),
+        "notification_levels": ConversationNotificationLevel.objects.filter(user_id__in=victims).values_list(
+            "user_id", "conversation_id", "level"
+        ),
+        "push_subscriptions": PushSubscription.objects.filter(user_id__in=victims).values_list(
+            "user_id", "endpoint", "p256dh", "auth"
+        ),
         "attacker_memberships": ConversationMember.objects.filter(user=w.mallory).values_list(
             "conversation_id", "role", "last_read_seq"
         ),
@@ -256,6 +285,7 @@ ID_COMMANDS: dict[str, tuple[str, list[dict[str, Any]]]] = {
     "history": ("conversation", [{}, {"before_seq": 2, "limit": 100}]),
     "typing": ("conversation", [{"state": "start"}]),
     "read": ("conversation", [{"seq": 1_000_000}]),
+    "draft": ("conversation", [{"text": "let me in"}, {"text": ""}]),
     "presence": ("conversation", [{}]),
     "cancel": ("run_id", [{}]),
 }
@@ -409,6 +439,12 @@ def same_as_missing(r: Rest, method: str, template: str, body: dict[str, Any] | 
 
 def rest_conversation_get(r: Rest) -> None:
     same_as_missing(r, "GET", "/api/conversations/{id}/")
+
+
+def rest_conversation_patch(r: Rest) -> None:
+    # Mallory tries to make their assistant answer everything (or nothing).
+    same_as_missing(r, "PATCH", "/api/conversations/{id}/", {"agent_mode": "always"})
+    same_as_missing(r, "PATCH", "/api/conversations/{id}/", {"agent_mode": "off"})
 
 
 def rest_conversation_members_get(r: Rest) -> None:
@@ -601,6 +637,85 @@ def rest_dashboard_data(r: Rest) -> None:
     assert_nothing_of_theirs(r.world, content.decode())
 
 
+def push_subscription_json(endpoint: str) -> dict[str, Any]:
+    """A browser's PushSubscription JSON with valid keys (a P-256 point and a 16-byte secret)."""
+    return Browser().subscription(endpoint)
+
+
+def victim_endpoint(w: World) -> str:
+    return next(s for s in w.secrets if s.startswith("https://fcm.googleapis.com/"))
+
+
+def rest_me_settings_get(r: Rest) -> None:
+    status, content, _ = r.call("GET", "/api/me/notification-settings/")
+    assert status == 200
+    assert json.loads(content)["conversations"] == {}  # hers: none set
+    assert_nothing_of_theirs(r.world, content.decode())
+
+
+def rest_me_settings_patch(r: Rest) -> None:
+    """Setting a level on their conversation (in every spelling) answers exactly like a conversation
+    that does not exist, and changes nothing; her own conversation takes it."""
+    w = r.world
+    missing = r.call("PATCH", "/api/me/notification-settings/", {"conversations": {str(uuid.uuid4()): "none"}})
+    assert missing[0] == 400
+    for name, target in w.ids().items():
+        if isinstance(target, str) and target:
+            answer = r.call("PATCH", "/api/me/notification-settings/", {"conversations": {target: "none"}})
+            assert answer == missing, name
+    ok = r.call("PATCH", "/api/me/notification-settings/", {"conversations": {w.own_conv: "none"}})
+    assert ok[0] == 200
+    assert_nothing_of_theirs(w, ok[1].decode())
+
+
+def rest_me_notifications_get(r: Rest) -> None:
+    for query in ("", "?unread=1", "?before=2&limit=100"):
+        status, content, _ = r.call("GET", "/api/me/notifications/" + query)
+        assert status == 200
+        assert json.loads(content)["notifications"] == []  # she has none; theirs are not hers
+        assert_nothing_of_theirs(r.world, content.decode())
+
+
+def rest_me_notifications_read(r: Rest) -> None:
+    status, content, _ = r.call("POST", "/api/me/notifications/read/", {"up_to_seq": 10**9})
+    assert status == 200
+    assert json.loads(content) == {"read_up_to_seq": 0, "unread": 0}  # her head is 0: the victims' stay unread
+
+
+def rest_me_notifications_test(r: Rest) -> None:
+    status, content, _ = r.call("POST", "/api/me/notifications/test/")
+    assert status == 409  # no Web Push configured here; with it, the test push is hers only
+    assert_nothing_of_theirs(r.world, content.decode())
+
+
+def rest_me_push_post(r: Rest) -> None:
+    """Even the victim's own endpoint only ever becomes a subscription of the caller's."""
+    status, content, _ = r.call("POST", "/api/me/push-subscriptions/", push_subscription_json(victim_endpoint(r.world)))
+    assert status == 201
+    assert PushSubscription.objects.filter(user=r.world.mallory).count() == 1
+    assert_nothing_of_theirs(r.world, content.decode(), allowed=victim_endpoint(r.world))
+
+
+def rest_me_push_delete(r: Rest) -> None:
+    missing = r.call("DELETE", "/api/me/push-subscriptions/", {"endpoint": "https://fcm.googleapis.com/fcm/send/x"})
+    assert missing[0] == 404
+    assert r.call("DELETE", "/api/me/push-subscriptions/", {"endpoint": victim_endpoint(r.world)}) == missing
+
+
+def rest_notification_settings_page(r: Rest) -> None:
+    status, content, _ = r.call("GET", "/settings/notifications/")
+    assert status == 200
+    assert "mallory&#x27;s own" in content.decode() or "mallory's own" in content.decode()
+    assert_nothing_of_theirs(r.world, content.decode())
+
+
+def rest_service_worker(r: Rest) -> None:
+    status, content, _ = r.call("GET", "/sw.js")
+    assert status == 200
+    assert b"addEventListener('push'" in content
+    assert_nothing_of_theirs(r.world, content.decode())
+
+
 REST_CASES: dict[tuple[str, str], Callable[[Rest], None]] = {
     ("", "*"): rest_index_page,
     ("c/<str:conversation_id>/", "*"): rest_conversation_page,
@@ -615,6 +730,7 @@ REST_CASES: dict[tuple[str, str], Callable[[Rest], None]] = {
     ("api/conversations/", "GET"): rest_conversation_list,
     ("api/conversations/", "POST"): rest_conversation_create,
     ("api/conversations/<str:conversation_id>/", "GET"): rest_conversation_get,
+    ("api/conversations/<str:conversation_id>/", "PATCH"): rest_conversation_patch,
     ("api/conversations/<str:conversation_id>/members/", "GET"): rest_conversation_members_get,
     ("api/conversations/<str:conversation_id>/members/", "POST"): rest_conversation_members_post,
     ("api/conversations/<str:conversation_id>/events/", "GET"): rest_conversation_events_get,
@@ -626,6 +742,15 @@ REST_CASES: dict[tuple[str, str], Callable[[Rest], None]] = {
     ("healthz", "*"): rest_health,
     ("readyz", "*"): rest_health,
     ("metrics", "*"): rest_metrics,
+    ("api/me/notification-settings/", "GET"): rest_me_settings_get,
+    ("api/me/notification-settings/", "PATCH"): rest_me_settings_patch,
+    ("api/me/notifications/", "GET"): rest_me_notifications_get,
+    ("api/me/notifications/read/", "POST"): rest_me_notifications_read,
+    ("api/me/notifications/test/", "POST"): rest_me_notifications_test,
+    ("api/me/push-subscriptions/", "POST"): rest_me_push_post,
+    ("api/me/push-subscriptions/", "DELETE"): rest_me_push_delete,
+    ("settings/notifications/", "*"): rest_notification_settings_page,
+    ("sw.js", "*"): rest_service_worker,
     ("staff/dashboard/", "*"): rest_dashboard,
     ("staff/dashboard/data", "*"): rest_dashboard_data,
 }
