@@ -1,6 +1,6 @@
-"""`manage.py serve`: the production layout on one machine — N ASGI server processes and the
-agent worker, supervised together (Ctrl-C stops all). Used by `make run`, the e2e tests and the
-benchmarks, so they all measure what a deployment runs.
+"""`manage.py serve`: the production layout on one machine — N ASGI server processes, the agent
+worker and the notifications worker (Web Push, email digests), supervised together (Ctrl-C stops
+all). Used by `make run`, the e2e tests and the benchmarks, so they all measure what a deployment runs.
 
 The ASGI server is uvicorn with the sans-I/O websockets implementation by default: measured on
 this 2-core machine with tests/benchmarks/fanout.py it costs about half of daphne's CPU per
@@ -83,7 +83,7 @@ def metrics_directory() -> tuple[str, bool]:
 
 
 class Command(BaseCommand):
-    help = "Run the ASGI server process(es) and the agent worker together."
+    help = "Run the ASGI server process(es), the agent worker and the notifications worker together."
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--host", default="127.0.0.1")
@@ -93,6 +93,9 @@ class Command(BaseCommand):
         )
         parser.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn")
         parser.add_argument("--no-worker", action="store_true", help="do not start the agent worker")
+        parser.add_argument(
+            "--no-notifications", action="store_true", help="do not start the notifications worker (push, email)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -111,6 +114,9 @@ class Command(BaseCommand):
         envs = [dict(common, CHAT_SERVER_PROCESSES=str(processes), CHAT_SERVER_INDEX=str(i)) for i in range(processes)]
         if settings.AGENT_RUNNER == "worker" and not options["no_worker"]:
             argvs.append([sys.executable, "manage.py", "runworker", "agent-runs"])
+            envs.append(dict(common, CHAT_SERVER_PROCESSES=str(processes)))
+        if not options["no_notifications"]:  # Web Push, email digests, agent_finished: off the request path
+            argvs.append([sys.executable, "manage.py", "notifications_worker"])
             envs.append(dict(common, CHAT_SERVER_PROCESSES=str(processes)))
         procs: list[subprocess.Popen[bytes]] = [
             subprocess.Popen(argv, env=env) for argv, env in zip(argvs, envs, strict=True)

@@ -233,6 +233,7 @@ class SettingsPage {
   async testPush() {
     try {
       const answer = await api('POST', '/api/me/notifications/test/');
+      if (window.notificationBell) window.notificationBell.refresh(); // it is in the list already
       this.say(answer.devices
         ? `Test push sent to ${answer.devices} device${answer.devices === 1 ? '' : 's'}.`
         : 'Test notification added to your list; no device has push on yet.');
