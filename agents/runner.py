@@ -32,7 +32,7 @@ from chat.infra.per_loop import PerLoop
 from chat.publishing import run_service
 from chat.realtime import telemetry
 from monitoring.health import publish_breakers, shared_state_max_age_s, withdraw_breakers
-from monitoring.metrics.families import OTHER
+from monitoring.metrics.families import OTHER, preinitialise_known
 from monitoring.metrics.runs import run_ended
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class RunSupervisor:
             asyncio.create_task(self._breaker_loop(), name="runs-breakers"),
         ]
         telemetry.ensure_started("worker")  # loop lag, breaker states and process_* of this process
+        preinitialise_known(tools=self.tools.names())
         logger.info("run supervisor %s started", self.worker_id)
 
     async def stop(self, timeout_s: float = 10.0) -> None:

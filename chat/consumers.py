@@ -29,7 +29,7 @@ from chat import selectors
 from chat.errors import AuthFailed, CircuitOpen, CommandError, ProtocolError
 from chat.infra import handshake_guard, rate_limiter
 from chat.infra.breakers import CircuitBreaker, breaker
-from chat.realtime import ephemeral
+from chat.realtime import ephemeral, telemetry
 from chat.realtime.auth import Identity, identity_from_token
 from chat.realtime.broadcast_manager import Hub, get_hub
 from chat.realtime.commands import HANDLERS
@@ -236,6 +236,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code)
 
     # --- inbound frames ---------------------------------------------------------------------------
+    @telemetry.instrumented  # chat_commands_total / chat_command_duration_seconds
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self._closing:
             return
@@ -246,6 +247,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 raise ProtocolError("too_large", f"frame exceeds {self.limits.max_frame_bytes} bytes for this tier")
             command = parse_frame(text_data, bytes_data)
             command_id = command.id
+            telemetry.note_command(command.type)
             if not self.authenticated:
                 if command.type != "auth":
                     raise ProtocolError("bad_request", "authenticate first: send an auth frame")
@@ -315,6 +317,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return degraded_access(fields, self.subscription_access)
 
     async def _send_error(self, command_id: str | None, error: ProtocolError) -> None:
+        telemetry.note_outcome(error.code)
         if self._closing:
             return  # (e.g. closed 1013 while authenticating): nothing more goes out
         frame = reply_error(command_id, error)

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, Protocol, TypeVar
 
 from chat.infra.breakers import all_breakers
+from chat.tiers import all_tiers
 from monitoring.metrics import current_tier
 from monitoring.metrics.exposition import record_process_stats
 from monitoring.metrics.families import (
@@ -33,6 +34,7 @@ from monitoring.metrics.families import (
     OTHER,
     SUBSCRIPTIONS,
     USERS_ONLINE,
+    preinitialise_known,
 )
 from monitoring.metrics.meter import meter
 
@@ -86,6 +88,7 @@ def publish(role: str, hub: Sockets | None, *, with_process: bool) -> None:
 async def _probe(role: str, hub: Sockets | None) -> None:
     loop = asyncio.get_running_loop()
     rounds = 0
+    preinitialise_known(tiers=all_tiers())
     while True:
         started = loop.time()
         await asyncio.sleep(PROBE_INTERVAL_S)

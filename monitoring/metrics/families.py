@@ -14,10 +14,12 @@ gauges (one series per live process, labelled with its pid).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import get_args
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from chat.tiers import RATE_CLASSES
 from chat.wire import COMMANDS, FRAMES
 from chat.wire.common import ErrorCode
 from chat.wire.events import DURABLE_DATA
@@ -31,6 +33,7 @@ DURABLE_TYPES = frozenset(DURABLE_DATA)
 ERROR_CODES = frozenset(get_args(ErrorCode))
 CRITICAL_EVENTS = ("agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed")
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+RUN_STATUSES = ("completed", "failed", "cancelled", "worker_lost")
 
 # Bucket bounds in seconds, chosen per what is measured: socket-side work is sub-millisecond to a
 # few seconds, agent work seconds to minutes.
@@ -123,3 +126,16 @@ def _preinitialise() -> None:
 
 
 _preinitialise()
+
+
+def preinitialise_known(*, tiers: Iterable[str] = (), tools: Iterable[str] = ()) -> None:
+    """The same for label values known once settings are loaded (tiers) or the tool registry built."""
+    for tier in tiers:
+        AGENT_QUEUE_WAIT.labels(tier)
+        for status in RUN_STATUSES:
+            AGENT_RUNS.labels(status, tier)
+        for rate_class in RATE_CLASSES:
+            RATE_LIMITED.labels(rate_class, tier)
+    for tool in tools:
+        for ok in ("true", "false"):
+            AGENT_TOOL_DURATION.labels(tool, ok)

@@ -25,9 +25,8 @@ from monitoring.metrics.families import (
     AGENT_TTFE,
     AGENT_TTFT,
     OTHER,
+    RUN_STATUSES,
 )
-
-RUN_STATUSES = frozenset({"completed", "failed", "cancelled", "worker_lost"})
 
 
 def tier_label(tier: str | None, known: Collection[str]) -> str:

@@ -98,9 +98,10 @@
 
   // --- charts ----------------------------------------------------------------------------------
   class Chart {
-    constructor(el, unit) {
+    constructor(el, unit, maxY) {
       this.el = el;
       this.unit = unit;
+      this.maxY = maxY; // a fixed top of the y scale (breaker states), else from the data
       this.names = [];
       this.xs = [];
       this.ys = {};
@@ -132,12 +133,17 @@
       if (this.plot) this.plot.destroy();
       this.names = names;
       const unit = this.unit;
+      const maxY = this.maxY;
       this.plot = new uPlot(
         {
           width,
           height: 200,
-          scales: { x: { time: true } },
-          axes: [{}, { size: 56, values: (u, ticks) => ticks.map((v) => fmt(v) + unit) }],
+          scales: {
+            x: { time: true },
+            // Every series here is a count, a rate or a duration: the axis starts at 0.
+            y: { range: (u, min, max) => [0, maxY || (max > 0 ? max * 1.15 : 1)] },
+          },
+          axes: [{ space: 70 }, { size: 72, values: (u, ticks) => ticks.map((v) => fmt(v) + unit) }],
           series: [
             {},
             ...names.map((n, i) => ({
@@ -158,18 +164,19 @@
   function fmt(v) {
     if (v === null || v === undefined || Number.isNaN(v)) return "–";
     const a = Math.abs(v);
+    if (Number.isInteger(v) && a < 1000) return String(v);
     if (a >= 1000) return Math.round(v).toLocaleString("en-US");
     if (a >= 100) return v.toFixed(0);
     if (a >= 10) return v.toFixed(1);
     if (a >= 1) return v.toFixed(2);
     if (a === 0) return "0";
-    return v.toPrecision(2);
+    return String(Number(v.toPrecision(2)));
   }
 
   const charts = {};
   for (const el of root.querySelectorAll("[data-chart]")) {
     const unit = { lag: " ms", agent: " s", queue: " s" }[el.dataset.chart] || "";
-    charts[el.dataset.chart] = new Chart(el, unit);
+    charts[el.dataset.chart] = new Chart(el, unit, el.dataset.chart === "breakers" ? 2.2 : 0);
   }
 
   // --- one poll --------------------------------------------------------------------------------
@@ -210,8 +217,8 @@
     stat("stat-runs", total(fam, "agent_runs_total"));
     const messagesRate = perSecond("chat_commands_total", isMessage, prev, now);
     const deliveriesRate = perSecond("chat_frames_sent_total", isDelivery, prev, now);
-    stat("stat-messages-rate", messagesRate);
-    stat("stat-deliveries-rate", deliveriesRate);
+    stat("stat-messages-rate", messagesRate, messagesRate === null ? "–" : messagesRate.toFixed(1));
+    stat("stat-deliveries-rate", deliveriesRate, deliveriesRate === null ? "–" : deliveriesRate.toFixed(1));
 
     const t = now.t;
     charts.sockets.push(t, {
