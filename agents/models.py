@@ -11,6 +11,8 @@ from django.db import models
 class RunStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
+    # Parked on a tool call that needs a person's approval: no runner holds it, no task waits for it.
+    WAITING_APPROVAL = "waiting_approval", "Waiting for approval"
     COMPLETED = "completed", "Completed"
     FAILED = "failed", "Failed"
     CANCELLED = "cancelled", "Cancelled"
@@ -86,3 +88,58 @@ class ToolCall(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tool} ({self.status})"
+
+
+class ApproverRole(models.TextChoices):
+    """Who may decide on a tool call: an owner of the conversation, or any member who can write."""
+
+    OWNER = "owner", "Owner"
+    MEMBER = "member", "Member"
+
+
+class ApprovalStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+    EXPIRED = "expired", "Expired"
+    # The run was cancelled while it waited: nobody decided.
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class Approval(models.Model):
+    """A tool call that waits for a person, and the decision on it (who, when, what ran)."""
+
+    run = models.ForeignKey(AgentRun, on_delete=models.CASCADE, related_name="approvals")
+    call_id = models.CharField(max_length=64)
+    tool = models.CharField(max_length=64)
+    # As the agent asked; `approved_arguments` is what ran (the same, or as the approver edited them).
+    arguments = models.JSONField(default=dict)
+    reason = models.TextField(blank=True, default="")
+    approver_role = models.CharField(max_length=16, choices=ApproverRole.choices)
+    status = models.CharField(max_length=16, choices=ApprovalStatus.choices, default=ApprovalStatus.PENDING)
+    requested_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Kept as written at the time: the record still says who decided after that account is gone.
+    decided_by_username = models.CharField(max_length=150, blank=True, default="")
+    approved_arguments = models.JSONField(null=True, blank=True)
+    # What the agent backend needs to go on after this call (its conversation with the model so
+    # far): the run resumes from here on any runner, after a restart too.
+    backend_state = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "call_id"], name="uniq_approval_call")]
+        indexes = [models.Index(fields=["status", "expires_at"])]
+        ordering = ["-requested_at"]
+
+    def __str__(self) -> str:
+        return f"{self.tool} approval ({self.status})"
+
+    def allows(self, role: str) -> bool:
+        """May a member with `role` decide? Owners always; members when the tool asks for a member."""
+        if role == "owner":
+            return True
+        return role == "member" and self.approver_role == ApproverRole.MEMBER

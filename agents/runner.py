@@ -21,7 +21,7 @@ import uuid
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from agents import services
+from agents import approvals, services
 from agents.backends import get_backend
 from agents.runtime import execute_run
 from agents.tools import default_registry
@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 POLL_INTERVAL_S = 1.0
 # Runs one runner executes at once; more wait in the queue. Runs are I/O-bound (model, database).
 MAX_CONCURRENT_RUNS = 50
+# Approvals past their expiry are resolved this often (one indexed query when none are due).
+APPROVAL_SWEEP_S = 1.0
 
 
 class RunSupervisor:
@@ -66,6 +68,7 @@ class RunSupervisor:
             asyncio.create_task(self._heartbeat_loop(), name="runs-heartbeat"),
             asyncio.create_task(self._reaper_loop(), name="runs-reaper"),
             asyncio.create_task(self._breaker_loop(), name="runs-breakers"),
+            asyncio.create_task(self._approval_loop(), name="runs-approvals"),
         ]
         telemetry.ensure_started("worker")  # loop lag, breaker states and process_* of this process
         preinitialise_known(tools=self.tools.names())
@@ -114,7 +117,10 @@ class RunSupervisor:
     async def claim_available(self) -> int:
         claimed_count = 0
         while len(self.tasks) < MAX_CONCURRENT_RUNS:
-            claimed = await run_service(services.run_claim_next, worker_id=self.worker_id)
+            # Runs whose approval was decided first: people are waiting on them already.
+            claimed = await run_service(approvals.run_resume_next, worker_id=self.worker_id)
+            if claimed is None:
+                claimed = await run_service(services.run_claim_next, worker_id=self.worker_id)
             if claimed is None:
                 break
             claimed_count += 1
@@ -180,6 +186,18 @@ class RunSupervisor:
                 logger.warning("failed %d run(s) whose worker was lost", len(events))
                 for _ in events:  # their requester's tier died with the runner that knew it
                     run_ended("worker_lost", OTHER)
+
+    async def _approval_loop(self) -> None:
+        """Expire approvals nobody decided in time; each expiry rings the runners, which resume
+        the run (on whichever runner claims it first)."""
+        while True:
+            await asyncio.sleep(APPROVAL_SWEEP_S)
+            try:
+                await run_service(approvals.approvals_expire)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                _log_loop_failure("expiring approvals failed")
 
 
 def _breaker_states() -> dict[str, str]:

@@ -3,6 +3,11 @@
 Order per docs/protocol.md §4: agent_started (emitted by the claim), then thinking / tool_executing /
 tool_completed / coalesced agent_delta as the steps come, then exactly one terminal event.
 
+A call to a tool that needs approval (§11) parks the run (agents/approvals.py): approval_requested
+is written, the backend's state with it, and this task ends. Once the call is decided a runner
+claims the run again and `execute_run` starts with the decided call: tool_executing/tool_completed
+with the approved arguments, or an outcome saying why it was not run; then the backend goes on.
+
 The model backend is called through the process's `breaker("llm")` (chat/infra/error_recovery.py): while
 the model server is down, runs fail at once with `llm_unavailable` (no connect attempt, no
 timeout to wait out) and a message saying the user's message was kept; after the breaker's reset
@@ -20,19 +25,20 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from agents import services
+from agents import approvals, services
 from agents.backends.base import (
     AgentInput,
     AnswerChunk,
     Backend,
     BackendError,
     CallTool,
+    Resume,
     Step,
     Think,
     ToolOutcome,
     Usage,
 )
-from agents.services import ClaimedRun
+from agents.services import ClaimedRun, ResumedCall
 from agents.tools import ToolContext, ToolRegistry
 from chat import selectors
 from chat.errors import CircuitOpen, ErrorClass, ServiceError
@@ -56,7 +62,7 @@ class Emitter:
 
     def __init__(self, run: ClaimedRun) -> None:
         self.run = run
-        self.answer = ""
+        self.answer = run.partial_text  # a resumed run's answer goes on from what it streamed
         self._pending = ""
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
@@ -123,6 +129,25 @@ class Emitter:
             result=outcome.result,
         )
 
+    async def park(self, step: CallTool, tools: ToolRegistry) -> bool:
+        """Ask for approval of `step` and stop here; False if a cancel came first (nothing written)."""
+        rule = tools.needs_approval(step.tool)
+        assert rule is not None
+        await self.flush()
+        parked = await run_service(
+            approvals.run_park,
+            run_id=self.run.run_id,
+            conversation_id=self.run.conversation_id,
+            call_id=step.call_id,
+            tool=step.tool,
+            arguments=step.arguments,
+            reason=rule.reason(step.arguments),
+            approver_role=rule.approver_role,
+            ttl_s=settings.AGENT_APPROVAL_TTL_S,
+            backend_state=step.state or {},
+        )
+        return parked is not None
+
 
 def _load_history(conversation_id: str, before_seq: int, limit: int = 20) -> list[dict[str, str]]:
     """The turns before the triggering message (not the newest ones: with queued runs, later
@@ -136,9 +161,13 @@ async def execute_run(run: ClaimedRun, *, backend: Backend, tools: ToolRegistry)
     emitter = Emitter(run)
     usage: dict[str, Any] = {}
     try:
-        history = await database_sync_to_async(_load_history)(run.conversation_id, run.trigger_seq)
-        request = AgentInput(run.run_id, run.conversation_id, run.requested_by_id, run.prompt, history)
         ctx = ToolContext(user_id=run.requested_by_id, conversation_id=run.conversation_id)
+        if run.resume is None:
+            history = await database_sync_to_async(_load_history)(run.conversation_id, run.trigger_seq)
+            request = AgentInput(run.run_id, run.conversation_id, run.requested_by_id, run.prompt, history)
+        else:  # the backend's state holds what it needs of the history
+            resumed = await _decided_call(emitter, run.resume, tools, ctx)
+            request = AgentInput(run.run_id, run.conversation_id, run.requested_by_id, run.prompt, resume=resumed)
         llm = breaker("llm")
         llm.before_call()  # CircuitOpen: fail now rather than wait out a timeout per run
         steps = backend.steps(request, tools)
@@ -154,6 +183,11 @@ async def execute_run(run: ClaimedRun, *, backend: Backend, tools: ToolRegistry)
                 elif isinstance(step, Think):
                     await emitter.emit("agent_thinking", {"text": step.text})
                 elif isinstance(step, CallTool):
+                    # A call the tool cannot take is not put to people: it fails as a tool error.
+                    if tools.needs_approval(step.tool) and tools.problem(step.tool, step.arguments) is None:
+                        if await emitter.park(step, tools):
+                            return  # parked: the decision or the expiry resumes the run on a runner
+                        raise asyncio.CancelledError  # a cancel was asked for meanwhile
                     await emitter.tool_start(step)
                     outcome = await tools.call(step.tool, step.arguments, ctx)
                     await emitter.tool_finish(step, outcome)
@@ -205,6 +239,23 @@ async def execute_run(run: ClaimedRun, *, backend: Backend, tools: ToolRegistry)
     except Exception as exc:
         logger.exception("run %s crashed", run.run_id)
         await _end(emitter, "failed", "internal", f"the agent failed: {type(exc).__name__}")
+
+
+async def _decided_call(emitter: Emitter, call: ResumedCall, tools: ToolRegistry, ctx: ToolContext) -> Resume:
+    """The call the run waited on, as decided: run with the approved arguments (tool_executing and
+    tool_completed), or not run at all and the backend told why."""
+    if call.decision == "approved":
+        step = CallTool(call.call_id, call.tool, call.arguments)
+        await emitter.tool_start(step)
+        approved = ToolContext(ctx.user_id, ctx.conversation_id, approved_by=call.decided_by_id)
+        outcome = await tools.call(call.tool, call.arguments, approved)
+        await emitter.tool_finish(step, outcome)
+    elif call.decision == "rejected":
+        who = call.decided_by_username or "a member"
+        outcome = ToolOutcome(False, {"error": f"{who} rejected it, so it was not run", "approval": "rejected"})
+    else:
+        outcome = ToolOutcome(False, {"error": "nobody approved it in time, so it was not run", "approval": "expired"})
+    return Resume(call.call_id, call.backend_state, outcome)
 
 
 async def _next_step(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from agents.models import AgentRun, RunStatus
+from agents.models import AgentRun, Approval, ApprovalStatus, RunStatus
 from chat.errors import NotFound
 from chat.selectors import Access, conversation_for_member, parse_uuid
+from chat.wire.frames import rfc3339
 
 
 def run_for_member(*, user_id: int, run_id: object) -> tuple[AgentRun, Access]:
@@ -19,23 +21,74 @@ def run_for_member(*, user_id: int, run_id: object) -> tuple[AgentRun, Access]:
     return run, access
 
 
+@dataclass(frozen=True)
+class ApprovalView:
+    run_id: str
+    call_id: str
+    tool: str
+    approver_role: str
+    status: str
+
+    def allows(self, role: str) -> bool:
+        return Approval(approver_role=self.approver_role).allows(role)
+
+
+def approval_for_member(*, user_id: int, run_id: object, call_id: str) -> tuple[ApprovalView, Access]:
+    """A tool call's approval in a conversation the user belongs to; otherwise NotFound (an
+    unknown run, a run the user may not see, or a call of it that asked for no approval)."""
+    run, access = run_for_member(user_id=user_id, run_id=run_id)
+    row = Approval.objects.filter(run_id=run.id, call_id=call_id).values("tool", "approver_role", "status").first()
+    if row is None:
+        raise NotFound()
+    return ApprovalView(str(run.id), call_id, row["tool"], row["approver_role"], row["status"]), access
+
+
 def active_runs(*, conversation_id: str) -> list[dict[str, Any]]:
     """Runs in progress with the answer so far. `seq` is the seq of the last agent_delta already
-    included in `text`, so a client appends only deltas with a higher seq (no duplicate chunk)."""
+    included in `text`, so a client appends only deltas with a higher seq (no duplicate chunk).
+    A run waiting for approval carries its open request (`approval`), so a client that joins
+    later can show it without paging back to the approval_requested event."""
     runs = list(
-        AgentRun.objects.filter(conversation_id=conversation_id, status__in=[RunStatus.QUEUED, RunStatus.RUNNING])
+        AgentRun.objects.filter(
+            conversation_id=conversation_id,
+            status__in=[RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING_APPROVAL],
+        )
         .order_by("created_at")
         .values("id", "agent", "status", "partial_text", "partial_seq")
     )
+    waiting = [run["id"] for run in runs if run["status"] == RunStatus.WAITING_APPROVAL]
+    pending = (
+        {
+            approval.run_id: approval
+            for approval in Approval.objects.filter(run_id__in=waiting, status=ApprovalStatus.PENDING)
+        }
+        if waiting
+        else {}
+    )
     out = []
     for run in runs:
-        out.append(
-            {
-                "run_id": str(run["id"]),
-                "agent": run["agent"],
-                "status": run["status"],
-                "text": run["partial_text"],
-                "seq": run["partial_seq"],
-            }
-        )
+        item = {
+            "run_id": str(run["id"]),
+            "agent": run["agent"],
+            "status": run["status"],
+            "text": run["partial_text"],
+            "seq": run["partial_seq"],
+        }
+        approval = pending.get(run["id"])
+        if approval is not None:
+            item["approval"] = _requested(approval)
+        out.append(item)
     return out
+
+
+def _requested(approval: Approval) -> dict[str, Any]:
+    """An open approval as its approval_requested event's data."""
+    return {
+        "run_id": str(approval.run_id),
+        "call_id": approval.call_id,
+        "tool": approval.tool,
+        "arguments": approval.arguments,
+        "reason": approval.reason,
+        "approver_role": approval.approver_role,
+        "expires_at": rfc3339(approval.expires_at),
+    }

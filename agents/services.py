@@ -18,7 +18,7 @@ from django.db import transaction
 from django.db.models import Min
 from django.utils import timezone
 
-from agents.models import TERMINAL_STATUSES, AgentRun, RunStatus, ToolCall, ToolCallStatus
+from agents.models import TERMINAL_STATUSES, AgentRun, ApprovalStatus, RunStatus, ToolCall, ToolCallStatus
 from chat.errors import ServiceError
 from chat.models import AuthorKind, Conversation, Message
 from chat.publishing import RunnerRung, after_commit
@@ -43,6 +43,19 @@ def run_enqueue(*, conversation_id: str, trigger_message_id: uuid.UUID, requeste
 
 
 @dataclass(frozen=True)
+class ResumedCall:
+    """The tool call a parked run waited on, as decided: the run goes on from here."""
+
+    call_id: str
+    tool: str
+    decision: str  # approved, rejected or expired
+    arguments: dict[str, Any]  # what runs (approved), or what was asked (otherwise)
+    decided_by_id: int | None
+    decided_by_username: str
+    backend_state: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class ClaimedRun:
     run_id: str
     conversation_id: str
@@ -51,13 +64,20 @@ class ClaimedRun:
     prompt: str
     events: list[StoredEvent] = field(default_factory=list)
     trigger_seq: int = 0
+    # A run resumed after an approval: the decided call, and the answer streamed before the pause.
+    resume: ResumedCall | None = None
+    partial_text: str = ""
+
+
+# A conversation with one of these runs has its run in progress: its next queued run waits.
+ACTIVE_STATUSES = (RunStatus.RUNNING, RunStatus.WAITING_APPROVAL)
 
 
 def run_claim_next(*, worker_id: str) -> ClaimedRun | None:
     """Start the oldest queued run whose conversation has no running run; emit agent_started."""
     # Conversations (not runs) with queued work and no running run, oldest waiting first: one busy
     # conversation's queue must not hide every other conversation's.
-    busy = AgentRun.objects.filter(status=RunStatus.RUNNING).values("conversation_id")
+    busy = AgentRun.objects.filter(status__in=ACTIVE_STATUSES).values("conversation_id")
     candidates = list(
         AgentRun.objects.filter(status=RunStatus.QUEUED)
         .exclude(conversation_id__in=busy)
@@ -77,7 +97,7 @@ def run_claim_next(*, worker_id: str) -> ClaimedRun | None:
 def _claim_in_conversation(conversation_id: uuid.UUID, worker_id: str) -> ClaimedRun | None:
     # The conversation row lock serialises claimers of one conversation across workers.
     Conversation.objects.select_for_update().filter(id=conversation_id).first()
-    if AgentRun.objects.filter(conversation_id=conversation_id, status=RunStatus.RUNNING).exists():
+    if AgentRun.objects.filter(conversation_id=conversation_id, status__in=ACTIVE_STATUSES).exists():
         return None
     run = (
         AgentRun.objects.select_related("trigger_message")
@@ -263,7 +283,8 @@ class CancelResult:
 @transaction.atomic
 def run_request_cancel(*, run_id: str, by_user_id: int, by_username: str) -> CancelResult:
     """Cancel a run. A queued run ends at once (agent_started + agent_cancelled, so every run keeps
-    docs/protocol.md §4's shape); a running one is flagged and its runner stops it promptly.
+    docs/protocol.md §4's shape), and so does one parked for an approval (agent_cancelled; nobody
+    holds it); a running one is flagged and its runner stops it promptly.
     The caller has checked that the user may cancel (`run_for_member` + role)."""
     # Lock order conversation -> run, as the claim does, so the two cannot deadlock.
     conversation_id = AgentRun.objects.filter(id=run_id).values_list("conversation_id", flat=True).get()
@@ -288,6 +309,17 @@ def run_request_cancel(*, run_id: str, by_user_id: int, by_username: str) -> Can
         )
         after_commit(RunnerRung())  # the conversation's next queued run may start now
         return CancelResult(str(run.id), RunStatus.CANCELLED, [started, cancelled], str(run.conversation_id))
+    if run.status == RunStatus.WAITING_APPROVAL:
+        # No runner holds a parked run: it ends here, and its open approval with it.
+        run.cancel_requested = True
+        run.cancelled_by_id = by_user_id
+        run.save(update_fields=["cancel_requested", "cancelled_by"])
+        run.approvals.filter(status=ApprovalStatus.PENDING).update(
+            status=ApprovalStatus.CANCELLED, decided_at=timezone.now()
+        )
+        cancelled = _append_cancelled(run, {"id": by_user_id, "username": by_username})
+        after_commit(RunnerRung())
+        return CancelResult(str(run.id), RunStatus.CANCELLED, [cancelled], str(run.conversation_id))
     run.cancel_requested = True
     run.cancelled_by_id = by_user_id
     run.save(update_fields=["cancel_requested", "cancelled_by"])
@@ -301,15 +333,20 @@ def run_finish_cancelled(*, run_id: str, conversation_id: str) -> StoredEvent | 
     run = AgentRun.objects.select_for_update(of=("self",)).select_related("cancelled_by").get(id=run_id)
     if run.status in TERMINAL_STATUSES:
         return None
+    by = {"id": run.cancelled_by_id, "username": run.cancelled_by.username if run.cancelled_by else None}
+    return _append_cancelled(run, by)
+
+
+def _append_cancelled(run: AgentRun, by: dict[str, Any]) -> StoredEvent:
+    """End a started run as cancelled: its status, and agent_cancelled with the answer so far."""
     run.status = RunStatus.CANCELLED
     run.finished_at = timezone.now()
     run.save(update_fields=["status", "finished_at"])
-    by = {"id": run.cancelled_by_id, "username": run.cancelled_by.username if run.cancelled_by else None}
     return append_event(
-        conversation_id=conversation_id,
+        conversation_id=run.conversation_id,
         type="agent_cancelled",
-        run_id=run_id,
-        data={"run_id": run_id, "by": by, "partial_text": run.partial_text},
+        run_id=run.id,
+        data={"run_id": str(run.id), "by": by, "partial_text": run.partial_text},
     )
 
 

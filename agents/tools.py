@@ -12,6 +12,12 @@ may make one slow or block the loop (docs/operations.md, "Agent tools"):
 - search_history: a query of at most 200 characters without control characters, at most 20
   matches, read on its own thread (not the shared database thread) under a statement timeout.
 Whatever a tool does wrong ends as the tool's error, which the model reads; the run goes on.
+
+A tool that changes something for other people declares `NeedsApproval` (docs/protocol.md §11):
+the runtime then parks the run until a member with the approver role decides, and runs the tool
+with the approved (possibly edited) arguments, or tells the agent it was not run:
+- invite_member: adds a member of the conversation's workspace to the conversation (approver: an
+  owner, who becomes the one who added them).
 """
 
 from __future__ import annotations
@@ -25,19 +31,31 @@ import zoneinfo
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import jsonschema
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
 
+from agents.approvals import member_invite
 from agents.backends.base import ToolOutcome
 from agents.calculator import MAX_EXPRESSION_CHARS, calculate
 from agents.sandbox import Sandbox, SandboxLimits, ToolError
+from chat.errors import ServiceError
+from chat.publishing import run_service
 from chat.selectors import search_messages
 
-__all__ = ["Tool", "ToolContext", "ToolError", "ToolRegistry", "calculate", "default_registry"]
+__all__ = [
+    "NeedsApproval",
+    "Tool",
+    "ToolContext",
+    "ToolError",
+    "ToolRegistry",
+    "calculate",
+    "default_registry",
+    "shared_registry",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +71,20 @@ MAX_TIMEZONE_CHARS = 64
 class ToolContext:
     user_id: int | None
     conversation_id: str
+    # Who approved this call, for a tool that needs approval (None for every other tool).
+    approved_by: int | None = None
 
 
 ToolFn = Callable[[ToolContext, dict[str, Any]], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class NeedsApproval:
+    """The tool runs only once a member with `approver_role` approves the call. `reason` says to
+    people, from the call's arguments, what approving it will do."""
+
+    approver_role: Literal["owner", "member"]
+    reason: Callable[[dict[str, Any]], str]
 
 
 @dataclass(frozen=True)
@@ -65,11 +94,20 @@ class Tool:
     schema: dict[str, Any]
     fn: ToolFn
     timeout_s: float = 10.0
+    approval: NeedsApproval | None = None
 
     def openai_spec(self) -> dict[str, Any]:
+        description = self.description
+        if self.approval is not None:
+            # The model is told, so it can say that it asked and wait for the outcome instead of
+            # promising the change; the result says when a person rejected it.
+            description += (
+                f" Needs the approval of a conversation {self.approval.approver_role} before it runs;"
+                " if nobody approves, the result says it was not run."
+            )
         return {
             "type": "function",
-            "function": {"name": self.name, "description": self.description, "parameters": self.schema},
+            "function": {"name": self.name, "description": description, "parameters": self.schema},
         }
 
 
@@ -93,13 +131,22 @@ class ToolRegistry:
     def specs(self) -> list[dict[str, Any]]:
         return [t.openai_spec() for t in self._tools.values()]
 
-    async def call(self, name: str, arguments: Any, ctx: ToolContext) -> ToolOutcome:
+    def needs_approval(self, name: str) -> NeedsApproval | None:
         tool = self._tools.get(name)
-        if tool is None:
-            return _failed(f"unknown tool {name!r}")
+        return tool.approval if tool is not None else None
+
+    def problem(self, name: str, arguments: Any) -> str | None:
+        """Why `arguments` cannot be given to tool `name` (unknown tool, not its schema), or None."""
+        if name not in self._tools:
+            return f"unknown tool {name!r}"
         invalid = jsonschema.exceptions.best_match(self._validators[name].iter_errors(arguments))
-        if invalid is not None:
-            return _failed(f"invalid arguments: {_schema_error(invalid)}")
+        return None if invalid is None else f"invalid arguments: {_schema_error(invalid)}"
+
+    async def call(self, name: str, arguments: Any, ctx: ToolContext) -> ToolOutcome:
+        problem = self.problem(name, arguments)
+        if problem is not None:
+            return _failed(problem)
+        tool = self._tools[name]
         try:
             async with asyncio.timeout(tool.timeout_s):  # not wait_for: it can swallow a cancel on 3.11
                 result = await tool.fn(ctx, arguments)
@@ -126,12 +173,16 @@ def _schema_error(exc: jsonschema.ValidationError) -> str:
     the field and the rule instead."""
     field = ".".join(str(part) for part in exc.absolute_path) or "the arguments"
     bound = exc.validator_value
+    known = sorted(exc.schema.get("properties", {})) if isinstance(exc.schema, dict) else []
     rules = {
         "maxLength": f"{field} is longer than {bound} characters",
         "minLength": f"{field} is shorter than {bound} character(s)",
         "maximum": f"{field} is more than {bound}",
         "minimum": f"{field} is less than {bound}",
         "type": f"{field} must be of type {bound}",
+        "pattern": f"{field} must match {bound}",
+        "enum": f"{field} must be one of {', '.join(str(v) for v in bound)}" if isinstance(bound, list) else "",
+        "additionalProperties": f"{field} may only have the fields {', '.join(known)}",
     }
     return rules.get(str(exc.validator), exc.message)
 
@@ -220,6 +271,35 @@ async def _search_history(ctx: ToolContext, args: dict[str, Any]) -> dict[str, A
     return {"query": query, "matches": matches}
 
 
+# --- invite_member (needs an owner's approval) ----------------------------------------------------
+MAX_USERNAME_CHARS = 150  # Django's username field
+# What Django's username validator allows (a leading @ of a mention is dropped): never a NUL,
+# which PostgreSQL cannot compare with, or quotes and spaces, which no username has.
+USERNAME_PATTERN = r"^@?[\w.@+-]+$"
+
+
+async def _invite_member(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
+    if ctx.approved_by is None:  # the runtime runs it only after an approval; never without one
+        raise ToolError("invite_member runs only once an owner approved it")
+    username = args["username"].removeprefix("@")
+    role = args.get("role", "member")
+    try:
+        await run_service(
+            member_invite,
+            conversation_id=ctx.conversation_id,
+            approver_id=ctx.approved_by,
+            username=username,
+            role=role,
+        )
+    except ServiceError as exc:
+        raise ToolError(exc.message) from exc
+    return {"added": username, "role": role}
+
+
+def _invite_reason(args: dict[str, Any]) -> str:
+    return f"Add {args.get('username', '?')} to this conversation as {args.get('role', 'member')}."
+
+
 def default_registry() -> ToolRegistry:
     registry = ToolRegistry()
     registry.register(
@@ -263,4 +343,33 @@ def default_registry() -> ToolRegistry:
             _search_history,
         )
     )
+    registry.register(
+        Tool(
+            "invite_member",
+            "Add a member of this conversation's workspace to this conversation, as member or viewer.",
+            {
+                "type": "object",
+                "properties": {
+                    "username": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": MAX_USERNAME_CHARS,
+                        "pattern": USERNAME_PATTERN,
+                    },
+                    "role": {"enum": ["member", "viewer"]},
+                },
+                "required": ["username"],
+                "additionalProperties": False,
+            },
+            _invite_member,
+            approval=NeedsApproval("owner", _invite_reason),
+        )
+    )
     return registry
+
+
+@functools.cache
+def shared_registry() -> ToolRegistry:
+    """The process's registry, for code that checks calls without running them (the `approve`
+    command validates edited arguments with it): the same tools and schemas the runners use."""
+    return default_registry()

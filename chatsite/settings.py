@@ -175,6 +175,8 @@ AGENT_LOST_AFTER_S = float(os.environ.get("AGENT_LOST_AFTER_S", "20"))
 AGENT_DELTA_COALESCE_MS = env_int("AGENT_DELTA_COALESCE_MS", 40)
 # Pace of the offline agent's answer stream, so streaming is visible to a person (0 in tests).
 AGENT_OFFLINE_TOKEN_DELAY_MS = env_int("AGENT_OFFLINE_TOKEN_DELAY_MS", 30)
+# A tool call waiting for a person's approval (docs/protocol.md §11) expires after this many seconds.
+AGENT_APPROVAL_TTL_S = float(os.environ.get("AGENT_APPROVAL_TTL_S", "600"))
 
 # --- Agent tools: the calculator's sandbox and the search's time limit (docs/operations.md "Agent tools") ---
 # The calculator evaluates in AGENT_TOOL_SANDBOX_WORKERS worker processes (agents/sandbox.py), each

@@ -1,5 +1,11 @@
 """What an agent backend is: an async generator of steps (think, call a tool, stream answer text)
-that receives each tool's outcome back through `asend`. The runtime turns steps into events."""
+that receives each tool's outcome back through `asend`. The runtime turns steps into events.
+
+A tool call that needs a person's approval pauses the run for minutes, longer than a worker may
+live, so the generator is not kept: the runtime stores the `state` the backend attached to that
+`CallTool` (JSON: what it needs to go on) and, once the call is decided, starts the backend again
+with `AgentInput.resume` (that state and the call's outcome). The backend continues from there as
+if `asend` had returned the outcome."""
 
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ class CallTool:
     call_id: str
     tool: str
     arguments: dict[str, Any]
+    # For a tool that needs approval: what the backend needs to continue after this call (JSON).
+    state: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,16 @@ class ToolOutcome:
 
 
 @dataclass(frozen=True)
+class Resume:
+    """Go on after the call `call_id` that paused the run: `state` is what the backend attached to
+    it, `outcome` what the call gave (the tool's result, or why it was not run)."""
+
+    call_id: str
+    state: dict[str, Any]
+    outcome: ToolOutcome
+
+
+@dataclass(frozen=True)
 class AgentInput:
     run_id: str
     conversation_id: str
@@ -55,6 +73,7 @@ class AgentInput:
     prompt: str
     # Earlier turns, oldest first: {"role": "user" | "assistant", "content": str}
     history: list[dict[str, str]] = field(default_factory=list)
+    resume: Resume | None = None
 
 
 class BackendError(ClassifiedError):

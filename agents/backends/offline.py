@@ -2,10 +2,13 @@
 
 Rules, first match wins:
 1. the prompt contains an arithmetic expression  -> calculator
-2. it asks for the time or date                  -> current_time
-3. it asks to search / find / what was said      -> search_history
-4. otherwise                                     -> a short answer saying what it can do
-The answer is built from what the tools returned and streamed word by word.
+2. it asks to invite / add someone ("invite @bob", "add bob to this conversation [as viewer]")
+                                                 -> invite_member, which waits for an owner's approval
+3. it asks for the time or date                  -> current_time
+4. it asks to search / find / what was said      -> search_history
+5. otherwise                                     -> a short answer saying what it can do
+The answer is built from what the tools returned and streamed word by word. After an approval the
+run resumes here with the call's outcome (`AgentInput.resume`) and answers from it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ from agents.backends.base import AgentInput, AnswerChunk, CallTool, Step, Think,
 # Digits joined by operators, optionally with parentheses/sqrt: "17 * 23", "(2+3)^2", "sqrt(16)".
 EXPRESSION = re.compile(r"(?:sqrt\s*)?[\(\d](?:[\d\s\.\+\-\*/%\^×÷\(\)]|sqrt)*[\d\)]")
 TIME_WORDS = re.compile(r"\b(time|date|today|day is it|clock)\b", re.IGNORECASE)
+INVITE = re.compile(
+    r"\b(?:invite\s+@?(?P<invitee>[\w.+-]+)|add\s+@?(?P<added>[\w.+-]+)\s+(?:to|into)\s+(?:this|the)\s+"
+    r"(?:conversation|chat|room))(?P<rest>.*)",
+    re.IGNORECASE | re.DOTALL,
+)
+AS_VIEWER = re.compile(r"\bas\s+(?:an?\s+)?viewer\b", re.IGNORECASE)
 SEARCH = re.compile(
     r"\b(?:search|find|look up|lookup|mention(?:ed)?|said about)\b(?:\s+(?:for|about|the history for))?\s+(?P<q>.+)",
     re.IGNORECASE,
@@ -36,14 +45,28 @@ def find_expression(text: str) -> str | None:
     return None
 
 
+def find_invite(text: str) -> dict[str, str] | None:
+    """invite_member's arguments if the text asks to add someone to the conversation."""
+    match = INVITE.search(text)
+    if match is None:
+        return None
+    username = (match["invitee"] or match["added"]).rstrip(".")
+    if not username or username.lower() == "assistant":
+        return None
+    return {"username": username, "role": "viewer" if AS_VIEWER.search(match["rest"]) else "member"}
+
+
 class OfflineBackend:
     name = "offline"
 
     async def steps(self, request: AgentInput, tools: Any) -> AsyncGenerator[Step, ToolOutcome | None]:
         prompt = request.prompt.strip()
         expression = find_expression(prompt)
+        invite = find_invite(prompt)
         search = SEARCH.search(prompt)
-        if expression:
+        if request.resume is not None:  # the invitation was decided; the run goes on from here
+            answer = _invite_answer(request.resume.state.get("arguments", {}), request.resume.outcome)
+        elif expression:
             yield Think(f"The message asks for a calculation; I will evaluate {expression} with the calculator.")
             outcome = yield CallTool("call_1", "calculator", {"expression": expression})
             yield Think("The calculator returned; writing the answer.")
@@ -51,6 +74,11 @@ class OfflineBackend:
                 answer = f"{expression} = {outcome.result['value']}"
             else:
                 answer = f"I could not evaluate {expression}: {_error(outcome)}"
+        elif invite:
+            who = invite["username"]
+            yield Think(f"The message asks to add {who} to this conversation; an owner has to approve that.")
+            outcome = yield CallTool("call_1", "invite_member", invite, state={"arguments": invite})
+            answer = _invite_answer(invite, outcome)
         elif TIME_WORDS.search(prompt):
             yield Think("The message asks for the current time; I will read the clock.")
             outcome = yield CallTool("call_1", "current_time", {})
@@ -74,7 +102,8 @@ class OfflineBackend:
             yield Think("No tool applies to this message; answering with what I can do.")
             answer = (
                 'I am the offline assistant. I can calculate ("what is 17 * 23?"), tell the time '
-                '("what time is it?") and search this conversation ("search for invoices").'
+                '("what time is it?"), search this conversation ("search for invoices") and, once an '
+                'owner approves, add someone to it ("invite @bob").'
             )
         delay = settings.AGENT_OFFLINE_TOKEN_DELAY_MS / 1000
         words = re.findall(r"\S+\s*", answer) or [answer]
@@ -90,3 +119,9 @@ def _error(outcome: ToolOutcome | None) -> str:
         return "no result"
     result = outcome.result
     return str(result.get("error")) if isinstance(result, dict) else str(result)
+
+
+def _invite_answer(asked: dict[str, Any], outcome: ToolOutcome | None) -> str:
+    if outcome is not None and outcome.ok and isinstance(outcome.result, dict):
+        return f"Done: {outcome.result.get('added')} is now in this conversation as {outcome.result.get('role')}."
+    return f"I did not add {asked.get('username', 'them')}: {_error(outcome)}"

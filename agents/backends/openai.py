@@ -5,6 +5,11 @@ One run is a loop: stream a completion, passing answer text on as it arrives and
 tool calls the model asks for; run those tools through the runtime (`CallTool` / `asend`); append
 their results to the conversation; ask again; until the model answers without calling a tool.
 Every network or protocol failure becomes a `BackendError` whose code the run fails with.
+
+Tools come from the registry, which is the one place that says which of them need approval: their
+spec tells the model so (agents/tools.py), and a call to one carries this backend's state (the
+messages so far, the round's remaining calls, usage) so that the run can resume from it after the
+decision, on any worker (`AgentInput.resume`).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import json
 import uuid
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
@@ -41,7 +46,8 @@ MAX_SERVER_ERROR_CHARS = 300
 DEFAULT_SYSTEM_PROMPT = (
     "You are the assistant in a group chat. Answer briefly and plainly. Use the calculator for any "
     "arithmetic, current_time for the date or time, and search_history for what was said earlier "
-    "in this conversation; base your answer on what the tools return."
+    "in this conversation; base your answer on what the tools return. A tool that needs approval "
+    "runs only once a person approves it; if its result says it was not run, say so and go on."
 )
 
 
@@ -77,36 +83,39 @@ class OpenAIBackend:
 
     async def steps(self, request: AgentInput, tools: ToolRegistry) -> AsyncGenerator[Step, ToolOutcome | None]:
         specs = tools.specs()
-        messages: list[dict[str, Any]] = []
-        if self.system_prompt:
-            messages.append({"role": "system", "content": self.system_prompt})
-        messages.extend({"role": turn["role"], "content": turn["content"]} for turn in request.history)
-        messages.append({"role": "user", "content": request.prompt})
-        used_call_ids: set[str] = set()
-        prompt_tokens = completion_tokens = 0
-        usage_reported = False
-
+        run = _RunState.start(self.system_prompt, request)
         # One client per run: its connection is reused for every round of the run. httpx's read
         # timeout applies to each socket read, i.e. to the gap between two chunks of the stream.
         async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s), headers=self._headers()) as client:
-            for completion_no in range(MAX_TOOL_ROUNDS + 1):
+            for completion_no in range(run.next_round, MAX_TOOL_ROUNDS + 1):
+                # The calls of the previous completion (after a pause: the rest of its round).
+                while run.pending:
+                    call = run.pending.pop(0)
+                    if call.problem is not None:
+                        # Told to the model, which can correct itself in the next round.
+                        result: Any = {"error": f"not run: {call.problem}. Correct the call and try again."}
+                    else:
+                        state = run.snapshot(completion_no - 1) if tools.needs_approval(call.name) else None
+                        outcome = yield CallTool(call.call_id, call.name, call.arguments, state=state)
+                        result = outcome.result if outcome is not None else {"error": "the tool returned nothing"}
+                    run.tool_result(call.call_id, result)
                 turn = _Turn()
                 # aclosing: if the run stops mid-answer, the response is closed before the client is.
-                async with aclosing(self._stream(client, messages, specs, turn)) as stream:
+                async with aclosing(self._stream(client, run.messages, specs, turn)) as stream:
                     async for text in stream:
                         yield AnswerChunk(text)
                 if turn.usage is not None:
-                    usage_reported = True
-                    prompt_tokens += turn.usage[0]
-                    completion_tokens += turn.usage[1]
+                    run.usage_reported = True
+                    run.prompt_tokens += turn.usage[0]
+                    run.completion_tokens += turn.usage[1]
                 if not turn.calls:
                     break
                 if completion_no == MAX_TOOL_ROUNDS:
                     raise BackendError("llm_error", f"the model kept calling tools after {MAX_TOOL_ROUNDS} rounds")
 
-                calls = [call.finish(used_call_ids) for call in turn.ordered_calls()]
+                calls = [call.finish(run.used_call_ids) for call in turn.ordered_calls()]
                 yield Think(_describe(calls))
-                messages.append(
+                run.messages.append(
                     {
                         "role": "assistant",
                         "content": turn.content or None,
@@ -120,18 +129,9 @@ class OpenAIBackend:
                         ],
                     }
                 )
-                for call in calls:
-                    if call.problem is not None:
-                        # Told to the model, which can correct itself in the next round.
-                        result: Any = {"error": f"not run: {call.problem}. Correct the call and try again."}
-                    else:
-                        outcome = yield CallTool(call.call_id, call.name, call.arguments)
-                        result = outcome.result if outcome is not None else {"error": "the tool returned nothing"}
-                    messages.append(
-                        {"role": "tool", "tool_call_id": call.call_id, "content": json.dumps(result, default=str)}
-                    )
-        if usage_reported:
-            yield Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+                run.pending = calls
+        if run.usage_reported:
+            yield Usage(prompt_tokens=run.prompt_tokens, completion_tokens=run.completion_tokens)
 
     def _headers(self) -> dict[str, str]:
         headers = {"Accept": "text/event-stream"}
@@ -205,6 +205,57 @@ class OpenAIBackend:
     def _where(self) -> str:
         url = httpx.URL(self.url)
         return f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port else "")
+
+
+@dataclass
+class _RunState:
+    """Where a run is: the conversation with the model, the calls of the round not yet run, the
+    call ids used, the usage so far. All JSON, so a run paused for approval resumes from it."""
+
+    messages: list[dict[str, Any]]
+    pending: list[_Call] = field(default_factory=list)
+    next_round: int = 0
+    used_call_ids: set[str] = field(default_factory=set)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    usage_reported: bool = False
+
+    @classmethod
+    def start(cls, system_prompt: str | None, request: AgentInput) -> _RunState:
+        if request.resume is None:
+            messages: list[dict[str, Any]] = []
+            if system_prompt:
+                messages.append({"role": "system", "content": system_prompt})
+            messages.extend({"role": turn["role"], "content": turn["content"]} for turn in request.history)
+            messages.append({"role": "user", "content": request.prompt})
+            return cls(messages)
+        state = request.resume.state
+        run = cls(
+            messages=list(state["messages"]),
+            pending=[_Call(**call) for call in state["pending"]],
+            next_round=int(state["round"]) + 1,
+            used_call_ids=set(state["used_call_ids"]),
+            prompt_tokens=int(state["prompt_tokens"]),
+            completion_tokens=int(state["completion_tokens"]),
+            usage_reported=bool(state["usage_reported"]),
+        )
+        run.tool_result(request.resume.call_id, request.resume.outcome.result)
+        return run
+
+    def snapshot(self, round_no: int) -> dict[str, Any]:
+        """The state to go on from after the call just taken off `pending` (of round `round_no`)."""
+        return {
+            "messages": self.messages,
+            "pending": [asdict(call) for call in self.pending],
+            "round": round_no,
+            "used_call_ids": sorted(self.used_call_ids),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "usage_reported": self.usage_reported,
+        }
+
+    def tool_result(self, call_id: str, result: Any) -> None:
+        self.messages.append({"role": "tool", "tool_call_id": call_id, "content": json.dumps(result, default=str)})
 
 
 @dataclass

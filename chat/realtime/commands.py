@@ -11,8 +11,10 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
+from agents import approvals as run_approvals
 from agents import selectors as run_selectors
 from agents import services as run_services
+from agents.tools import shared_registry as tool_registry
 from chat import selectors
 from chat.errors import NotFound, ProtocolError, ServiceError
 from chat.infra.message_buffer import buffered_or_none, user_stream
@@ -195,6 +197,40 @@ async def cancel(session: Session, fields: wire.Cancel) -> dict[str, Any]:
         by_username=session.identity.username,
     )
     return {"run_id": result.run_id, "status": result.status}
+
+
+@command("approve", wire.Approve)
+async def approve(session: Session, fields: wire.Approve) -> dict[str, Any]:
+    """§11: a member decides on a tool call that waits for approval. The service decides under the
+    conversation's lock (role, a decision already made); edited arguments are checked here against
+    the tool's schema, after the role, so a viewer hears `forbidden` whatever they sent."""
+    try:
+        approval, access = await database_sync_to_async(run_selectors.approval_for_member)(
+            user_id=session.identity.user_id, run_id=fields.run_id, call_id=fields.call_id
+        )
+    except NotFound as exc:
+        raise ProtocolError("not_found", "approval not found") from exc
+    if not approval.allows(access.role):
+        raise ProtocolError("forbidden", f"only a conversation {approval.approver_role} may decide on this call")
+    if fields.arguments is not None:
+        if fields.decision != "approve":
+            raise ProtocolError("bad_request", "arguments: only go with decision 'approve'")
+        problem = tool_registry().problem(approval.tool, fields.arguments)
+        if problem is not None:
+            raise ProtocolError("bad_request", f"arguments: {problem.removeprefix('invalid arguments: ')}")
+    try:
+        await call(
+            run_approvals.approval_decide,
+            run_id=approval.run_id,
+            call_id=approval.call_id,
+            user_id=session.identity.user_id,
+            username=session.identity.username,
+            decision=fields.decision,
+            arguments=fields.arguments,
+        )
+    except NotFound as exc:  # removed from the conversation meanwhile
+        raise ProtocolError("not_found", "approval not found") from exc
+    return {"run_id": approval.run_id, "call_id": approval.call_id, "decision": fields.decision}
 
 
 @command("read", wire.Read)

@@ -12,13 +12,14 @@ is left to the command's handler, which has the caller's tier and the database:
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from msgspec import Meta
 
 from chat.wire.common import (
     HISTORY_PAGE_DEFAULT,
     HISTORY_PAGE_MAX,
+    MAX_CALL_ID_CHARS,
     MAX_CLIENT_MSG_ID_CHARS,
     MAX_TOKEN_CHARS,
     STORABLE_PATTERN,
@@ -78,6 +79,19 @@ class Cancel(CommandFields):
     run_id: str
 
 
+CallId = Annotated[str, Meta(min_length=1, max_length=MAX_CALL_ID_CHARS, pattern=STORABLE_PATTERN)]
+
+
+class Approve(CommandFields, omit_defaults=True):
+    """§11: decide on a tool call waiting for approval."""
+
+    run_id: str
+    call_id: CallId
+    decision: Literal["approve", "reject"]
+    # Edited arguments (with `approve` only), checked against the tool's own schema.
+    arguments: dict[str, Any] | None = None
+
+
 class Presence(CommandFields):
     conversation: str
 
@@ -102,6 +116,7 @@ COMMANDS: dict[str, type[CommandFields]] = {
     "typing": Typing,
     "read": Read,
     "cancel": Cancel,
+    "approve": Approve,
     "presence": Presence,
     "sync_notifications": SyncNotifications,
     "auth": Auth,

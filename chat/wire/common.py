@@ -26,6 +26,8 @@ PROTOCOL = "chat.v1"
 MAX_ID_CHARS = 64
 # `client_msg_id` is the idempotency key of `send`.
 MAX_CLIENT_MSG_ID_CHARS = 64
+# A tool call's id, unique in its run (the database column's width).
+MAX_CALL_ID_CHARS = 64
 # An access token is a few hundred characters; this bound only stops a frame full of "token".
 MAX_TOKEN_CHARS = 4096
 # `history` pages: `limit` is 1..HISTORY_PAGE_MAX, and HISTORY_PAGE_DEFAULT when absent or null.

@@ -79,6 +79,29 @@ class ToolCompletedData(ServerData):
     duration_ms: NonNegative
 
 
+class ApprovalRequestedData(ServerData):
+    """§11: a tool call waits for a member with `approver_role` (owners may always decide)."""
+
+    run_id: Uuid
+    call_id: str
+    tool: str
+    arguments: dict[str, Any]
+    # What approving does, in words for people.
+    reason: str
+    approver_role: Literal["owner", "member"]
+    expires_at: Timestamp
+
+
+class ApprovalResolvedData(ServerData):
+    run_id: Uuid
+    call_id: str
+    decision: Literal["approved", "rejected", "expired"]
+    # Who decided; null when it expired.
+    by: UserRef | None
+    # What runs (approved: as asked or as edited), or what was declined (rejected, expired).
+    arguments: dict[str, Any]
+
+
 class AgentDeltaData(ServerData):
     run_id: Uuid
     text: str
@@ -187,6 +210,20 @@ class ToolCompletedEvent(_Frame, tag="tool_completed"):
     data: ToolCompletedData
 
 
+class ApprovalRequestedEvent(_Frame, tag="approval_requested"):
+    conversation: Uuid
+    seq: EventSeq
+    ts: Timestamp
+    data: ApprovalRequestedData
+
+
+class ApprovalResolvedEvent(_Frame, tag="approval_resolved"):
+    conversation: Uuid
+    seq: EventSeq
+    ts: Timestamp
+    data: ApprovalResolvedData
+
+
 class AgentDeltaEvent(_Frame, tag="agent_delta"):
     conversation: Uuid
     seq: EventSeq
@@ -221,6 +258,8 @@ DurableEvent = (
     | AgentThinkingEvent
     | ToolExecutingEvent
     | ToolCompletedEvent
+    | ApprovalRequestedEvent
+    | ApprovalResolvedEvent
     | AgentDeltaEvent
     | AgentCompletedEvent
     | AgentFailedEvent
@@ -251,6 +290,8 @@ DURABLE_DATA: dict[str, type[ServerData]] = {
     "agent_thinking": AgentThinkingData,
     "tool_executing": ToolExecutingData,
     "tool_completed": ToolCompletedData,
+    "approval_requested": ApprovalRequestedData,
+    "approval_resolved": ApprovalResolvedData,
     "agent_delta": AgentDeltaData,
     "agent_completed": AgentCompletedData,
     "agent_failed": AgentFailedData,
@@ -269,6 +310,8 @@ EVENT_FRAMES: dict[str, type[msgspec.Struct]] = {
     "agent_thinking": AgentThinkingEvent,
     "tool_executing": ToolExecutingEvent,
     "tool_completed": ToolCompletedEvent,
+    "approval_requested": ApprovalRequestedEvent,
+    "approval_resolved": ApprovalResolvedEvent,
     "agent_delta": AgentDeltaEvent,
     "agent_completed": AgentCompletedEvent,
     "agent_failed": AgentFailedEvent,

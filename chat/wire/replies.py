@@ -12,7 +12,7 @@ from typing import Literal
 import msgspec
 
 from chat.wire.common import CommandId, ErrorBody, EventSeq, NonNegative, ServerData, Timestamp, UserRef, Uuid
-from chat.wire.events import DurableEvent
+from chat.wire.events import ApprovalRequestedData, DurableEvent
 
 
 class ActiveRun(ServerData):
@@ -20,10 +20,14 @@ class ActiveRun(ServerData):
 
     run_id: Uuid
     agent: str
-    status: Literal["queued", "running"]
+    # waiting_approval (extension, §11): parked on a tool call until a member decides.
+    status: Literal["queued", "running", "waiting_approval"]
     # The answer streamed so far, and the seq of the last agent_delta folded into it (0: none yet).
     text: str
     seq: NonNegative
+    # (extension, §11) The open approval_requested of a waiting_approval run (its data); absent
+    # for every other run.
+    approval: ApprovalRequestedData | None = None
 
 
 class SubscribeReply(ServerData, omit_defaults=True):
@@ -56,6 +60,13 @@ class HistoryReply(ServerData):
     # Oldest first.
     events: list[DurableEvent]
     has_more: bool
+
+
+class ApproveReply(ServerData):
+    run_id: Uuid
+    call_id: str
+    # The decision as the command gave it.
+    decision: Literal["approve", "reject"]
 
 
 class CancelReply(ServerData):
@@ -106,6 +117,7 @@ REPLIES: dict[str, type[ServerData]] = {
     "typing": EmptyReply,
     "read": EmptyReply,
     "cancel": CancelReply,
+    "approve": ApproveReply,
     "presence": PresenceReply,
     "sync_notifications": SyncNotificationsReply,
     "auth": AuthReply,

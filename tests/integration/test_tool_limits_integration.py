@@ -147,6 +147,23 @@ WORST: dict[str, list[Case]] = {
         ({"query": ["needle"]}, "invalid arguments"),
         ({}, "invalid arguments"),
     ],
+    # Run as if an owner approved the call (the runtime never runs it otherwise).
+    "invite_member": [
+        ({"username": "nobody-here"}, "no member of this workspace"),
+        ({"username": "@nobody-here", "role": "viewer"}, "no member of this workspace"),
+        ({"username": "a" * 150}, "no member of this workspace"),
+        ({"username": "a" * 151}, "invalid arguments"),
+        ({"username": "a" * 100_000}, "invalid arguments"),
+        ({"username": "\x00"}, "invalid arguments"),
+        ({"username": "' OR 1=1 --"}, "invalid arguments"),
+        ({"username": ""}, "invalid arguments"),
+        ({"username": "bob", "role": "owner"}, "invalid arguments"),
+        ({"username": "bob", "role": "x" * 100_000}, "invalid arguments"),
+        ({"username": "bob", "as": "owner"}, "invalid arguments"),
+        ({"username": 5}, "invalid arguments"),
+        ({}, "invalid arguments"),
+        ([], "invalid arguments"),
+    ],
 }
 
 
@@ -185,7 +202,7 @@ async def watched_loop() -> AsyncIterator[LoopWatch]:
 
 
 # Tools that read the database (their cases get a database and a conversation to search).
-READS_THE_DATABASE = {"search_history"}
+READS_THE_DATABASE = {"search_history", "invite_member"}
 
 
 def _cases(*, database: bool) -> list[Any]:
@@ -220,7 +237,9 @@ async def test_the_worst_input_to_a_database_tool_returns_quickly_with_a_clear_e
     tool: str, arguments: Any, error: str | None, searchable: tuple[int, str]
 ) -> None:
     user_id, conv = searchable
-    await check_worst_input(tool, arguments, error, ToolContext(user_id=user_id, conversation_id=conv))
+    await check_worst_input(
+        tool, arguments, error, ToolContext(user_id=user_id, conversation_id=conv, approved_by=user_id)
+    )
 
 
 async def check_worst_input(tool: str, arguments: Any, error: str | None, ctx: ToolContext) -> None:

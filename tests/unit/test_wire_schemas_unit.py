@@ -38,8 +38,11 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
 # Shorthand objects of the doc → the schema they describe.
 SHORTHAND: dict[str, type[msgspec.Struct]] = {
-    '{"run_id","agent","status":"queued"|"running","text","seq"}': replies.ActiveRun,
+    ('{"run_id","agent","status":"queued"|"running"|"waiting_approval","text","seq","approval"}'): replies.ActiveRun,
     '{"id","username"}': events.CancelledBy,  # agent_cancelled.data.by
+    '{"run_id","call_id","decision":"approve"|"reject","arguments"}': wc.Approve,
+    '{"run_id","call_id","tool","arguments","reason","approver_role","expires_at"}': events.ApprovalRequestedData,
+    '{"run_id","call_id","decision","by","arguments"}': events.ApprovalResolvedData,
     '{"truncated": true, "preview": "…", "size": N}': events.TruncatedResult,
     '{"user":{"id","username"},"state","expires_ms":6000}': events.TypingData,
     '{"joined":[{"id","username"}],"left":[…]}': events.PresenceData,
@@ -47,6 +50,7 @@ SHORTHAND: dict[str, type[msgspec.Struct]] = {
 }
 # Shorthand that is not socket data, with the reason.
 NOT_WIRE: dict[str, str] = {
+    '{"username", "role": "member"|"viewer"}': "invite_member's arguments (agents/tools.py), inside approval events",
     '{"error":{"code","message"}}': "the REST error body (§7); chat.wire declares socket frames only",
 }
 # The real counts today; lower ones mean the extraction stopped finding examples.
@@ -289,6 +293,31 @@ DURABLE = [
         5,
         events.ToolCompletedData(run_id=RUN, call_id="c1", tool="calc", ok=True, result={"value": 2}, duration_ms=4),
     ),
+    _durable(
+        events.ApprovalRequestedEvent,
+        5,
+        events.ApprovalRequestedData(
+            run_id=RUN,
+            call_id="c2",
+            tool="invite_member",
+            arguments={"username": "bob"},
+            reason="Add bob to this conversation as member.",
+            approver_role="owner",
+            expires_at=TS,
+        ),
+    ),
+    _durable(
+        events.ApprovalResolvedEvent,
+        5,
+        events.ApprovalResolvedData(
+            run_id=RUN, call_id="c2", decision="approved", by=ALICE, arguments={"username": "bob", "role": "viewer"}
+        ),
+    ),
+    _durable(
+        events.ApprovalResolvedEvent,
+        5,
+        events.ApprovalResolvedData(run_id=RUN, call_id="c3", decision="expired", by=None, arguments={}),
+    ),
     _durable(events.AgentDeltaEvent, 6, events.AgentDeltaData(run_id=RUN, text="It is ")),
     _durable(
         events.AgentCompletedEvent,
@@ -355,6 +384,7 @@ COMMAND_SAMPLES: list[msgspec.Struct] = [
     wc.Typing(conversation=CONV, state="stop"),
     wc.Read(conversation=CONV, seq=0),
     wc.Cancel(run_id=RUN),
+    wc.Approve(run_id=RUN, call_id="call_1", decision="approve", arguments={"username": "bob", "role": "viewer"}),
     wc.Presence(conversation=CONV),
     wc.SyncNotifications(since_seq=3),
     wc.Auth(token="eyJ.x.y"),
@@ -373,6 +403,7 @@ REPLY_SAMPLES: dict[str, msgspec.Struct] = {
     "typing": replies.EmptyReply(),
     "read": replies.EmptyReply(),
     "cancel": replies.CancelReply(run_id=RUN, status="cancelling"),
+    "approve": replies.ApproveReply(run_id=RUN, call_id="call_1", decision="reject"),
     "presence": replies.PresenceReply(
         conversation=CONV, members=[replies.Member(user=ALICE, online=False, last_seen=TS)]
     ),

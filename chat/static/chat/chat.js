@@ -40,6 +40,11 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// The plug-in hook (see ChatView's constructor): a window event `chat:<name>` with `detail`.
+function emit(name, detail) {
+  window.dispatchEvent(new CustomEvent(`chat:${name}`, { detail }));
+}
+
 function uuid4() {
   if (window.crypto && typeof window.crypto.randomUUID === 'function') return window.crypto.randomUUID();
   // Non-secure contexts have no randomUUID; getRandomValues works everywhere.
@@ -408,6 +413,10 @@ class ChatView {
     this.restorePending();
     this.client.connect();
 
+    // Plug-ins (approvals.js) listen to window events 'chat:event' (each durable event applied, in seq
+    // order), 'chat:reset' (the transcript is rebuilt) and 'chat:active-runs' (subscribe's
+    // active_runs), and send commands with window.chatHooks.request(frame), which resolves to the reply.
+    window.chatHooks = { request: (frame) => this.client.request(frame) };
     // For tests and debugging: read-only view of the sync bookkeeping.
     const view = this;
     window.__chat = {
@@ -571,6 +580,7 @@ class ChatView {
         this.scrollToBottom();
       }
       this.seedActiveRuns(reply.active_runs || []);
+      emit('active-runs', reply.active_runs || []);
       this.syncing = false;
       const buffered = this.buffer;
       this.buffer = [];
@@ -645,6 +655,7 @@ class ChatView {
   // ---- transcript model ----
 
   resetTranscript(events) {
+    emit('reset');
     this.transcript.replaceChildren();
     this.prePageAnchor = null;
     this.events = [];
@@ -671,6 +682,7 @@ class ChatView {
     if (this.firstSeq === null) this.firstSeq = frame.seq;
     this.events.push(frame);
     this.render(frame);
+    emit('event', frame);
   }
 
   render(frame) {
