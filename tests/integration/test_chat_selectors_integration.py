@@ -199,7 +199,7 @@ def test_members_and_member_names(make_user: Any) -> None:
         [(owner.username, Role.OWNER), (member.username, Role.MEMBER), (viewer.username, Role.VIEWER)]
     )
     assert selectors.member_names(conversation_id=conv) == sorted(
-        [(owner.id, owner.username), (member.id, member.username), (viewer.id, viewer.username)],
+        [(owner.id, owner.username, 0), (member.id, member.username, 0), (viewer.id, viewer.username, 0)],
         key=lambda row: row[1],
     )
 
@@ -322,9 +322,9 @@ def test_notifications_after_are_the_users_own_in_seq_order(make_user: Any) -> N
 
     got = selectors.notifications_after(user_id=bob.id, after_seq=0)
     assert [(n.seq, n.data["kind"], n.data["conversation"], n.data["role"]) for n in got] == [
-        (1, "conversation_added", convs[0], Role.MEMBER),
-        (2, "conversation_added", convs[1], Role.MEMBER),
-        (3, "conversation_added", convs[2], Role.MEMBER),
+        (1, "added_to_conversation", convs[0], Role.MEMBER),
+        (2, "added_to_conversation", convs[1], Role.MEMBER),
+        (3, "added_to_conversation", convs[2], Role.MEMBER),
         (4, "role_changed", convs[0], Role.VIEWER),
     ]
     assert {n.user_id for n in got} == {bob.id}

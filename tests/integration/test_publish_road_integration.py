@@ -153,7 +153,7 @@ async def test_admin_adds_a_member_through_the_service(make_user: Any) -> None:
 
         assert await database_sync_to_async(add_in_admin)() == 302
         note = await client.until(lambda f: f.get("type") == "notification", timeout=5)
-        assert note["data"]["kind"] == "conversation_added"
+        assert note["data"]["kind"] == "added_to_conversation"
         assert note["data"]["conversation"] == conv
         assert note["data"]["by"] == staff.id
     finally:
