@@ -5,6 +5,7 @@ with §4's order and exactly one terminal event."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from agents.services import run_claim_next
 from chat.models import ConversationMember
 from chat.services.conversations import workspace_create, workspace_member_add
 from tests.support import factories
+from tests.support.fake_llm import FakeLLM, ToolCallSpec, answer, tool_calls
 from tests.support.waiting import consistently, eventually
 from tests.support.ws import Client, connected
 
@@ -364,3 +366,67 @@ def test_every_decision_is_kept_and_read_only_in_the_admin(make_user: Any, setti
     assert "Rejected" in run_page
     assert t["owner"].username in run_page
     assert approval_row(claimed.run_id).status == ApprovalStatus.REJECTED
+
+
+async def test_the_openai_backend_resumes_from_its_stored_conversation_after_a_restart(
+    make_user: Any, settings: Any
+) -> None:
+    """One model turn calls invite_member and then the calculator. The run parks on the first call;
+    its runner goes away; the approval resumes it on a new runner, which has only the database:
+    the approved call runs, then the rest of that turn's calls, then the model gets every result."""
+    t = await team(make_user)
+    conv, carol = t["conv"], t["carol"]
+    with FakeLLM() as fake:
+        settings.AGENT_BACKEND = "openai"
+        settings.AGENT_LLM_BASE_URL = fake.base_url
+        settings.AGENT_LLM_MODEL = "fake-model"
+        settings.AGENT_LLM_TIMEOUT_S = 10.0
+        fake.script(
+            tool_calls(
+                ToolCallSpec("invite_member", {"username": carol.username}, "call_invite"),
+                ToolCallSpec("calculator", {"expression": "6 * 7"}, "call_calc"),
+            ),
+            answer("Added them, and 6 * 7 is 42."),
+        )
+        member, owner = await subscribed(t["member"], conv), await subscribed(t["owner"], conv)
+        sent = await member.command("send", conversation=conv, client_msg_id="o", text="@assistant add carol, and 6*7?")
+        run_id = sent["run_id"]
+        requested = await member.seen_or_until(lambda f: f.get("type") == "approval_requested")
+        assert requested["data"]["call_id"] == "call_invite"
+        first = get_supervisor()
+        await eventually(lambda: run_id not in first.tasks)
+        stopped = supervisors.pop_current()
+        assert stopped is first
+        await stopped.stop()
+
+        reply = await owner.command("approve", run_id=run_id, call_id="call_invite", decision="approve")
+        assert reply["ok"] is True
+        done = await member.seen_or_until(lambda f: f.get("type") in TERMINAL and f["data"]["run_id"] == run_id)
+        assert done["type"] == "agent_completed", done
+        assert done["data"]["text"] == "Added them, and 6 * 7 is 42."
+        assert get_supervisor() is not first
+
+        events = run_events(member, conv, run_id)
+        assert_order(events, "agent_completed")
+        tools = [(e["type"], e["data"]["call_id"]) for e in events if e["type"].startswith(("tool_", "approval_"))]
+        assert tools == [
+            ("approval_requested", "call_invite"),
+            ("approval_resolved", "call_invite"),
+            ("tool_executing", "call_invite"),
+            ("tool_completed", "call_invite"),
+            ("tool_executing", "call_calc"),
+            ("tool_completed", "call_calc"),
+        ]
+        # The model was told which tool needs approval, and after the pause it got the whole
+        # conversation back: its own tool calls, then both results in order.
+        asked, resumed = fake.requests
+        spec = next(t for t in asked.body["tools"] if t["function"]["name"] == "invite_member")
+        assert "approval of a conversation owner" in spec["function"]["description"]
+        assert resumed.messages[: len(asked.messages)] == asked.messages
+        assistant, invited, calculated = resumed.messages[len(asked.messages) :]
+        assert [c["id"] for c in assistant["tool_calls"]] == ["call_invite", "call_calc"]
+        assert (invited["tool_call_id"], json.loads(invited["content"])) == (
+            "call_invite",
+            {"added": carol.username, "role": "member"},
+        )
+        assert (calculated["tool_call_id"], json.loads(calculated["content"])["value"]) == ("call_calc", 42)
