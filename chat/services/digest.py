@@ -31,6 +31,7 @@ def send_digests(*, now: datetime) -> int:
     grace = timedelta(seconds=float(option("digest_grace_s")))
     waiting = (
         Notification.objects.filter(email_state=Delivery.PENDING, created_at__lte=now - grace)
+        .order_by()  # not the model's (user, seq): DISTINCT would then be per row, not per user
         .values_list("user_id", flat=True)
         .distinct()
     )

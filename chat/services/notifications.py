@@ -21,7 +21,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from agents.models import AgentRun
-from chat.models import Notification, RunEndNote, User
+from chat.models import ConversationMember, Notification, RunEndNote, User
 from chat.publishing import NotificationCommitted, after_commit
 from chat.services import notification_prefs as prefs
 from chat.tiers import limits_for
@@ -222,7 +222,8 @@ def run_end_decide(*, run_id: str, away: bool) -> bool:
     if note is None:
         return False
     note.delete()
-    if not away:
+    member = ConversationMember.objects.filter(conversation_id=note.conversation_id, user_id=note.user_id).exists()
+    if not away or not member:  # watching; or no longer a member, who must not read its answer here
         return False
     return bool(
         notify_agent_finished(

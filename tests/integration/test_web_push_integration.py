@@ -15,9 +15,11 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from chat.models import Notification, PushDelivery, PushSubscription
-from chat.services import push
+from chat.services import digest, push
 from chat.services.notification_config import generate_vapid_private_key, vapid_public_key
 from chat.services.notification_inbox import push_test
+from chat.services.notifications import notify_mentions
+from tests.support import factories
 from tests.support.push_endpoint import Browser, PushEndpoint
 from tests.support.ws import access_token
 
@@ -163,3 +165,25 @@ def test_the_vapid_keys_command_makes_a_pair_push_services_accept(
     assert deliver(timezone.now()) == {"sent": 1}
     [received] = endpoint.received("x")
     assert f"k={public}" in received.headers["authorization"]  # signed with the key browsers subscribe to
+
+
+def test_one_pass_mails_as_many_users_as_its_batch_however_many_notifications_each_has(
+    make_user: Any, settings: Any, mailoutbox: list[Any]
+) -> None:
+    """Users are picked once each: with two notifications per user, a batch of two is two users."""
+    settings.NOTIFICATIONS = {"batch": 2, "digest_grace_s": 0}
+    owner = make_user()
+    readers = [make_user(email=f"reader{i}@example.com") for i in range(2)]
+    conv = factories.conversation_sync(owner, agent="", members=tuple((r, "member") for r in readers))
+    for _ in range(2):
+        notify_mentions(
+            conversation_id=conv,
+            seq=1,
+            author_id=owner.id,
+            author_username=owner.username,
+            mentioned_ids=[r.id for r in readers],
+            text="standup in 5",
+        )
+    assert digest.send_digests(now=timezone.now()) == 2
+    assert sorted(m.to[0] for m in mailoutbox) == ["reader0@example.com", "reader1@example.com"]
+    assert "standup in 5" in mailoutbox[0].body
