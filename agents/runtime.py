@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -38,6 +39,7 @@ from agents.backends.base import (
     ToolOutcome,
     Usage,
 )
+from agents.models import AgentRun
 from agents.services import ClaimedRun, ResumedCall
 from agents.tools import ToolContext, ToolRegistry
 from chat import selectors
@@ -46,6 +48,8 @@ from chat.infra.breakers import CircuitBreaker, breaker
 from chat.infra.error_recovery import classify
 from chat.models import AuthorKind
 from chat.publishing import run_service
+from chat.tiers import all_tiers
+from monitoring.metrics.runs import RunTimer, tier_label
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +66,7 @@ class Emitter:
 
     def __init__(self, run: ClaimedRun) -> None:
         self.run = run
+        self.timer: RunTimer | None = None  # agent_* metrics (set by execute_run)
         self.answer = run.partial_text  # a resumed run's answer goes on from what it streamed
         self._pending = ""
         self._lock = asyncio.Lock()
@@ -77,6 +82,8 @@ class Emitter:
                 type=type,
                 data=data,
             )
+        if self.timer is not None:
+            self.timer.event()
 
     def delta(self, text: str) -> None:
         self.answer += text
@@ -107,6 +114,8 @@ class Emitter:
                 type="agent_delta",
                 data={"text": text},
             )
+        if self.timer is not None:
+            self.timer.token()
 
     async def tool_start(self, step: CallTool) -> None:
         await self.flush()
@@ -118,6 +127,8 @@ class Emitter:
             tool=step.tool,
             arguments=step.arguments,
         )
+        if self.timer is not None:
+            self.timer.event()
 
     async def tool_finish(self, step: CallTool, outcome: ToolOutcome) -> None:
         await run_service(
@@ -149,6 +160,13 @@ class Emitter:
         return parked is not None
 
 
+def _run_facts(run_id: str) -> tuple[float | None, str | None]:
+    """When the run's prompt was queued and its requester's tier: the agent_* metrics' labels and
+    their clock's start (the prompt was queued by another process: only the wall clock is shared)."""
+    row = AgentRun.objects.filter(id=run_id).values_list("created_at", "requested_by__tier").first()
+    return (row[0].timestamp() if row[0] else None, row[1]) if row else (None, None)
+
+
 def _load_history(conversation_id: str, before_seq: int, limit: int = 20) -> list[dict[str, str]]:
     """The turns before the triggering message (not the newest ones: with queued runs, later
     messages already exist while an earlier prompt is answered)."""
@@ -161,6 +179,10 @@ async def execute_run(run: ClaimedRun, *, backend: Backend, tools: ToolRegistry)
     emitter = Emitter(run)
     usage: dict[str, Any] = {}
     try:
+        queued_at, tier = await database_sync_to_async(_run_facts)(run.run_id)
+        emitter.timer = RunTimer(
+            tier=tier_label(tier, all_tiers()), queued_at=queued_at, tools=tools.names(), resumed=run.resume is not None
+        )
         ctx = ToolContext(user_id=run.requested_by_id, conversation_id=run.conversation_id)
         if run.resume is None:
             history = await database_sync_to_async(_load_history)(run.conversation_id, run.trigger_seq)
@@ -189,7 +211,9 @@ async def execute_run(run: ClaimedRun, *, backend: Backend, tools: ToolRegistry)
                             return  # parked: the decision or the expiry resumes the run on a runner
                         raise asyncio.CancelledError  # a cancel was asked for meanwhile
                     await emitter.tool_start(step)
+                    called = time.monotonic()
                     outcome = await tools.call(step.tool, step.arguments, ctx)
+                    emitter.timer.tool(step.tool, outcome.ok, time.monotonic() - called)
                     await emitter.tool_finish(step, outcome)
                 elif isinstance(step, Usage):
                     usage = {"prompt_tokens": step.prompt_tokens, "completion_tokens": step.completion_tokens}
@@ -211,6 +235,7 @@ async def execute_run(run: ClaimedRun, *, backend: Backend, tools: ToolRegistry)
         # Shielded: a cancel landing while the answer commits must not skip its doorbell (the
         # cancel then finds the run completed and writes nothing).
         await asyncio.shield(complete())
+        emitter.timer.ended("completed")
     except asyncio.CancelledError:
         await _end(emitter, "cancelled")
         raise
@@ -305,3 +330,5 @@ async def _end(
             )
 
     await asyncio.shield(finish())
+    if emitter.timer is not None:
+        emitter.timer.ended(how)

@@ -7,7 +7,8 @@ created_at), so only the wall clock is common to both. What each measures:
 - agent_time_to_first_event_seconds: prompt queued → the run's first event after agent_started
   (thinking, a tool call, answer text or its end): when the user first sees the agent work;
 - agent_time_to_first_token_seconds: prompt queued → its first answer text committed;
-- agent_run_duration_seconds: claimed → terminal event written;
+- agent_run_duration_seconds: claimed → terminal event written (a run resumed after an approval:
+  its last leg);
 - agent_runs_total{status,tier}: ended runs (completed, failed, cancelled; worker_lost from the reaper);
 - agent_tool_duration_seconds{tool,ok}: each tool call.
 """
@@ -34,15 +35,20 @@ def tier_label(tier: str | None, known: Collection[str]) -> str:
 
 
 class RunTimer:
-    def __init__(self, *, tier: str, queued_at: float | None, tools: Collection[str] = ()) -> None:
+    def __init__(
+        self, *, tier: str, queued_at: float | None, tools: Collection[str] = (), resumed: bool = False
+    ) -> None:
+        """`resumed`: the run's second leg, after an approval; its queue wait and first event and
+        token were measured in its first leg (the time a person took to decide is no model's)."""
         self.tier = tier
         self.started = time.time()
         self.queued_at = queued_at if queued_at is not None else self.started
         self.tools = tools
-        self._seen_event = False
-        self._seen_token = False
+        self._seen_event = resumed
+        self._seen_token = resumed
         self._ended = False
-        AGENT_QUEUE_WAIT.labels(tier).observe(max(0.0, self.started - self.queued_at))
+        if not resumed:
+            AGENT_QUEUE_WAIT.labels(tier).observe(max(0.0, self.started - self.queued_at))
 
     def event(self) -> None:
         """An event of the run was committed (after agent_started)."""
