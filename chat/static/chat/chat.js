@@ -640,7 +640,9 @@ class ChatView {
       case 'typing': this.onTyping(frame.data || {}); return;
       case 'presence': this.onPresence(frame.data || {}); return;
       case 'read': return;
-      case 'notification': return;
+      // For the notifications bell (notifications.js).
+      case 'notification': emit('notification', frame); return;
+      case 'notifications_read': emit('notifications-read', frame.data); return;
       default: break;
     }
     if (typeof frame.seq !== 'number') return;
