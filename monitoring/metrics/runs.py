@@ -16,17 +16,19 @@ created_at), so only the wall clock is common to both. What each measures:
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 
 from monitoring.metrics.families import (
     AGENT_QUEUE_WAIT,
     AGENT_RUN_DURATION,
     AGENT_RUNS,
+    AGENT_RUNS_INCOMPLETE,
     AGENT_TOOL_DURATION,
     AGENT_TTFE,
     AGENT_TTFT,
     OTHER,
     RUN_STATUSES,
+    missing_label,
 )
 
 
@@ -78,3 +80,10 @@ class RunTimer:
 
 def run_ended(status: str, tier: str) -> None:
     AGENT_RUNS.labels(status if status in RUN_STATUSES else OTHER, tier).inc()
+
+
+def count_incomplete(missing: Iterable[str]) -> None:
+    """agent_runs_incomplete_total: one ended run found without the events in `missing` (the event
+    monitor's descriptions, e.g. "tool_completed of call 3"), once per missing event name."""
+    for label in sorted({missing_label(m) for m in missing}):
+        AGENT_RUNS_INCOMPLETE.labels(label).inc()

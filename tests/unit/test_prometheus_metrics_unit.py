@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitoring.metrics import Metrics, current_tier
 from monitoring.metrics.families import LAG_S
 from monitoring.metrics.meter import FrameMeter, LocalHistogram, commit_time
+from monitoring.metrics.runs import count_incomplete
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,6 +128,15 @@ def test_a_counter_with_other_labels_than_its_first_use_is_logged_not_raised() -
     m.inc("unit_mixed_labels", other="b")  # a programming error: it must not fail the counted work
     assert m.counter("unit_mixed_labels", other="b") == 1
     assert value("chat_unit_mixed_labels_total", kind="a") == 1
+
+
+def test_an_incomplete_run_counts_once_per_missing_event_name_never_per_call_id() -> None:
+    before = {m: value("agent_runs_incomplete_total", missing=m) for m in ("tool_completed", "agent_thinking", "other")}
+    count_incomplete(["tool_completed of call 1", "tool_completed of call 2", "agent_thinking", "made-up"])
+    assert value("agent_runs_incomplete_total", missing="tool_completed") == before["tool_completed"] + 1
+    assert value("agent_runs_incomplete_total", missing="agent_thinking") == before["agent_thinking"] + 1
+    assert value("agent_runs_incomplete_total", missing="other") == before["other"] + 1
+    assert value("agent_runs_incomplete_total", missing="call") == 0
 
 
 CHILD = """
