@@ -372,8 +372,35 @@ OTHER_FRAMES = [
     session.NotificationFrame(
         seq=1,
         ts=TS,
-        data=session.NotificationData(kind="role_changed", conversation=CONV, title="t", role="viewer", by=2),
+        data=session.NotificationData(
+            id=RUN,
+            kind="role_changed",
+            priority="low",
+            conversation=CONV,
+            seq=None,
+            actor=ALICE,
+            preview="You are now viewer in t",
+            created_at=TS,
+            title="t",
+            role="viewer",
+            by=2,
+        ),
     ),
+    session.NotificationFrame(
+        seq=2,
+        ts=TS,
+        data=session.NotificationData(
+            id=RUN,
+            kind="mention",
+            priority="normal",
+            conversation=CONV,
+            seq=7,
+            actor=ALICE,
+            preview="@bob can you look?",
+            created_at=TS,
+        ),
+    ),
+    session.NotificationsReadFrame(data=session.NotificationsReadData(up_to_seq=2, unread=0)),
     replies.ErrorFrame(error=common.ErrorBody(code="not_found", message="conversation not found")),
 ]
 COMMAND_SAMPLES: list[msgspec.Struct] = [
@@ -407,7 +434,7 @@ REPLY_SAMPLES: dict[str, msgspec.Struct] = {
     "presence": replies.PresenceReply(
         conversation=CONV, members=[replies.Member(user=ALICE, online=False, last_seen=TS)]
     ),
-    "sync_notifications": replies.SyncNotificationsReply(head_seq=0),
+    "sync_notifications": replies.SyncNotificationsReply(head_seq=0, until_seq=0, has_more=False),
     "auth": replies.AuthReply(expires_at=TS),
     "ping": replies.PingReply(server_time=TS),
 }
