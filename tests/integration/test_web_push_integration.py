@@ -187,3 +187,13 @@ def test_one_pass_mails_as_many_users_as_its_batch_however_many_notifications_ea
     assert digest.send_digests(now=timezone.now()) == 2
     assert sorted(m.to[0] for m in mailoutbox) == ["reader0@example.com", "reader1@example.com"]
     assert "standup in 5" in mailoutbox[0].body
+
+
+def test_the_service_worker_is_served_from_the_root_as_javascript(client: Any) -> None:
+    """Its scope is its script's directory: /sw.js covers every page, /static/chat/sw.js none."""
+    answer = client.get("/sw.js")
+    assert answer.status_code == 200
+    assert answer["Content-Type"] == "application/javascript; charset=utf-8"
+    assert answer["Service-Worker-Allowed"] == "/"
+    assert answer["Cache-Control"] == "no-cache"
+    assert b"showNotification" in answer.content
