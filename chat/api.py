@@ -20,9 +20,10 @@ from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 from chat import selectors
 from chat.errors import NotFound, ServiceError
 from chat.infra import rate_limiter
-from chat.models import ConversationMember, Workspace, WorkspaceMember
+from chat.models import AuthorKind, ConversationMember, Workspace, WorkspaceMember
 from chat.serializers import (
     ConversationCreateSerializer,
+    ConversationUpdateSerializer,
     EventsQuerySerializer,
     MemberAddSerializer,
     WorkspaceCreateSerializer,
@@ -30,6 +31,7 @@ from chat.serializers import (
 from chat.services import accounts, login_guard
 from chat.services import conversations as conversation_services
 from chat.tiers import limits_for
+from chat.wire.frames import rfc3339
 
 ERROR_STATUS = {"bad_request": 400, "forbidden": 403, "not_found": 404, "conflict": 409, "too_large": 413}
 
@@ -138,8 +140,38 @@ def conversation_json(access: selectors.Access) -> dict[str, Any]:
         "title": access.title,
         "workspace": access.workspace_id,
         "agent": access.agent or None,
+        "agent_mode": access.agent_mode,
         "role": access.role,
         "head_seq": access.head_seq,
+    }
+
+
+def conversation_item_json(m: ConversationMember) -> dict[str, Any]:
+    """A list item: the conversation as the caller sees it, with their read state (§10); `m` is a
+    row of `selectors.conversations_for_user`, whose annotations carry the counts."""
+    conversation = m.conversation
+    last = m.last_message  # type: ignore[attr-defined]
+    last_message = None
+    if last is not None:
+        kind = last["kind"]
+        username = last["username"] or (conversation.agent if kind == AuthorKind.AGENT else selectors.DELETED_AUTHOR)
+        last_message = {
+            "author": {"id": last["author_id"], "username": username, "kind": kind},
+            "preview": last["preview"],
+            "created_at": rfc3339(m.last_activity_at),  # type: ignore[attr-defined]
+        }
+    return {
+        "id": str(m.conversation_id),
+        "title": conversation.title,
+        "workspace": str(conversation.workspace_id),
+        "agent": conversation.agent or None,
+        "agent_mode": conversation.agent_mode,
+        "role": m.role,
+        "head_seq": conversation.last_seq,
+        "unread": m.unread,  # type: ignore[attr-defined]
+        "last_read_seq": m.last_read_seq,
+        "last_activity_at": rfc3339(m.last_activity_at),  # type: ignore[attr-defined]
+        "last_message": last_message,
     }
 
 
@@ -157,19 +189,7 @@ def member_access(user_id: int, conversation_id: object) -> selectors.Access:
 class ConversationList(APIView):
     def get(self, request: Request) -> Response:
         rows = selectors.conversations_for_user(user_id=uid(request))
-        return Response(
-            [
-                {
-                    "id": str(m.conversation_id),
-                    "title": m.conversation.title,
-                    "workspace": str(m.conversation.workspace_id),
-                    "agent": m.conversation.agent or None,
-                    "role": m.role,
-                    "head_seq": m.conversation.last_seq,
-                }
-                for m in rows
-            ]
-        )
+        return Response([conversation_item_json(m) for m in rows])
 
     def post(self, request: Request) -> Response:
         body = ConversationCreateSerializer(data=request.data)
@@ -180,6 +200,7 @@ class ConversationList(APIView):
                 title=body.validated_data["title"],
                 workspace_id=body.validated_data.get("workspace"),
                 agent="assistant" if body.validated_data["agent"] else "",
+                agent_mode=body.validated_data["agent_mode"],
             )
         except ServiceError as exc:
             return error_response(exc)
@@ -190,6 +211,21 @@ class ConversationList(APIView):
 class ConversationDetail(APIView):
     def get(self, request: Request, conversation_id: str) -> Response:
         return Response(conversation_json(member_access(uid(request), conversation_id)))
+
+    def patch(self, request: Request, conversation_id: str) -> Response:
+        """Only `agent_mode` can be changed, by the owner (docs/protocol.md §8)."""
+        access = member_access(uid(request), conversation_id)
+        body = ConversationUpdateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            conversation_services.conversation_agent_mode_set(
+                conversation_id=access.conversation_id,
+                actor_id=uid(request),
+                agent_mode=body.validated_data["agent_mode"],
+            )
+        except ServiceError as exc:
+            return error_response(exc)
+        return Response(conversation_json(member_access(uid(request), access.conversation_id)))
 
 
 class ConversationMembers(APIView):

@@ -7,10 +7,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import F, IntegerField, JSONField, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce, JSONObject, Left
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
@@ -18,6 +19,7 @@ from rest_framework_simplejwt.utils import get_md5_hash_password
 
 from chat.errors import NotFound
 from chat.models import (
+    AgentMode,
     AuthorKind,
     Conversation,
     ConversationMember,
@@ -40,6 +42,7 @@ class Access:
     agent: str
     title: str
     workspace_id: str
+    agent_mode: str = AgentMode.AUTO
 
     @property
     def can_write(self) -> bool:
@@ -70,6 +73,7 @@ def conversation_for_member(*, user_id: int, conversation_id: object) -> Access:
             "role",
             "conversation__last_seq",
             "conversation__agent",
+            "conversation__agent_mode",
             "conversation__title",
             "conversation__workspace_id",
         )
@@ -84,14 +88,44 @@ def conversation_for_member(*, user_id: int, conversation_id: object) -> Access:
         agent=row["conversation__agent"],
         title=row["conversation__title"],
         workspace_id=str(row["conversation__workspace_id"]),
+        agent_mode=row["conversation__agent_mode"],
     )
 
 
+# The unread count of a conversation stops here: counting a backlog of millions would read every row
+# of it for a badge that shows "999+" anyway (docs/protocol.md §10).
+UNREAD_COUNT_MAX = 1000
+# Characters of the newest message a conversation list item previews.
+PREVIEW_CHARS = 120
+
+
+class _CappedCount(Subquery):
+    """COUNT(*) over a sliced subquery: stops at the slice's size instead of reading every row."""
+
+    template = "(SELECT COUNT(*) FROM (%(subquery)s) AS capped)"
+    output_field = IntegerField()
+
+
 def conversations_for_user(*, user_id: int) -> QuerySet[ConversationMember]:
+    """The user's memberships with their conversations, newest activity first, each annotated with
+    `unread` (messages above the user's marker the user did not write, capped), `last_activity_at`
+    (the newest message's time, else the conversation's creation) and `last_message` (a dict of
+    `author_id`, `username`, `kind`, `preview`, or None). One query for the whole list."""
+    messages = Message.objects.filter(conversation_id=OuterRef("conversation_id"), seq__isnull=False)
+    unread = messages.filter(seq__gt=OuterRef("last_read_seq")).exclude(author_id=user_id).values("id")
+    newest = messages.order_by("-seq")
+    summary = JSONObject(
+        author_id="author_id", username="author__username", kind="author_kind", preview=Left("text", PREVIEW_CHARS)
+    )
     return (
         ConversationMember.objects.filter(user_id=user_id)
         .select_related("conversation")
-        .order_by("-conversation__created_at")
+        .annotate(
+            unread=_CappedCount(unread[:UNREAD_COUNT_MAX]),
+            last_activity_at=Coalesce(Subquery(newest.values("created_at")[:1]), F("conversation__created_at")),
+            last_message=Subquery(newest.values(summary=summary)[:1], output_field=JSONField()),
+        )
+        .order_by("-last_activity_at", "-conversation__created_at")
     )
 
 
@@ -189,13 +223,35 @@ def conversation_members(*, conversation_id: str) -> list[ConversationMember]:
     return list(ConversationMember.objects.filter(conversation_id=conversation_id).select_related("user"))
 
 
-def member_names(*, conversation_id: str) -> list[tuple[int, str]]:
-    """(user id, username) of every member, by username: the presence list's rows."""
+def member_names(*, conversation_id: str) -> list[tuple[int, str, int]]:
+    """(user id, username, read marker) of every member, by username: the presence list's rows."""
     return list(
         ConversationMember.objects.filter(conversation_id=conversation_id)
-        .values_list("user_id", "user__username")
+        .values_list("user_id", "user__username", "last_read_seq")
         .order_by("user__username")
     )
+
+
+@dataclass(frozen=True)
+class SubscriptionState:
+    """What a `subscribe` reply tells the caller about the conversation and their own place in it."""
+
+    head_seq: int
+    last_read_seq: int
+    draft: str
+    draft_updated_at: datetime | None
+
+
+def subscription_state(*, conversation_id: str, user_id: int) -> SubscriptionState:
+    """The head, the member's read marker and draft: one query (NotFound once the membership is gone)."""
+    row = (
+        ConversationMember.objects.filter(conversation_id=conversation_id, user_id=user_id)
+        .values_list("conversation__last_seq", "last_read_seq", "draft", "draft_updated_at")
+        .first()
+    )
+    if row is None:
+        raise NotFound()
+    return SubscriptionState(int(row[0]), int(row[1]), row[2], row[3])
 
 
 def messages_before(*, conversation_id: str, before_seq: int, limit: int) -> list[tuple[str, str]]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from chat.models import Role
+from chat.models import AgentMode, Role
 
 
 class ConversationCreateSerializer(serializers.Serializer):
     title = serializers.CharField(max_length=200, allow_blank=False, trim_whitespace=True)
     workspace = serializers.UUIDField(required=False, allow_null=True)
     agent = serializers.BooleanField(required=False, default=True)
+    agent_mode = serializers.ChoiceField(choices=AgentMode.values, required=False, default=AgentMode.AUTO)
 
 
 class MemberAddSerializer(serializers.Serializer):
@@ -25,3 +26,7 @@ class EventsQuerySerializer(serializers.Serializer):
 
 class WorkspaceCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200, allow_blank=False, trim_whitespace=True)
+
+
+class ConversationUpdateSerializer(serializers.Serializer):
+    agent_mode = serializers.ChoiceField(choices=AgentMode.values)

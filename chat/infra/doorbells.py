@@ -28,18 +28,20 @@ class EphemeralDoorbell(TypedDict):
     exclude_session: str | None
 
 
-UserAction = Literal["close", "revoke", "role", "notification"]
+UserAction = Literal["close", "revoke", "role", "notification", "frame"]
 
 
 class UserMessage(TypedDict):
     """What every socket of one user must hear: close (with `code`), revoke or role (with
-    `conversation`, and `role`), or a stored notification's `frame`."""
+    `conversation`, and `role`), a stored notification's `frame`, or a `frame` for the user's own
+    sockets subscribed to `conversation` but `exclude_session` (a draft saved on another device)."""
 
     action: UserAction
     code: NotRequired[int]
     conversation: NotRequired[str]
     role: NotRequired[str]
     frame: NotRequired[str]
+    exclude_session: NotRequired[str]
 
 
 class UserDoorbell(UserMessage):

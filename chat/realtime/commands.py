@@ -97,17 +97,28 @@ async def subscribe(session: Session, fields: wire.Subscribe) -> dict[str, Any]:
     session.subscriptions.add(conversation_id)
     try:
         await access_for(session, conversation_id)  # a removal published before the join missed this socket
-        head_seq, active = await database_sync_to_async(_head_and_runs)(conversation_id)
+        state, active = await database_sync_to_async(_state_and_runs)(conversation_id, session.identity.user_id)
+    except NotFound as exc:  # removed between the two reads
+        await session.drop_subscription(conversation_id)
+        raise NOT_FOUND from exc
     except BaseException:
         if not already:  # no half-registered subscription that silently receives nothing
             await session.drop_subscription(conversation_id)
         raise
+    head_seq = state.head_seq
     session.hub.observe_head(conversation_id, head_seq)
     session.subscription_access[conversation_id] = access
-    result: dict[str, Any] = {"conversation": conversation_id, "head_seq": head_seq, "active_runs": active}
+    result: dict[str, Any] = {
+        "conversation": conversation_id,
+        "head_seq": head_seq,
+        "active_runs": active,
+        "last_read_seq": state.last_read_seq,
+    }
     resume = resume_from(head_seq=head_seq, since_seq=since_seq, replay_limit=session.limits.replay_limit)
     if resume.recovered is not None:
         result["recovered"] = resume.recovered
+    if state.draft and state.draft_updated_at is not None:
+        result["draft"] = {"text": state.draft, "updated_at": rfc3339(state.draft_updated_at)}
     if not (already and since_seq is None):
         # (A repeated subscribe without since_seq keeps the stream where it is: restarting it at
         # the head read above could resend an event the socket already got.)
@@ -115,12 +126,17 @@ async def subscribe(session: Session, fields: wire.Subscribe) -> dict[str, Any]:
             lambda: session.outbox.start_stream(conversation_id, from_seq=resume.start_seq, up_to_seq=head_seq)
         )
     await ephemeral.presence_join(session, conversation_id)  # best effort: never raises
+    if active:
+        # Co-viewing: who is watching the live run(s) now, this socket's user included.
+        watchers = await ephemeral.watchers(conversation_id, session.user_public())
+        for run in active:
+            run["watchers"] = watchers
     return result
 
 
-def _head_and_runs(conversation_id: str) -> tuple[int, list[dict[str, Any]]]:
-    head = selectors.conversation_head(conversation_id=conversation_id)
-    return head, run_selectors.active_runs(conversation_id=conversation_id)
+def _state_and_runs(conversation_id: str, user_id: int) -> tuple[selectors.SubscriptionState, list[dict[str, Any]]]:
+    state = selectors.subscription_state(conversation_id=conversation_id, user_id=user_id)
+    return state, run_selectors.active_runs(conversation_id=conversation_id)
 
 
 @command("unsubscribe", wire.Unsubscribe)
@@ -150,6 +166,7 @@ async def send(session: Session, fields: wire.Send) -> dict[str, Any]:
         username=session.identity.username,
         can_write=access.can_write,
         agent=access.agent,
+        agent_mode=access.agent_mode,
         client_msg_id=client_msg_id,
         text=text,
     )
@@ -237,14 +254,35 @@ async def approve(session: Session, fields: wire.Approve) -> dict[str, Any]:
 async def read(session: Session, fields: wire.Read) -> None:
     seq = fields.seq
     access = await access_for(session, fields.conversation)
-    stored = await call(
-        conversation_services.read_marker_set,
+    moved = await call(
+        conversation_services.read_marker_move,
         conversation_id=access.conversation_id,
         user_id=session.identity.user_id,
         seq=seq,
     )
-    await ephemeral.broadcast(session, access.conversation_id, "read", {"user": session.user_public(), "seq": stored})
+    if moved is not None:
+        # To every socket on the conversation but this one: the other members' and this user's own
+        # other tabs and devices alike, which move their marker with it (docs/protocol.md §10).
+        await ephemeral.broadcast(
+            session, access.conversation_id, "read", {"user": session.user_public(), "seq": moved}
+        )
     return None
+
+
+@command("draft", wire.Draft)
+async def draft(session: Session, fields: wire.Draft) -> dict[str, Any]:
+    access = await access_for(session, fields.conversation)
+    if not access.can_write:
+        raise ProtocolError("forbidden", "viewers cannot write drafts")
+    updated_at = await call(
+        conversation_services.draft_save,
+        conversation_id=access.conversation_id,
+        user_id=session.identity.user_id,
+        text=fields.text,
+        max_chars=session.limits.max_text_chars,
+        origin_session=session.session_id,
+    )
+    return {"conversation": access.conversation_id, "updated_at": rfc3339(updated_at)}
 
 
 @command("typing", wire.Typing)

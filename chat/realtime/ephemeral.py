@@ -204,14 +204,28 @@ async def members(conversation_id: str) -> list[dict[str, Any]]:
     online, seen = await redis_call(functools.partial(store().online, conversation_id, time.time()))
     rows = await database_sync_to_async(selectors.member_names)(conversation_id=conversation_id)
     out = []
-    for user_id, username in rows:
+    for user_id, username, last_read_seq in rows:
         last = seen.get(str(user_id))
         out.append(
             {
                 "user": {"id": user_id, "username": username},
                 "online": user_id in online,
                 "last_seen": None if user_id in online or last is None else rfc3339(datetime.fromtimestamp(last, UTC)),
+                "last_read_seq": last_read_seq,
             }
         )
     return out
 
+
+async def watchers(conversation_id: str, me: dict[str, Any]) -> list[dict[str, Any]]:
+    """Co-viewing: the members with a socket subscribed to the conversation now (its presence),
+    by username, `me` always among them. Who watches a live run is exactly who is present while it
+    runs; `presence` events keep a client's list current. Best effort: without Redis, just `me`."""
+    try:
+        online, _ = await redis_call(functools.partial(store().online, conversation_id, time.time()))
+        rows = await database_sync_to_async(selectors.member_names)(conversation_id=conversation_id)
+    except Exception:
+        logger.warning("watchers of %s unknown", conversation_id, exc_info=True)
+        return [me]
+    found = [{"id": user_id, "username": username} for user_id, username, _ in rows if user_id in online]
+    return found if any(user["id"] == me["id"] for user in found) else sorted([*found, me], key=lambda u: u["username"])

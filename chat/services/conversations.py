@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from chat.errors import ServiceError
 from chat.models import (
+    AgentMode,
     Conversation,
     ConversationMember,
     Role,
@@ -17,9 +20,12 @@ from chat.models import (
     Workspace,
     WorkspaceMember,
 )
+from chat.publishing import UserTold, after_commit
 from chat.selectors import conversation_for_member
 from chat.services.accounts import membership_revoked, membership_role_changed
 from chat.services.notifications import notify_membership
+from chat.wire import encode
+from chat.wire.frames import rfc3339
 
 
 @transaction.atomic
@@ -85,12 +91,19 @@ class CreatedConversation:
 
 @transaction.atomic
 def conversation_create(
-    *, creator: User, title: str, workspace_id: uuid.UUID | str | None = None, agent: str = "assistant"
+    *,
+    creator: User,
+    title: str,
+    workspace_id: uuid.UUID | str | None = None,
+    agent: str = "assistant",
+    agent_mode: str = AgentMode.AUTO,
 ) -> CreatedConversation:
     """A conversation in a workspace where the creator may write; the creator becomes its owner."""
     title = title.strip()
     if not title or len(title) > 200:
         raise ServiceError("bad_request", "title must be 1-200 characters")
+    if agent_mode not in AgentMode.values:
+        raise ServiceError("bad_request", f"agent_mode must be one of {', '.join(AgentMode.values)}")
     if workspace_id is None:
         workspace = personal_workspace_for(user=creator)
     else:
@@ -102,7 +115,9 @@ def conversation_create(
         if membership.role == Role.VIEWER:
             raise ServiceError("forbidden", "viewers cannot create conversations")
         workspace = membership.workspace
-    conversation = Conversation.objects.create(workspace=workspace, title=title, agent=agent, created_by=creator)
+    conversation = Conversation.objects.create(
+        workspace=workspace, title=title, agent=agent, agent_mode=agent_mode, created_by=creator
+    )
     ConversationMember.objects.create(conversation=conversation, user=creator, role=Role.OWNER)
     return CreatedConversation(conversation, Role.OWNER)
 
@@ -188,10 +203,60 @@ def conversation_member_remove(*, conversation_id: str, actor_id: int, user_id: 
 @transaction.atomic
 def read_marker_set(*, conversation_id: str, user_id: int, seq: int) -> int:
     """Move the caller's read marker forward (never back, never past the head). Returns it."""
-    conv_head = Conversation.objects.filter(id=conversation_id).values_list("last_seq", flat=True).get()
-    seq = max(0, min(seq, conv_head))
-    member = ConversationMember.objects.select_for_update().get(conversation_id=conversation_id, user_id=user_id)
-    if seq > member.last_read_seq:
-        member.last_read_seq = seq
-        member.save(update_fields=["last_read_seq"])
-    return member.last_read_seq
+    moved = read_marker_move(conversation_id=conversation_id, user_id=user_id, seq=seq)
+    if moved is not None:
+        return moved
+    return int(
+        ConversationMember.objects.filter(conversation_id=conversation_id, user_id=user_id)
+        .values_list("last_read_seq", flat=True)
+        .get()
+    )
+
+
+def read_marker_move(*, conversation_id: str, user_id: int, seq: int) -> int | None:
+    """Move the member's read marker up to `seq`, clamped to the head: the new marker, or None when
+    it stayed (a lower or equal seq, or no such member). The update compares the row's own value,
+    so two tabs racing can never move it back."""
+    head = Conversation.objects.filter(id=conversation_id).values_list("last_seq", flat=True).get()
+    target = max(0, min(seq, int(head)))
+    moved = ConversationMember.objects.filter(
+        conversation_id=conversation_id, user_id=user_id, last_read_seq__lt=target
+    ).update(last_read_seq=target)
+    return target if moved else None
+
+
+@transaction.atomic
+def draft_save(*, conversation_id: str, user_id: int, text: str, max_chars: int, origin_session: str) -> datetime:
+    """Store the member's draft of a conversation ("" clears it) and, once committed, hand it to
+    the user's other sockets subscribed to that conversation (not `origin_session`, which wrote it).
+    Last write wins: the newest save is what every device shows."""
+    if len(text) > max_chars:
+        raise ServiceError("too_large", f"a draft must be at most {max_chars} characters")
+    now = timezone.now()
+    saved = ConversationMember.objects.filter(conversation_id=conversation_id, user_id=user_id).update(
+        draft=text, draft_updated_at=now
+    )
+    if not saved:
+        raise ServiceError("not_found", "conversation not found")
+    frame = encode(
+        {"type": "draft", "conversation": conversation_id, "data": {"text": text, "updated_at": rfc3339(now)}}
+    )
+    after_commit(
+        UserTold(
+            user_id,
+            {"action": "frame", "conversation": conversation_id, "frame": frame, "exclude_session": origin_session},
+        )
+    )
+    return now
+
+
+@transaction.atomic
+def conversation_agent_mode_set(*, conversation_id: str, actor_id: int, agent_mode: str) -> str:
+    """Change when the conversation's agent answers (docs/protocol.md §8). Only the owner may."""
+    access = conversation_for_member(user_id=actor_id, conversation_id=conversation_id)
+    if not access.is_owner:
+        raise ServiceError("forbidden", "only the conversation owner may change when the agent answers")
+    if agent_mode not in AgentMode.values:
+        raise ServiceError("bad_request", f"agent_mode must be one of {', '.join(AgentMode.values)}")
+    Conversation.objects.filter(id=access.conversation_id).update(agent_mode=agent_mode)
+    return agent_mode

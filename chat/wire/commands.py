@@ -32,6 +32,8 @@ from chat.wire.common import (
 ClientMsgId = Annotated[str, Meta(min_length=1, max_length=MAX_CLIENT_MSG_ID_CHARS, pattern=STORABLE_PATTERN)]
 Token = Annotated[str, Meta(min_length=1, max_length=MAX_TOKEN_CHARS, pattern=STORABLE_PATTERN)]
 PageSize = Annotated[int, Meta(ge=1, le=HISTORY_PAGE_MAX)]
+# A draft may be empty (it clears the draft); its length is bounded by the tier, like `send`'s text.
+DraftText = Annotated[str, Meta(pattern=STORABLE_PATTERN)]
 
 
 # Optional integer fields are `X | None = None`: a client may send null for "not given" (the
@@ -75,6 +77,13 @@ class Read(CommandFields):
     seq: NonNegative
 
 
+class Draft(CommandFields):
+    """(extension, §10) Save the caller's unsent text of a conversation; "" clears it."""
+
+    conversation: str
+    text: DraftText
+
+
 class Cancel(CommandFields):
     run_id: str
 
@@ -115,6 +124,7 @@ COMMANDS: dict[str, type[CommandFields]] = {
     "history": History,
     "typing": Typing,
     "read": Read,
+    "draft": Draft,
     "cancel": Cancel,
     "approve": Approve,
     "presence": Presence,

@@ -38,6 +38,8 @@ class MessageData(ServerData):
     created_at: Timestamp
     # Always present: null for a person's message.
     run_id: Uuid | None
+    # The ids of the members the text mentions (§8). Events stored before mentions existed lack it.
+    mentions: list[int] = msgspec.field(default_factory=list)
 
 
 class AgentStartedData(ServerData):
@@ -167,6 +169,13 @@ class PresenceData(ServerData):
     left: list[UserRef]
 
 
+class DraftData(ServerData):
+    """(extension, §10) The user's draft of a conversation, to their own other sockets only."""
+
+    text: str
+    updated_at: Timestamp
+
+
 # --- whole frames -----------------------------------------------------------------------------------
 # Tagged by `type`, so a list of them (history's `events`) decodes each to its own class.
 
@@ -282,7 +291,12 @@ class PresenceEvent(_Frame, tag="presence"):
     data: PresenceData
 
 
-EphemeralEvent = TypingEvent | ReadEvent | PresenceEvent
+class DraftEvent(_Frame, tag="draft"):
+    conversation: Uuid
+    data: DraftData
+
+
+EphemeralEvent = TypingEvent | ReadEvent | PresenceEvent | DraftEvent
 
 DURABLE_DATA: dict[str, type[ServerData]] = {
     "message": MessageData,
@@ -302,6 +316,7 @@ EPHEMERAL_DATA: dict[str, type[ServerData]] = {
     "typing": TypingData,
     "read": ReadData,
     "presence": PresenceData,
+    "draft": DraftData,
 }
 
 EVENT_FRAMES: dict[str, type[msgspec.Struct]] = {
@@ -319,4 +334,5 @@ EVENT_FRAMES: dict[str, type[msgspec.Struct]] = {
     "typing": TypingEvent,
     "read": ReadEvent,
     "presence": PresenceEvent,
+    "draft": DraftEvent,
 }

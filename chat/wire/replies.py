@@ -25,17 +25,29 @@ class ActiveRun(ServerData):
     # The answer streamed so far, and the seq of the last agent_delta folded into it (0: none yet).
     text: str
     seq: NonNegative
+    # (extension) Co-viewing: the members with a socket subscribed to the conversation when the
+    # reply was made, the caller included; `presence` events keep it current.
+    watchers: list[UserRef] = msgspec.field(default_factory=list)
     # (extension, §11) The open approval_requested of a waiting_approval run (its data); absent
     # for every other run.
     approval: ApprovalRequestedData | None = None
+
+
+class SavedDraft(ServerData):
+    text: str
+    updated_at: Timestamp
 
 
 class SubscribeReply(ServerData, omit_defaults=True):
     conversation: Uuid
     head_seq: NonNegative
     active_runs: list[ActiveRun]
+    # The caller's read marker (§10).
+    last_read_seq: NonNegative
     # Only when the command gave `since_seq`.
     recovered: bool | None = None
+    # (extension) The caller's saved draft, only when there is one.
+    draft: SavedDraft | None = None
 
 
 class UnsubscribeReply(ServerData):
@@ -81,11 +93,18 @@ class Member(ServerData):
     online: bool
     # null while online, or if never seen.
     last_seen: Timestamp | None
+    # (extension) The member's read marker (§10).
+    last_read_seq: NonNegative
 
 
 class PresenceReply(ServerData):
     conversation: Uuid
     members: list[Member]
+
+
+class DraftReply(ServerData):
+    conversation: Uuid
+    updated_at: Timestamp
 
 
 class SyncNotificationsReply(ServerData):
@@ -116,6 +135,7 @@ REPLIES: dict[str, type[ServerData]] = {
     "history": HistoryReply,
     "typing": EmptyReply,
     "read": EmptyReply,
+    "draft": DraftReply,
     "cancel": CancelReply,
     "approve": ApproveReply,
     "presence": PresenceReply,

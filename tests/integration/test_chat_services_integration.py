@@ -934,7 +934,7 @@ def test_message_check_returns_the_draft_of_a_new_key(make_user: Any) -> None:
     # The limits are inclusive, and the text is measured (and kept) stripped.
     draft = check(conv, owner, client_msg_id="k" * 64, text="  " + "x" * limit + "\n")
 
-    assert draft == MessageDraft(conv, owner.id, owner.username, "k" * 64, "x" * limit, "assistant")
+    assert draft == MessageDraft(conv, owner.id, owner.username, "k" * 64, "x" * limit, "assistant", True)
     assert draft.starts_run is True
     assert db_state() == before
 
@@ -1013,7 +1013,7 @@ def test_message_write_in_an_agent_conversation_queues_a_run_and_wakes_the_runne
     owner = make_user()
     conv = factories.conversation_sync(owner, agent="helper")
 
-    result = message_write(draft=MessageDraft(conv, owner.id, owner.username, "k1", "what is 2+2?", "helper"))
+    result = message_write(draft=MessageDraft(conv, owner.id, owner.username, "k1", "what is 2+2?", "helper", True))
 
     run = AgentRun.objects.get()
     assert result == SendResult(result.message_id, 1, False, str(run.id))

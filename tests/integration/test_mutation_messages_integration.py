@@ -57,7 +57,7 @@ def test_send_checks_at_their_bounds(make_user: Any, settings: Any) -> None:
     owner = make_user()
     conv = conversation_sync(owner, agent="")
     draft = _check(conv, owner, client_msg_id="x" * 64, agent="assistant")
-    assert draft == MessageDraft(conv, owner.id, owner.username, "x" * 64, "hello", "assistant")
+    assert draft == MessageDraft(conv, owner.id, owner.username, "x" * 64, "hello", "assistant", True)
     assert draft.starts_run is True
     assert _check(conv, owner).starts_run is False  # type: ignore[union-attr]
     settings.CHAT_MAX_TEXT_CHARS = 5

@@ -22,10 +22,13 @@ def conversation_sync(
     members: tuple[tuple[Any, str], ...] = (),
     title: str = "t",
     workspace_id: Any = None,
+    agent_mode: str = "auto",
 ) -> str:
-    """A conversation `owner` creates (with `agent`, "" for people only), with `members` added by
-    the owner as (user, role); returns its id."""
-    created = conversation_create(creator=owner, title=title, agent=agent, workspace_id=workspace_id)
+    """A conversation `owner` creates (with `agent`, "" for people only, answering by `agent_mode`),
+    with `members` added by the owner as (user, role); returns its id."""
+    created = conversation_create(
+        creator=owner, title=title, agent=agent, workspace_id=workspace_id, agent_mode=agent_mode
+    )
     conv = str(created.conversation.id)
     for user, role in members:
         conversation_member_add(conversation_id=conv, actor_id=owner.id, username=user.username, role=role)
@@ -39,9 +42,10 @@ async def conversation(
     members: tuple[tuple[Any, str], ...] = (),
     title: str = "t",
     workspace_id: Any = None,
+    agent_mode: str = "auto",
 ) -> str:
     return await database_sync_to_async(conversation_sync)(
-        owner, agent=agent, members=members, title=title, workspace_id=workspace_id
+        owner, agent=agent, members=members, title=title, workspace_id=workspace_id, agent_mode=agent_mode
     )
 
 

@@ -38,7 +38,10 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
 # Shorthand objects of the doc → the schema they describe.
 SHORTHAND: dict[str, type[msgspec.Struct]] = {
-    ('{"run_id","agent","status":"queued"|"running"|"waiting_approval","text","seq","approval"}'): replies.ActiveRun,
+    (
+        '{"run_id","agent","status":"queued"|"running"|"waiting_approval","text","seq",'
+        '"watchers":[{"id","username"}],"approval"}'
+    ): replies.ActiveRun,
     '{"id","username"}': events.CancelledBy,  # agent_cancelled.data.by
     '{"run_id","call_id","decision":"approve"|"reject","arguments"}': wc.Approve,
     '{"run_id","call_id","tool","arguments","reason","approver_role","expires_at"}': events.ApprovalRequestedData,
@@ -52,6 +55,11 @@ SHORTHAND: dict[str, type[msgspec.Struct]] = {
 NOT_WIRE: dict[str, str] = {
     '{"username", "role": "member"|"viewer"}': "invite_member's arguments (agents/tools.py), inside approval events",
     '{"error":{"code","message"}}': "the REST error body (§7); chat.wire declares socket frames only",
+    '{"seq","ts","data","read"}': "an item of the REST notification list (§9)",
+    '{"up_to_seq": N}': "the REST body of POST /api/me/notifications/read/ (§9)",
+    '{"endpoint"}': "the REST body of DELETE /api/me/push-subscriptions/ (§9)",
+    '{"agent_mode": "auto" | "always" | "mention" | "off"}': "the REST body of PATCH /api/conversations/{id}/ (§8)",
+    '{"author":{"id","username","kind"},"preview","created_at"}': "a REST list item's last_message (§10)",
 }
 # The real counts today; lower ones mean the extraction stopped finding examples.
 MIN_FRAMES = 3
@@ -358,6 +366,7 @@ OTHER_FRAMES = [
     events.TypingEvent(conversation=CONV, data=events.TypingData(user=ALICE, state="start", expires_ms=6000)),
     events.ReadEvent(conversation=CONV, data=events.ReadData(user=ALICE, seq=4)),
     events.PresenceEvent(conversation=CONV, data=events.PresenceData(joined=[ALICE], left=[])),
+    events.DraftEvent(conversation=CONV, data=events.DraftData(text="half a thought", updated_at=TS)),
     session.WelcomeFrame(
         data=session.WelcomeData(
             session_id="9f00",
@@ -410,6 +419,7 @@ COMMAND_SAMPLES: list[msgspec.Struct] = [
     wc.History(conversation=CONV, before_seq=10, limit=100),
     wc.Typing(conversation=CONV, state="stop"),
     wc.Read(conversation=CONV, seq=0),
+    wc.Draft(conversation=CONV, text=""),
     wc.Cancel(run_id=RUN),
     wc.Approve(run_id=RUN, call_id="call_1", decision="approve", arguments={"username": "bob", "role": "viewer"}),
     wc.Presence(conversation=CONV),
@@ -421,18 +431,21 @@ REPLY_SAMPLES: dict[str, msgspec.Struct] = {
     "subscribe": replies.SubscribeReply(
         conversation=CONV,
         head_seq=9,
-        active_runs=[replies.ActiveRun(run_id=RUN, agent="a", status="running", text="It", seq=6)],
+        active_runs=[replies.ActiveRun(run_id=RUN, agent="a", status="running", text="It", seq=6, watchers=[ALICE])],
+        last_read_seq=7,
         recovered=True,
+        draft=replies.SavedDraft(text="half a thought", updated_at=TS),
     ),
     "unsubscribe": replies.UnsubscribeReply(conversation=CONV),
     "send": replies.SendReply(conversation=CONV, message=replies.MessageRef(id=MSG, seq=1), duplicate=True, run_id=RUN),
     "history": replies.HistoryReply(conversation=CONV, events=DURABLE, has_more=False),
     "typing": replies.EmptyReply(),
     "read": replies.EmptyReply(),
+    "draft": replies.DraftReply(conversation=CONV, updated_at=TS),
     "cancel": replies.CancelReply(run_id=RUN, status="cancelling"),
     "approve": replies.ApproveReply(run_id=RUN, call_id="call_1", decision="reject"),
     "presence": replies.PresenceReply(
-        conversation=CONV, members=[replies.Member(user=ALICE, online=False, last_seen=TS)]
+        conversation=CONV, members=[replies.Member(user=ALICE, online=False, last_seen=TS, last_read_seq=3)]
     ),
     "sync_notifications": replies.SyncNotificationsReply(head_seq=0, until_seq=0, has_more=False),
     "auth": replies.AuthReply(expires_at=TS),
@@ -546,7 +559,7 @@ def test_absent_and_null_optional_command_fields_mean_the_same() -> None:
 @pytest.mark.parametrize(
     ("kind", "mutate", "field"),
     [
-        ("message", lambda d: d.update(mentions=[2]), "mentions"),  # a §8 field: not sent yet
+        ("message", lambda d: d.update(mentions=["2"]), "mentions[0]"),
         ("message", lambda d: d["author"].update(kind="bot"), "author.kind"),
         ("message", lambda d: d.pop("run_id"), "run_id"),
         ("message", lambda d: d.update(created_at="2026-11-24 00:00:00"), "created_at"),

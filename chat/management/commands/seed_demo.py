@@ -1,4 +1,4 @@
-"""Demo users and a demo conversation, idempotent: `make run` calls it on every start."""
+"""Demo users and demo conversations, idempotent: `make run` calls it on every start."""
 
 from __future__ import annotations
 
@@ -6,15 +6,18 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from chat.models import Conversation, Tier, User
+from chat.models import AgentMode, Conversation, Tier, User
 from chat.services.conversations import conversation_create, conversation_member_add, user_create
 
 DEMO_PASSWORD = "demo-password"
 DEMO_USERS = [("alice", Tier.PRO), ("bob", Tier.FREE), ("carol", Tier.ENTERPRISE)]
+# Three humans and the assistant in `auto` mode: the assistant answers only when addressed
+# (`@assistant`), and people mention each other with `@bob` (docs/protocol.md §8).
+TEAM_TITLE = "Demo: team room"
 
 
 class Command(BaseCommand):
-    help = "Create the demo users (alice, bob, carol; staff: admin) and a demo conversation."
+    help = "Create the demo users (alice, bob, carol; staff: admin) and the demo conversations."
 
     def handle(self, *args: Any, **options: Any) -> None:
         users = {}
@@ -26,7 +29,10 @@ class Command(BaseCommand):
                 username="admin", password=DEMO_PASSWORD, tier=Tier.ENTERPRISE, is_staff=True, is_superuser=True
             )
         if not Conversation.objects.filter(title="Demo: ask the assistant", created_by=users["alice"]).exists():
-            created = conversation_create(creator=users["alice"], title="Demo: ask the assistant")
+            # An assistant room: it answers every message, although three people are in it.
+            created = conversation_create(
+                creator=users["alice"], title="Demo: ask the assistant", agent_mode=AgentMode.ALWAYS
+            )
             conversation_member_add(
                 conversation_id=str(created.conversation.id), actor_id=users["alice"].id, username="bob", role="member"
             )
@@ -36,6 +42,15 @@ class Command(BaseCommand):
                 username="carol",
                 role="viewer",
             )
+        if not Conversation.objects.filter(title=TEAM_TITLE, created_by=users["alice"]).exists():
+            team = conversation_create(creator=users["alice"], title=TEAM_TITLE, agent_mode=AgentMode.AUTO)
+            for username in ("bob", "carol"):
+                conversation_member_add(
+                    conversation_id=str(team.conversation.id),
+                    actor_id=users["alice"].id,
+                    username=username,
+                    role="member",
+                )
         self.stdout.write(
             "Demo users: alice (pro), bob (free), carol (enterprise, viewer in the demo conversation), "
             f"admin (staff) — password for all: {DEMO_PASSWORD}"

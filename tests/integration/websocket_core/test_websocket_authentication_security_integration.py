@@ -522,7 +522,7 @@ async def test_deactivation_inside_a_transaction_also_closes_sockets_opened_befo
 
 
 # --- roles -----------------------------------------------------------------------------------------------
-VIEWER_REFUSED = ["send", "cancel", "typing"]
+VIEWER_REFUSED = ["send", "cancel", "typing", "draft"]
 VIEWER_ALLOWED = ["subscribe", "history", "read"]
 
 
@@ -533,7 +533,7 @@ async def test_a_viewer_reads_but_cannot_write(make_user: Any, settings: Any, co
     member = await database_sync_to_async(make_user)()
     viewer = await database_sync_to_async(make_user)()
     conv = await factories.conversation(owner, members=((member, "member"), (viewer, "viewer")))
-    run = await factories.message(conv, owner, "owner's question", client_msg_id="o")
+    run = await factories.message(conv, owner, "@assistant owner's question", client_msg_id="o")
     owner_client = await ws.connected(owner)
     await owner_client.command("subscribe", conversation=conv)
     client = await ws.connected(viewer)
@@ -542,6 +542,7 @@ async def test_a_viewer_reads_but_cannot_write(make_user: Any, settings: Any, co
         "send": {"conversation": conv, "client_msg_id": "v", "text": "viewer speaking"},
         "cancel": {"run_id": run.run_id},
         "typing": {"conversation": conv, "state": "start"},
+        "draft": {"conversation": conv, "text": "viewer's unsent words"},
         "subscribe": {"conversation": conv, "since_seq": 0},
         "history": {"conversation": conv},
         "read": {"conversation": conv, "seq": 99},
@@ -562,9 +563,10 @@ async def test_a_viewer_reads_but_cannot_write(make_user: Any, settings: Any, co
     if command == "subscribe":
         assert reply["head_seq"] == head
         replayed = await client.until(lambda f: f.get("type") == "message")
-        assert replayed["data"]["text"] == "owner's question"
+        assert replayed["data"]["text"] == "@assistant owner's question"
     if command == "history":
-        assert [e["data"].get("text") for e in reply["events"] if e["type"] == "message"] == ["owner's question"]
+        texts = [e["data"].get("text") for e in reply["events"] if e["type"] == "message"]
+        assert texts == ["@assistant owner's question"]
     if command == "read":
         read = await owner_client.until(lambda f: f.get("type") == "read")
         assert read["data"] == {"user": {"id": viewer.id, "username": viewer.username}, "seq": head}

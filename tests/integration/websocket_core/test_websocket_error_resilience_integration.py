@@ -297,7 +297,9 @@ async def test_redis_outage_degrades_gracefully_and_recovers_by_itself(
         "worker restart",
         interval=0.1,
     )
-    run = await a0.ok("send", conversation=agent_conv, client_msg_id="prompt", text="hello while redis is down")
+    run = await a0.ok(
+        "send", conversation=agent_conv, client_msg_id="prompt", text="@assistant hello while redis is down"
+    )
     ended = await b1.until(run_ended(run["run_id"]), timeout=30)
     assert ended["type"] == "agent_completed", ended
     assert stack.child("runworker").pid == new_worker, "the worker exited on the dead channel layer"
@@ -475,7 +477,7 @@ async def test_postgres_refusing_connections_degrades_gracefully_and_recovers(
     print(f"PostgreSQL back: both processes serve commands after {time.monotonic() - restored:.1f}s")
 
     # The agent worker claims runs again: a prompt after the outage gets its answer.
-    run = await until_ok(a0, "send", conversation=agent_conv, client_msg_id="prompt", text="hello agent")
+    run = await until_ok(a0, "send", conversation=agent_conv, client_msg_id="prompt", text="@assistant hello agent")
     ended = await b1.until(run_ended(run["run_id"]), timeout=30)
     assert ended["type"] == "agent_completed", ended
     for sock in (a0, b1):

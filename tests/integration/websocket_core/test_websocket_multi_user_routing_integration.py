@@ -818,7 +818,8 @@ async def test_a_removed_member_stops_receiving_at_once_and_then_finds_nothing(m
 
     owner = await database_sync_to_async(make_user)()
     member = await database_sync_to_async(make_user)()
-    conv = await factories.conversation(owner, members=((member, "member"),))
+    # `always`: the owner's message starts a run, whose id the removed member then probes.
+    conv = await factories.conversation(owner, members=((member, "member"),), agent_mode="always")
     owner_client, _, _ = await Client.connect(owner)
     await owner_client.recv()
     await owner_client.command("subscribe", conversation=conv)
@@ -862,7 +863,7 @@ async def test_the_agents_history_search_never_reaches_into_another_conversation
     settings.AGENT_RUNNER = "inprocess"
     alice = await database_sync_to_async(make_user)()
     bob = await database_sync_to_async(make_user)()
-    shared = await factories.conversation(alice, members=((bob, "member"),))
+    shared = await factories.conversation(alice, members=((bob, "member"),), agent_mode="always")
     private = await factories.conversation(alice, agent="")
     mark = uuid.uuid4().hex[:8]
     await database_sync_to_async(message_send)(
