@@ -66,13 +66,27 @@ def index(request: HttpRequest) -> HttpResponse:
     return render(request, "chat/index.html", {"memberships": rows})
 
 
+# What the page says for each agent mode (docs/protocol.md §8); the owner picks one of them.
+AGENT_MODE_LABELS = {
+    "auto": "Assistant: when addressed in a group",
+    "always": "Assistant: every message",
+    "mention": "Assistant: only when @mentioned",
+    "off": "Assistant: off",
+}
+
+
 @login_required
 def conversation(request: HttpRequest, conversation_id: str) -> HttpResponse:
     try:
         access = selectors.conversation_for_member(user_id=int(request.user.pk or 0), conversation_id=conversation_id)
     except selectors.NotFound as exc:
         raise Http404("conversation not found") from exc
-    return render(request, "chat/conversation.html", {"access": access})
+    context = {
+        "access": access,
+        "agent_modes": list(AGENT_MODE_LABELS.items()),
+        "agent_mode_label": AGENT_MODE_LABELS.get(access.agent_mode, access.agent_mode),
+    }
+    return render(request, "chat/conversation.html", context)
 
 
 @login_required

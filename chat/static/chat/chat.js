@@ -10,6 +10,9 @@
 //   events are older than the loaded page. agent_completed replaces the streamed text with its text.
 // All user-supplied text goes through textContent, never innerHTML.
 
+import { el, avatar } from './dom.js';
+import { AgentModeControl, DraftSync, MentionPicker, ReadTracker, Receipts, titleWithCount } from './collab.js';
+
 const PROTOCOL = 'chat.v1';
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 15000;
@@ -21,24 +24,6 @@ const TYPING_RESEND_MS = 3000;
 const STICK_TO_BOTTOM_PX = 120;
 
 // --- small helpers ---------------------------------------------------------------------------------
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value === undefined || value === null || value === false) continue;
-    if (key === 'class') node.className = value;
-    else if (key === 'text') node.textContent = value;
-    else if (key === 'testid') node.dataset.testid = value;
-    else if (key.startsWith('data-')) node.setAttribute(key, String(value));
-    else if (key.startsWith('on') && typeof value === 'function') node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value === true ? '' : String(value));
-  }
-  for (const child of children) {
-    if (child === null || child === undefined || child === false) continue;
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return node;
-}
 
 // The plug-in hook (see ChatView's constructor): a window event `chat:<name>` with `detail`.
 function emit(name, detail) {
@@ -97,23 +82,6 @@ function preview(value, max = 80) {
   }
   text = text === undefined ? '' : text;
   return text.length > max ? `${text.slice(0, max - 1)}…` : text;
-}
-
-function initial(name) {
-  return (name || '?').trim().charAt(0).toUpperCase() || '?';
-}
-
-function hueFor(name) {
-  let h = 0;
-  for (const ch of name || '') h = (h * 31 + ch.charCodeAt(0)) % 360;
-  return h;
-}
-
-function avatar(name, kind = 'user') {
-  const node = el('span', { class: `avatar ${kind === 'agent' ? 'avatar-agent' : ''}`, 'aria-hidden': 'true' },
-    kind === 'agent' ? '✦' : initial(name));
-  if (kind !== 'agent') node.style.setProperty('--avatar-hue', String(hueFor(name)));
-  return node;
 }
 
 class RequestError extends Error {
@@ -394,11 +362,36 @@ class ChatView {
 
     // Outgoing messages not yet seen in the transcript, keyed by client_msg_id.
     this.pending = new Map();
+    this.sendReplies = []; // what each send was answered (for tests: whether it started a run)
     this.storageKey = `chat.pending.${this.conversationId}`;
 
     this.typists = new Map();
     this.lastTypingSent = 0;
     this.members = new Map();
+
+    // Working together (collab.js): read state, receipts, drafts, mentions, the agent's mode.
+    this.agent = root.dataset.agent || '';
+    this.agentMode = root.dataset.agentMode || 'auto';
+    this.baseTitle = document.title;
+    this.readTracker = new ReadTracker({
+      scroller: this.scroller,
+      send: (seq) => this.synced && this.client.send({ type: 'read', conversation: this.conversationId, seq }),
+      onChange: () => this.updateUnread(),
+    });
+    this.receipts = new Receipts({ transcript: this.transcript, userId: this.userId });
+    this.receiptsFrame = 0;
+    this.drafts = this.canWrite ? new DraftSync({
+      textarea: this.composer,
+      save: (text) => this.client.request({ type: 'draft', conversation: this.conversationId, text }),
+      afterApply: () => this.autosize(),
+    }) : null;
+    this.mentions = this.canWrite ? new MentionPicker({ textarea: this.composer, candidates: () => this.mentionCandidates() }) : null;
+    this.modeControl = new AgentModeControl({
+      root: this.root,
+      conversationId: this.conversationId,
+      onChange: (mode) => { this.agentMode = mode; this.root.dataset.agentMode = mode; this.updatePlaceholder(); },
+      onError: (message) => this.toast(message),
+    });
 
     const scheme = window.location.protocol === 'https:' ? 'wss' : 'ws';
     this.client = new Client(`${scheme}://${window.location.host}/ws/chat/`, {
@@ -425,6 +418,9 @@ class ChatView {
       get state() { return view.client.state; },
       get synced() { return view.synced; },
       get pending() { return Array.from(view.pending.keys()); },
+      get lastReadSeq() { return view.readTracker.lastReadSeq; },
+      get unread() { return view.unreadCount(); },
+      get sendReplies() { return view.sendReplies.map((r) => ({ ...r })); },
     };
   }
 
@@ -450,6 +446,7 @@ class ChatView {
     this.composer.addEventListener('input', () => {
       this.autosize();
       this.noteTyping();
+      if (this.drafts) this.drafts.edited();
     });
     this.composer.addEventListener('blur', () => this.stopTyping());
     this.loadOlderButton.addEventListener('click', () => this.loadOlder());
@@ -536,6 +533,7 @@ class ChatView {
 
   onWelcome(welcome) {
     if (welcome.user && welcome.user.id !== undefined) this.userId = welcome.user.id;
+    this.receipts.userId = this.userId;
     this.sync();
   }
 
@@ -580,6 +578,8 @@ class ChatView {
         this.scrollToBottom();
       }
       this.seedActiveRuns(reply.active_runs || []);
+      this.readTracker.moved(reply.last_read_seq || 0);
+      if (this.drafts) this.drafts.apply(reply.draft || null);
       emit('active-runs', reply.active_runs || []);
       this.syncing = false;
       const buffered = this.buffer;
@@ -593,6 +593,8 @@ class ChatView {
       this.updateEmpty();
       this.flushPending();
       this.refreshPresence();
+      this.updateUnread();
+      this.readTracker.refresh();
     } catch (err) {
       this.syncing = false;
       if (err.code === 'closed') return; // the reconnect resyncs
@@ -639,7 +641,8 @@ class ChatView {
     switch (frame.type) {
       case 'typing': this.onTyping(frame.data || {}); return;
       case 'presence': this.onPresence(frame.data || {}); return;
-      case 'read': return;
+      case 'read': this.onRead(frame.data || {}); return;
+      case 'draft': if (this.drafts) this.drafts.apply(frame.data || null); return;
       // For the notifications bell (notifications.js).
       case 'notification': emit('notification', frame); return;
       case 'notifications_read': emit('notifications-read', frame.data); return;
@@ -657,6 +660,7 @@ class ChatView {
   // ---- transcript model ----
 
   resetTranscript(events) {
+    this.readTracker.reset();
     emit('reset');
     this.transcript.replaceChildren();
     this.prePageAnchor = null;
@@ -684,6 +688,7 @@ class ChatView {
     if (this.firstSeq === null) this.firstSeq = frame.seq;
     this.events.push(frame);
     this.render(frame);
+    this.noteDelivered(frame.seq);
     emit('event', frame);
   }
 
@@ -736,6 +741,12 @@ class ChatView {
       default:
         break; // an event type this page does not know: ignore it (forward compatible)
     }
+    const run = data.run_id ? this.runs.get(data.run_id) : null;
+    if (run && frame.type !== 'message') {
+      // The run's block is "read" up to its newest event; its answer is a message for receipts.
+      run.node.dataset.seq = String(Math.max(Number(run.node.dataset.seq) || 0, frame.seq));
+      if (frame.type === 'agent_completed') run.node.dataset.receiptSeq = String(frame.seq);
+    }
   }
 
   renderMessage(frame, data) {
@@ -744,13 +755,17 @@ class ChatView {
     const author = data.author || {};
     const name = author.username || (author.kind === 'agent' ? 'assistant' : 'unknown');
     const mine = author.kind !== 'agent' && author.id === this.userId;
+    const mentionsMe = Array.isArray(data.mentions) && data.mentions.includes(this.userId);
     const node = el('article', {
-      class: `msg ${mine ? 'msg-mine' : ''} ${author.kind === 'agent' ? 'msg-agent' : ''}`,
+      class: `msg ${mine ? 'msg-mine' : ''} ${author.kind === 'agent' ? 'msg-agent' : ''} ${mentionsMe ? 'msg-mentions-me' : ''}`,
       testid: 'message',
       'data-seq': frame.seq,
+      'data-receipt-seq': frame.seq,
+      'data-mine': mine ? 'true' : 'false',
       'data-message-id': data.id,
       'data-author': name,
       'data-kind': author.kind || 'user',
+      'data-mentions': Array.isArray(data.mentions) ? data.mentions.join(',') : '',
     },
     avatar(name, author.kind),
     el('div', { class: 'msg-body' },
@@ -758,8 +773,9 @@ class ChatView {
         el('span', { class: 'msg-author', testid: 'message-author', text: name }),
         mine ? el('span', { class: 'msg-you', text: 'you' }) : null,
         el('time', { class: 'msg-time', datetime: frame.ts || data.created_at, text: formatTime(frame.ts || data.created_at) })),
-      el('div', { class: 'msg-text', testid: 'message-text', text: data.text || '' })));
+      el('div', { class: 'msg-text', testid: 'message-text' }, ...this.withMentions(data.text || ''))));
     this.transcript.append(node);
+    this.readTracker.observe(node);
     if (mine && data.client_msg_id && this.pending.has(data.client_msg_id)) this.removePending(data.client_msg_id);
   }
 
@@ -776,13 +792,15 @@ class ChatView {
     const stepsEl = el('div', { class: 'run-steps', testid: 'run-steps' });
     const answerEl = el('div', { class: 'answer', testid: 'agent-answer', 'data-state': 'pending' });
     const errorEl = el('div', { class: 'run-error', testid: 'run-error', hidden: true });
+    // Co-viewing: who is watching while the run is live (the members present in the conversation).
+    const watchersEl = el('span', { class: 'run-watchers', testid: 'run-watchers', hidden: true });
     const node = el('article', { class: 'msg msg-agent run', testid: 'agent-run', 'data-run-id': runId, 'data-status': 'running' },
       avatar('assistant', 'agent'),
       el('div', { class: 'msg-body' },
-        el('div', { class: 'msg-head' }, nameEl, statusEl, metaEl, cancelEl),
+        el('div', { class: 'msg-head' }, nameEl, statusEl, metaEl, watchersEl, cancelEl),
         stepsEl, answerEl, errorEl));
     run = {
-      id: runId, node, nameEl, statusEl, metaEl, cancelEl, stepsEl, answerEl, errorEl,
+      id: runId, node, nameEl, statusEl, metaEl, cancelEl, stepsEl, answerEl, errorEl, watchersEl,
       text: '', deltaSeq: 0, status: 'running', calls: new Map(), cancelRequested: false, started: false,
     };
     cancelEl.addEventListener('click', () => this.cancelRun(run));
@@ -799,6 +817,7 @@ class ChatView {
     const seed = this.seededRuns.get(runId);
     if (!startsHere && seed) this.seedText(run, seed);
     this.updateRunControls(run);
+    this.readTracker.observe(node);
     return run;
   }
 
@@ -885,6 +904,19 @@ class ChatView {
     run.cancelEl.hidden = !(active && this.canWrite);
     run.cancelEl.disabled = run.cancelRequested;
     run.node.classList.toggle('run-active', active);
+    this.renderWatchers(run);
+  }
+
+  // Co-viewing (docs/protocol.md §10): while a run is live, who is watching it is who is present.
+  renderWatchers(run) {
+    const watching = run.status === 'running'
+      ? Array.from(this.members.values()).filter((m) => m.online).map((m) => m.user.username).sort()
+      : [];
+    run.watchersEl.hidden = !watching.length;
+    run.watchersEl.dataset.users = watching.join(',');
+    run.watchersEl.title = watching.length ? `Watching: ${watching.join(', ')}` : '';
+    run.watchersEl.replaceChildren(...watching.map((name) => avatar(name)),
+      watching.length ? el('span', { class: 'run-watchers-label', text: 'watching' }) : null);
   }
 
   // `active_runs` only matters for a run that started before the loaded page (its earliest deltas
@@ -945,12 +977,14 @@ class ChatView {
     if (!this.canWrite) return;
     const text = this.composer.value.trim();
     if (!text) return;
+    if (this.mentions) this.mentions.close();
     const p = { id: uuid4(), text, state: 'waiting', inflight: false, attempts: 0, error: null, node: null };
     this.pending.set(p.id, p);
     this.savePending();
     this.composer.value = '';
     this.autosize();
     this.stopTyping();
+    if (this.drafts) this.drafts.cleared();
     this.withScroll(() => this.renderPending(p));
     this.scrollToBottom();
     this.updateEmpty();
@@ -974,6 +1008,7 @@ class ChatView {
         type: 'send', conversation: this.conversationId, client_msg_id: p.id, text: p.text,
       }, SEND_TIMEOUT_MS);
       p.inflight = false;
+      this.sendReplies.push({ client_msg_id: p.id, seq: reply.message && reply.message.seq, run_id: reply.run_id || null });
       if (!this.pending.has(p.id)) return;
       if (reply.message && reply.message.seq <= this.lastSeq && this.synced) {
         this.removePending(p.id); // its event has already been rendered
@@ -1125,7 +1160,9 @@ class ChatView {
       const reply = await this.client.request({ type: 'presence', conversation: this.conversationId });
       this.members.clear();
       for (const member of reply.members || []) {
-        if (member.user) this.members.set(member.user.id, { user: member.user, online: Boolean(member.online) });
+        if (!member.user) continue;
+        this.members.set(member.user.id, { user: member.user, online: Boolean(member.online) });
+        this.receipts.setMember(member.user, { lastReadSeq: member.last_read_seq, online: member.online, seq: this.lastSeq });
       }
       this.renderPresence();
     } catch (err) { /* presence is decoration */ }
@@ -1136,6 +1173,8 @@ class ChatView {
       const member = this.members.get(user.id) || { user, online: false };
       member.online = true;
       this.members.set(user.id, member);
+      // Subscribed now: their socket has (or is replaying) everything up to here.
+      this.receipts.present(user.id, this.lastSeq);
     }
     for (const user of data.left || []) {
       const member = this.members.get(user.id);
@@ -1150,7 +1189,94 @@ class ChatView {
     this.renderPresence();
   }
 
+  // ---- working together: read state, receipts, mentions, the agent's mode (collab.js) ----
+
+  onRead(data) {
+    const user = data.user || {};
+    if (typeof data.seq !== 'number') return;
+    if (user.id === this.userId) {
+      this.readTracker.moved(data.seq); // another tab or device of this user read up to here
+    } else {
+      this.receipts.setMarker(user, data.seq);
+      this.scheduleReceipts();
+    }
+  }
+
+  // A durable event reached this page: every member present now has it too.
+  noteDelivered(seq) {
+    for (const member of this.members.values()) {
+      if (member.online) this.receipts.present(member.user.id, seq);
+    }
+    this.updateUnread();
+    this.scheduleReceipts();
+    this.readTracker.refresh();
+  }
+
+  unreadCount() {
+    const marker = this.readTracker.lastReadSeq;
+    let count = 0;
+    for (const frame of this.events) {
+      if (frame.seq <= marker) continue;
+      const author = (frame.data && frame.data.author) || {};
+      if ((frame.type === 'message' && author.id !== this.userId) || frame.type === 'agent_completed') count += 1;
+    }
+    return count;
+  }
+
+  updateUnread() {
+    const count = this.unreadCount();
+    this.root.dataset.unread = String(count);
+    document.title = titleWithCount(this.baseTitle, count);
+  }
+
+  scheduleReceipts() {
+    if (this.receiptsFrame) return;
+    this.receiptsFrame = requestAnimationFrame(() => {
+      this.receiptsFrame = 0;
+      this.receipts.render(Array.from(this.members.keys()));
+    });
+  }
+
+  mentionCandidates() {
+    const people = Array.from(this.members.values())
+      .filter((m) => m.user.id !== this.userId)
+      .map((m) => ({ name: m.user.username, label: m.online ? 'online' : '', kind: 'user' }))
+      .sort((a, b) => a.name.localeCompare(b.name));
+    const agent = this.agent ? [{ name: 'assistant', label: 'the assistant', kind: 'agent' }] : [];
+    return [...agent, ...people];
+  }
+
+  // The text with each `@name` as its own span (highlighted), all of it as text nodes.
+  withMentions(text) {
+    const parts = [];
+    const pattern = /(^|[^\p{L}\p{N}_])(@[\p{L}\p{N}_.@+-]+)/gu;
+    let at = 0;
+    for (const match of text.matchAll(pattern)) {
+      const start = match.index + match[1].length;
+      if (start > at) parts.push(text.slice(at, start));
+      parts.push(el('span', { class: 'mention', text: match[2] }));
+      at = start + match[2].length;
+    }
+    if (at < text.length) parts.push(text.slice(at));
+    return parts;
+  }
+
+  // The composer says how to reach the assistant when a plain message will not.
+  updatePlaceholder() {
+    if (!this.canWrite || !this.agent) return;
+    const humans = this.members.size;
+    const base = `Message ${this.root.dataset.title || ''}…`;
+    let hint = '(Enter to send, Shift+Enter for a new line)';
+    if (this.agentMode === 'off') hint = '— the assistant is off';
+    else if (this.agentMode === 'mention' || (this.agentMode === 'auto' && humans > 1)) hint = '— type @assistant to ask the assistant';
+    this.composer.placeholder = `${base}  ${hint}`;
+    this.root.dataset.agentHint = hint;
+  }
+
   renderPresence() {
+    for (const run of this.runs.values()) if (run.status === 'running') this.renderWatchers(run);
+    this.updatePlaceholder();
+    this.scheduleReceipts();
     const members = Array.from(this.members.values())
       .sort((a, b) => Number(b.online) - Number(a.online) || a.user.username.localeCompare(b.user.username));
     this.presenceEl.replaceChildren(...members.map((m) => {
