@@ -21,16 +21,14 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from agents.runner import get_supervisor
-from chat import selectors
 from chat.errors import AuthFailed, CircuitOpen, CommandError, ProtocolError
 from chat.infra import handshake_guard, rate_limiter
 from chat.infra.breakers import CircuitBreaker, breaker
 from chat.realtime import ephemeral, telemetry
-from chat.realtime.auth import Identity, identity_from_token
+from chat.realtime.auth import Identity, identity_from_token, revoked_close_code
 from chat.realtime.broadcast_manager import Hub, get_hub
 from chat.realtime.commands import HANDLERS
 from chat.realtime.degraded import (
@@ -48,13 +46,6 @@ from chat.wire.frames import rfc3339
 from monitoring.metrics import metrics
 
 logger = logging.getLogger(__name__)
-
-
-def _still_active(user_id: int) -> bool:
-    try:
-        return selectors.user_is_active(user_id=user_id)
-    except (OperationalError, InterfaceError):
-        return True  # cannot look now; the handshake's check stands
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -155,10 +146,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             get_supervisor()  # embedded mode: runs queued before a restart start without a new prompt
         self.outbox.send_frame(encode({"type": "welcome", "data": self._welcome()}))  # before any user event
         await self.hub.join_user(identity.user_id, self.outbox)
-        # A logout or deactivation published between the handshake's check and the join above
-        # missed this socket: look once more now that it would be heard.
-        if not await database_sync_to_async(_still_active)(identity.user_id):
-            await self._close(4403)
+        # A logout, revocation or deactivation published between the handshake's check and the join
+        # above missed this socket: look once more now that it would be heard.
+        code = await database_sync_to_async(revoked_close_code)(identity)
+        if code is not None:
+            await self._close(code)
 
     def _welcome(self) -> dict[str, Any]:
         return {

@@ -13,7 +13,8 @@ log-out-everywhere or a deactivation); REST asks the same through `RevocableJWTA
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus, urlsplit
@@ -43,6 +44,8 @@ class Identity:
     tier: str
     method: str  # "session" | "jwt"
     expires_at: int | None  # unix seconds; None for session auth
+    # A token's verified claims, so the socket can ask again later whether the token still stands.
+    claims: Mapping[str, Any] | None = field(default=None, compare=False)
 
 
 def identity_from_token(raw: str) -> Identity:
@@ -55,7 +58,20 @@ def identity_from_token(raw: str) -> Identity:
     user = selectors.token_holder(token.payload)
     if user is None:
         raise AuthFailed("unknown or inactive user, or revoked token")
-    return Identity(user.id, user.username, user.tier, "jwt", int(token["exp"]))
+    return Identity(user.id, user.username, user.tier, "jwt", int(token["exp"]), dict(token.payload))
+
+
+def revoked_close_code(identity: Identity) -> int | None:
+    """The close code for an open socket's identity that no longer stands (4403 deactivated, 4401 its
+    token revoked: password changed, logged out everywhere), or None while it does. Sync."""
+    try:
+        if not selectors.user_is_active(user_id=identity.user_id):
+            return 4403
+        if identity.claims is not None and selectors.token_holder(identity.claims) is None:
+            return 4401
+    except (OperationalError, InterfaceError):
+        return None  # cannot look now; the handshake's check stands
+    return None
 
 
 class RevocableJWTAuthentication(JWTAuthentication):

@@ -20,7 +20,7 @@ from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from chat.models import User
-from chat.services.accounts import user_deactivate
+from chat.services.accounts import tokens_revoke, user_deactivate
 from chat.services.conversations import user_create
 from tests.support import ws
 from tests.support.ws import Client
@@ -182,3 +182,22 @@ def test_a_token_without_the_revocation_claims_is_refused() -> None:
     refresh["user_id"] = str(user.id)
     assert rest_status(str(refresh.access_token)) == 401
     assert refresh_status(str(refresh)) == 401
+
+
+async def test_a_token_revoked_while_its_socket_joins_still_closes_the_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Revocation publishes its close to the user's sockets; a socket that passed the handshake's token
+    check but had not joined its user's stream yet cannot hear it, so the consumer asks again after
+    the join — about the token, not only whether the account is active."""
+    from chat.realtime.broadcast_manager import Hub  # the one place the join happens
+
+    user, password = await database_sync_to_async(person)()
+    pair = await database_sync_to_async(token_pair)(user.username, password)
+    join_user = Hub.join_user
+
+    async def revoke_then_join(self: Hub, user_id: int, outbox: object) -> None:
+        await database_sync_to_async(tokens_revoke)(user_id=user_id)  # its close reaches no socket yet
+        await join_user(self, user_id, outbox)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Hub, "join_user", revoke_then_join)
+    client, _, _ = await Client.connect(headers=bearer(pair["access"]))
+    assert await client.expect_close() == 4401
