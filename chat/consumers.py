@@ -198,6 +198,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self._spawn(self._close(int(message.get("code", 4401))))
         elif action == "notification":
             self.outbox.send_frame(message["frame"])
+        elif action == "frame":  # e.g. a draft saved on another device: for this user's sockets on it
+            if message.get("conversation") in self.subscriptions and message.get("exclude_session") != self.session_id:
+                self.outbox.send_frame(message["frame"])
         elif action == "role":
             conversation_id = str(message.get("conversation"))
             held = self.subscription_access.get(conversation_id)

@@ -1,6 +1,7 @@
 """State that follows a user across tabs and devices (docs/protocol.md §10): the read marker moves on
 every socket at once and never backwards, a reconnecting device recovers it from `subscribe`, the
-conversation list counts what is unread in one query, and each device's subscriptions are its own."""
+conversation list counts what is unread in one query, drafts are saved per conversation and reach
+the user's other devices only, and each device's subscriptions are its own."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from chat.models import ConversationMember, Message
 from chat.selectors import UNREAD_COUNT_MAX
 from tests.support import factories
+from tests.support.waiting import consistently
 from tests.support.ws import Client, connected
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -172,6 +174,50 @@ async def test_unread_counts_stop_at_the_cap(make_user: Any) -> None:
     await database_sync_to_async(backlog)()
     items, _ = await database_sync_to_async(list_conversations)(bob)
     assert items[0]["unread"] == UNREAD_COUNT_MAX  # "1,000 or more" (docs/protocol.md §10)
+
+
+async def test_drafts_follow_the_user_to_their_other_devices_only(make_user: Any) -> None:
+    alice = await database_sync_to_async(make_user)()
+    bob = await database_sync_to_async(make_user)()
+    conv = await factories.conversation(alice, agent="", members=((bob, "member"),))
+    other = await factories.conversation(alice, agent="")
+    laptop = await device(alice, conv, other)
+    phone = await device(alice, conv)
+    elsewhere = await device(alice, other)  # a tab on another conversation
+    bobs = await device(bob, conv)
+    saved = await laptop.command("draft", conversation=conv, text="half a thought about @bob")
+    assert saved["ok"] is True
+    assert saved["conversation"] == conv
+    synced = await phone.until(lambda f: f.get("type") == "draft")
+    assert synced == {
+        "type": "draft",
+        "conversation": conv,
+        "data": {"text": "half a thought about @bob", "updated_at": saved["updated_at"]},
+    }
+    await bobs.command("typing", conversation=conv, state="start")  # barrier for what alice's draft caused
+    await laptop.until(lambda f: f.get("type") == "typing")
+
+    def nobody_else_saw_it() -> bool:
+        return not frames_of(laptop, "draft") and not frames_of(elsewhere, "draft") and not frames_of(bobs, "draft")
+
+    await consistently(nobody_else_saw_it, 0.3, "the draft reached only alice's other socket on that conversation")
+    assert "half a thought" not in str(bobs.frames)
+
+    # A new device gets it with its subscribe; a cleared draft is not in the reply at all.
+    tablet = await device(alice)
+    restored = await tablet.command("subscribe", conversation=conv)
+    assert restored["draft"] == {"text": "half a thought about @bob", "updated_at": saved["updated_at"]}
+    assert "draft" not in await bobs.command("subscribe", conversation=conv)
+    await phone.command("draft", conversation=conv, text="")
+    cleared = await tablet.until(lambda f: f.get("type") == "draft")
+    assert cleared["data"]["text"] == ""
+    assert "draft" not in await tablet.command("subscribe", conversation=conv)
+
+    too_long = "x" * (laptop.welcome["limits"]["max_text_chars"] + 1)
+    refused = await laptop.command("draft", conversation=conv, text=too_long)
+    assert refused["error"]["code"] == "too_large"
+    for client in (laptop, phone, elsewhere, bobs, tablet):
+        await client.close()
 
 
 async def test_each_device_keeps_its_own_subscriptions(make_user: Any) -> None:
