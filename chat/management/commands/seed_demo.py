@@ -6,14 +6,23 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from chat.models import AgentMode, Conversation, Tier, User
-from chat.services.conversations import conversation_create, conversation_member_add, user_create
+from chat.models import AgentMode, Conversation, Role, Tier, User
+from chat.services.conversations import (
+    conversation_create,
+    conversation_member_add,
+    user_create,
+    workspace_create,
+    workspace_member_add,
+)
 
 DEMO_PASSWORD = "demo-password"
-DEMO_USERS = [("alice", Tier.PRO), ("bob", Tier.FREE), ("carol", Tier.ENTERPRISE)]
+DEMO_USERS = [("alice", Tier.PRO), ("bob", Tier.FREE), ("carol", Tier.ENTERPRISE), ("dave", Tier.FREE)]
 # Three humans and the assistant in `auto` mode: the assistant answers only when addressed
 # (`@assistant`), and people mention each other with `@bob` (docs/protocol.md §8).
 TEAM_TITLE = "Demo: team room"
+# The team room lives in alice's team workspace, where dave is a member but not in the room: asking
+# "@assistant invite @dave" shows an approval (docs/protocol.md §11) that alice, the owner, decides.
+TEAM_WORKSPACE = "Demo team"
 
 
 class Command(BaseCommand):
@@ -43,7 +52,12 @@ class Command(BaseCommand):
                 role="viewer",
             )
         if not Conversation.objects.filter(title=TEAM_TITLE, created_by=users["alice"]).exists():
-            team = conversation_create(creator=users["alice"], title=TEAM_TITLE, agent_mode=AgentMode.AUTO)
+            workspace = workspace_create(owner=users["alice"], name=TEAM_WORKSPACE)
+            for username in ("bob", "carol", "dave"):
+                workspace_member_add(workspace=workspace, actor=users["alice"], username=username, role=Role.MEMBER)
+            team = conversation_create(
+                creator=users["alice"], title=TEAM_TITLE, agent_mode=AgentMode.AUTO, workspace_id=workspace.id
+            )
             for username in ("bob", "carol"):
                 conversation_member_add(
                     conversation_id=str(team.conversation.id),
@@ -52,6 +66,6 @@ class Command(BaseCommand):
                     role="member",
                 )
         self.stdout.write(
-            "Demo users: alice (pro), bob (free), carol (enterprise, viewer in the demo conversation), "
+            "Demo users: alice (pro), bob (free), carol (enterprise, viewer in the demo conversation), dave (free), "
             f"admin (staff) — password for all: {DEMO_PASSWORD}"
         )
