@@ -5,7 +5,8 @@
    mention autocomplete) does, and the assistant answers.
 2. A message waiting for bob shows as an unread badge on his conversation list and in the tab title;
    once he has seen it, the badge goes, and alice sees "Seen by bob" and "Read" under her message.
-3. A draft typed in one of bob's tabs appears in his other tab, and nobody else's.
+3. A draft typed in one of bob's tabs appears in his other tab (and after a reload), nobody else's;
+   while the assistant answers, both see who is watching the run.
 """
 
 from __future__ import annotations
@@ -139,4 +140,40 @@ def test_unread_badge_title_and_seen_by(
     bob.go_back()
     bob.evaluate("() => window.dispatchEvent(new Event('focus'))")
     expect(badge).to_be_hidden()
+    no_page_errors(page_errors)
+
+
+def test_drafts_follow_bob_to_his_other_tab_and_everyone_sees_who_watches_a_run(
+    new_page: Callable[[str], Any], login: Callable[[Any, str], None], page_errors: PageErrors
+) -> None:
+    alice = new_page("alice")
+    bob = new_page("bob")
+    open_team_room(alice, login, "alice")
+    conversation_id = open_team_room(bob, login, "bob")
+    bob_again = bob.context.new_page()  # a second tab of the same session
+    page_errors.attach(bob_again, "bob-tab-2")
+    bob_again.goto(f"/c/{conversation_id}/")
+    wait_live(bob_again)
+
+    bob.get_by_test_id("composer").fill("a half-written thought about the launch")
+    expect(bob_again.get_by_test_id("composer")).to_have_value("a half-written thought about the launch")
+    bob_again.reload()  # a device that opens the conversation later gets it from subscribe
+    wait_live(bob_again)
+    expect(bob_again.get_by_test_id("composer")).to_have_value("a half-written thought about the launch")
+    expect(alice.get_by_test_id("composer")).to_have_value("")  # drafts are nobody else's
+    bob_again.get_by_test_id("composer").press("Enter")  # sent from the other tab: the draft is gone
+    expect(bob.get_by_test_id("composer")).to_have_value("")
+
+    # Co-viewing: while the assistant answers, every member sees who is watching.
+    send(alice, "@assistant tell me a story about a launch")
+    run = bob.get_by_test_id("agent-run").last
+    expect(run).to_have_attribute("data-status", "running")
+    expect(run.get_by_test_id("run-watchers")).to_have_attribute("data-users", "alice,bob")
+    expect(alice.get_by_test_id("agent-run").last.get_by_test_id("run-watchers")).to_have_attribute(
+        "data-users", "alice,bob"
+    )
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    bob.screenshot(path=str(SHOTS / "watchers-bob.png"))
+    expect(run).to_have_attribute("data-status", "completed", timeout=RUN_TIMEOUT_MS)
+    expect(run.get_by_test_id("run-watchers")).to_be_hidden()
     no_page_errors(page_errors)
