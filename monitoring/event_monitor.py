@@ -30,6 +30,7 @@ from django.utils import timezone
 from monitoring import alerts, slo
 from monitoring.config import option
 from monitoring.metrics import metrics
+from monitoring.metrics.runs import count_incomplete
 from monitoring.models import CRITICAL_EVENTS, TERMINAL_EVENTS, RunEventRecord, Severity, expected_missing
 from monitoring.performance import monitor as performance_monitor
 from monitoring.selectors import queued_runs_waiting, run_events, run_facts, run_statuses
@@ -232,6 +233,7 @@ def _audit_ended_runs(now: datetime, report: SweepReport, counts: slo.Counts) ->
             started = any(kind == "agent_started" for _, kind, _ in events)
             missing = ([] if started else ["agent_started"]) + [ended]
         if missing:
+            count_incomplete(missing)
             message = f"run {subject} ({who}) ended {ended} without {', '.join(missing)}"
             _raise(report, "missing_event", subject, message, Severity.WARNING, now)
         if problems:

@@ -19,6 +19,7 @@ from agents.services import run_claim_next
 from chat.models import Event
 from monitoring.config import option
 from monitoring.event_monitor import sweep
+from monitoring.metrics.families import AGENT_RUNS_INCOMPLETE
 from monitoring.models import Alert, RunEventRecord
 from tests.support import factories
 from tests.support.ws import Client
@@ -214,9 +215,12 @@ async def test_a_real_run_with_a_deleted_event_raises_exactly_one_alert(make_use
     await client.close()
     deleted, _ = await database_sync_to_async(Event.objects.filter(run_id=run_id, type="agent_thinking").delete)()
     assert deleted == 1
+    incomplete = AGENT_RUNS_INCOMPLETE.labels("agent_thinking")
+    before = incomplete._value.get()
     for _ in range(2):  # a second sweep finds nothing new
         await database_sync_to_async(sweep)()
     assert await alerts_now() == [("missing_event", run_id, 1)]
+    assert incomplete._value.get() == before + 1  # agent_runs_incomplete_total{missing="agent_thinking"}
 
 
 async def test_a_stuck_real_run_raises_exactly_one_alert(make_user: Any, settings: Any) -> None:
