@@ -34,6 +34,7 @@ from typing import Any, cast
 
 import httpx
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
@@ -540,15 +541,33 @@ def staff_client(stack: Stack) -> httpx.Client | None:
 
 
 def scrape_metrics(stack: Stack, http: httpx.Client | None) -> dict[str, dict[str, Any]]:
+    """The server counters from /metrics (Prometheus text, already summed over every process of the
+    stack), as {"all": {name: value or {labels: value}}} with the `chat_` prefix and `_total` suffix
+    taken off, so the names read like the server's own counter names."""
     if http is None:
         return {}
-    out: dict[str, dict[str, Any]] = {}
-    for index, port in enumerate(stack.ports):
-        with contextlib.suppress(httpx.HTTPError, ValueError):
-            response = http.get(stack.http_url(index) + "/metrics")
-            if response.status_code == 200:
-                out[str(port)] = response.json()["process"]["counters"]
-    return out
+    with contextlib.suppress(httpx.HTTPError, ValueError):
+        response = http.get(stack.http_url(0) + "/metrics")
+        if response.status_code == 200:
+            return {"all": parse_counters(response.text)}
+    return {}
+
+
+def parse_counters(text: str) -> dict[str, Any]:
+    counters: dict[str, Any] = {}
+    for family in text_string_to_metric_families(text):
+        if family.type != "counter":
+            continue
+        name = family.name.removeprefix("chat_")
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            if sample.labels:
+                label = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                counters.setdefault(name, {})[label] = sample.value
+            else:
+                counters[name] = sample.value
+    return counters
 
 
 def counters_delta(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, Any]:
