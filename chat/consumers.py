@@ -41,6 +41,7 @@ from chat.realtime.outbox import Outbox
 from chat.realtime.protocol import PROTOCOL, encode, parse_frame, reply_error, reply_ok, req_str
 from chat.realtime.throttle import BadFrames, CommandThrottle, abuse_verdict
 from chat.selectors import Access
+from chat.services.notification_config import vapid_public_key
 from chat.tiers import TierLimits, limits_for
 from chat.wire.frames import rfc3339
 from monitoring.metrics import metrics
@@ -161,7 +162,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             "heartbeat_ms": settings.CHAT_HEARTBEAT_MS,
             "typing_ttl_ms": settings.CHAT_TYPING_TTL_MS,
             "limits": self.limits.as_welcome(),
-        }
+        } | ({"vapid_public_key": key} if (key := vapid_public_key()) else {})  # Web Push, when configured
 
     def user_public(self) -> dict[str, Any]:
         return {"id": self.identity.user_id, "username": self.identity.username}

@@ -16,11 +16,12 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from agents.models import TERMINAL_STATUSES, AgentRun
+from chat import wire
 from chat.models import Notification, RunEndNote, User
 from chat.realtime import commands, notification_worker
 from chat.services import push
 from chat.services.conversations import conversation_member_add
-from chat.services.notification_config import generate_vapid_private_key
+from chat.services.notification_config import generate_vapid_private_key, vapid_public_key
 from chat.services.notifications import notify_approval_requested
 from monitoring.metrics import metrics
 from tests.support import factories
@@ -321,3 +322,19 @@ async def test_agent_finished_tells_a_requester_who_was_not_watching_only(make_u
     assert (finished["conversation"], finished["actor"], finished["status"]) == (conv, None, "completed")
     assert finished["preview"]  # the answer's first 200 characters
     assert await database_sync_to_async(RunEndNote.objects.count)() == 0  # every ended run decided once
+
+
+async def test_the_welcome_carries_the_vapid_public_key_only_when_push_is_configured(
+    make_user: Any, settings: Any
+) -> None:
+    user = await database_sync_to_async(make_user)()
+    settings.VAPID_PRIVATE_KEY = ""
+    client, _, _ = await Client.connect(user)
+    assert "vapid_public_key" not in (await client.recv())["data"]
+    await client.close()
+    settings.VAPID_PRIVATE_KEY = generate_vapid_private_key()
+    client, _, _ = await Client.connect(user)
+    welcome = await client.recv()
+    assert welcome["data"]["vapid_public_key"] == vapid_public_key()
+    wire.decode_frame(welcome)  # the declared schema, extension included
+    await client.close()
