@@ -204,6 +204,7 @@ ALERT_EMAIL = env_list("ALERT_EMAIL", [])  # addresses mailed every alert of war
 # A scraper sends `Authorization: Bearer <METRICS_TOKEN>` to /metrics; unset, only staff sessions may read it.
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 SECURE_REDIRECT_EXEMPT = [*SECURE_REDIRECT_EXEMPT, r"^livez$"]  # noqa: F405  (probes call over plain HTTP)
+
 # --- Notifications: Web Push, email digest, worker (chat/services/notification_config.py; docs/operations.md) ---
 NOTIFICATIONS: dict[str, object] = json.loads(os.environ.get("NOTIFICATIONS_JSON") or "{}")
 VAPID_PRIVATE_KEY = os.environ.get("VAPID_PRIVATE_KEY", "")  # `manage.py vapid_keys` makes one; unset: no Web Push
