@@ -54,7 +54,7 @@ def claim(expected_run_id: str) -> None:
 
 def test_each_member_sees_the_run_with_their_own_access(make_user: Any) -> None:
     owner, member, viewer = make_user(), make_user(), make_user()
-    conv = conversation_sync(owner, members=((member, Role.MEMBER), (viewer, Role.VIEWER)))
+    conv = conversation_sync(owner, members=((member, Role.MEMBER), (viewer, Role.VIEWER)), agent_mode="always")
     run_id = queued_run(conv, member)
 
     for user, role in ((owner, Role.OWNER), (member, Role.MEMBER), (viewer, Role.VIEWER)):
@@ -82,7 +82,10 @@ def test_every_reason_to_refuse_a_run_gives_the_same_not_found(make_user: Any) -
     workspace = workspace_create(owner=owner, name="team")
     workspace_member_add(workspace=workspace, actor=owner, username=colleague.username, role=Role.MEMBER)
     conv = conversation_sync(
-        owner, workspace_id=workspace.id, members=((leaver, Role.MEMBER), (deactivated, Role.MEMBER))
+        owner,
+        workspace_id=workspace.id,
+        members=((leaver, Role.MEMBER), (deactivated, Role.MEMBER)),
+        agent_mode="always",
     )
     sent = message_sync(conv, owner, "secret question")
     assert sent.run_id is not None

@@ -703,7 +703,7 @@ def test_the_reaper_never_fails_a_queued_run(make_user: Any) -> None:
 
 def test_cancelling_a_queued_run_ends_it_at_once(make_user: Any, runner: RecordingRunner, hot_buffer: Any) -> None:
     owner, member = make_user(), make_user()
-    conv = factories.conversation_sync(owner, members=((member, Role.MEMBER),))
+    conv = factories.conversation_sync(owner, members=((member, Role.MEMBER),), agent_mode="always")
     _, run_id = queued_run(owner, conv)
     runner.told.clear()
 
@@ -792,7 +792,7 @@ def test_cancelling_a_run_that_does_not_exist(make_user: Any, runner: RecordingR
 
 def test_the_runner_ends_a_cancelled_run_with_the_answer_so_far(make_user: Any, hot_buffer: Any) -> None:
     owner, member = make_user(), make_user()
-    conv = factories.conversation_sync(owner, members=((member, Role.MEMBER),))
+    conv = factories.conversation_sync(owner, members=((member, Role.MEMBER),), agent_mode="always")
     _, run_id = running_run(owner, conv)
     run_emit(run_id=run_id, conversation_id=conv, type="agent_delta", data={"text": "Once upon"})
     run_request_cancel(run_id=run_id, by_user_id=member.id, by_username=member.username)
@@ -815,7 +815,7 @@ def test_the_runner_ends_a_cancelled_run_with_the_answer_so_far(make_user: Any, 
 
 def test_a_run_stopped_without_a_request_or_whose_canceller_is_gone_names_nobody(make_user: Any) -> None:
     owner, canceller = make_user(), make_user()
-    conv = factories.conversation_sync(owner, members=((canceller, Role.MEMBER),))
+    conv = factories.conversation_sync(owner, members=((canceller, Role.MEMBER),), agent_mode="always")
     _, stopped = running_run(owner, conv)  # e.g. the runner shutting down: nobody asked
 
     first = run_finish_cancelled(run_id=stopped, conversation_id=conv)

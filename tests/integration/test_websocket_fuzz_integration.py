@@ -791,7 +791,7 @@ async def connected_wire(user: Any) -> Wire:
 
 async def finished_run(make_user: Any, owner: Any, attacker: Any) -> tuple[str, str]:
     """A conversation with an agent where the attacker is a viewer, and a run that has ended."""
-    conv = await factories.conversation(owner, members=((attacker, "viewer"),))
+    conv = await factories.conversation(owner, members=((attacker, "viewer"),), agent_mode="always")
     client, _, _ = await Client.connect(owner)
     await client.recv()
     await client.command("subscribe", conversation=conv)
