@@ -199,7 +199,9 @@ def run_ended(*, run_id: str, conversation_id: str, seq: int, type: str, data: d
     if requested_by is None or (data.get("by") or {}).get("id") == requested_by:
         return
     text = data.get("text") or (data.get("error") or {}).get("message") or data.get("partial_text") or ""
-    RunEndNote.objects.create(
+    # ON CONFLICT DO NOTHING: a second terminal event is a bug the event monitor reports
+    # (duplicate_terminal); it must not also abort the transaction that writes it to the log.
+    note = RunEndNote(
         run_id=run_id,
         user_id=requested_by,
         conversation_id=conversation_id,
@@ -208,6 +210,7 @@ def run_ended(*, run_id: str, conversation_id: str, seq: int, type: str, data: d
         preview=preview_of(text or f"The run {RUN_ENDS[type]}"),
         created_at=timezone.now(),
     )
+    RunEndNote.objects.bulk_create([note], ignore_conflicts=True)
 
 
 def run_end_notes(*, limit: int) -> list[RunEndNote]:
