@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import F
 from django.utils import timezone
@@ -259,6 +260,7 @@ def _check_silent_runs(now: datetime, report: SweepReport) -> None:
     """Started runs with no event for `stuck_after_s`: stuck, or, when the runs table says the run
     ended, a run whose terminal event never reached the log."""
     stuck_after = timedelta(seconds=float(option("stuck_after_s")))
+    approval_ttl_s = float(settings.AGENT_APPROVAL_TTL_S)
     records = list(
         RunEventRecord.objects.filter(terminal_event="", last_event_at__lt=now - stuck_after).order_by("last_event_at")[
             : int(option("sweep_batch"))
@@ -275,6 +277,8 @@ def _check_silent_runs(now: datetime, report: SweepReport) -> None:
             message = f"run {subject} ({who}) is {status} but its terminal event is not in the log"
             _raise(report, "missing_event", subject, message, Severity.WARNING, now)
             continue
+        if status == "waiting_approval" and silent_s <= stuck_after.total_seconds() + approval_ttl_s:
+            continue  # parked on a person: silent by design until its approval expires
         message = f"run {subject} ({who}) has had no event for {silent_s:.0f} s (status {status or 'unknown'})"
         _raise(report, "stuck_run", subject, message, Severity.WARNING, now)
         report.stuck += 1

@@ -185,6 +185,19 @@ def test_a_stuck_run_raises_one_alert_until_it_ends(make_user: Any) -> None:
     assert Alert.objects.get().resolved_at is not None
 
 
+def test_a_run_waiting_for_approval_is_silent_by_design_until_its_approval_should_have_expired(
+    make_user: Any, settings: Any
+) -> None:
+    run = start_run(make_user())
+    think(run)
+    AgentRun.objects.filter(id=run.run_id).update(status="waiting_approval")
+    ttl_s = float(settings.AGENT_APPROVAL_TTL_S)
+    assert sweep(later(STUCK_S + 5)).raised == []
+    assert sweep(later(STUCK_S + ttl_s - 5)).raised == []
+    sweep(later(STUCK_S + ttl_s + 5))  # the expiry should have resolved it by now: something is stuck
+    assert open_alerts() == [("stuck_run", run.run_id, 1)]
+
+
 def test_a_run_ended_in_the_runs_table_without_its_terminal_event_is_missing_it(make_user: Any) -> None:
     run = start_run(make_user())
     think(run)
