@@ -288,6 +288,7 @@ ID_COMMANDS: dict[str, tuple[str, list[dict[str, Any]]]] = {
     "draft": ("conversation", [{"text": "let me in"}, {"text": ""}]),
     "presence": ("conversation", [{}]),
     "cancel": ("run_id", [{}]),
+    "approve": ("run_id", [{"call_id": "call-1", "decision": "approve"}, {"call_id": "c", "decision": "reject"}]),
 }
 # Commands that take no id of anyone's: tested for what they return and change instead.
 NO_ID_COMMANDS = {"sync_notifications", "auth", "ping"}
