@@ -1,5 +1,5 @@
 """Realtime limits, tiers, abuse, breakers, handshakes and the server-process share of a limit
-(docs/protocol.md §2/§3/§8, docs/operations.md "Tiers and limits" and "Security")."""
+(docs/protocol.md §2/§3/§12, docs/operations.md "Tiers and limits" and "Security")."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ CHAT_MAX_SUBSCRIPTIONS = env_int("CHAT_MAX_SUBSCRIPTIONS", 100)
 CHAT_BUFFER_MAX_EVENTS = env_int("CHAT_BUFFER_MAX_EVENTS", 1000)
 CHAT_BUFFER_MAX_AGE_S = float(os.environ.get("CHAT_BUFFER_MAX_AGE_S", "900"))
 
-# --- Tiers, rate limits and abuse (chat/tiers.py, chat/infra/rate_limiter.py, docs/protocol.md §8) ----------
+# --- Tiers, rate limits and abuse (chat/tiers.py, chat/infra/rate_limiter.py, docs/protocol.md §12) ---------
 # Rates are [limit, window seconds], sliding windows per user, shared by every server process
 # through Redis (in-memory in embedded mode). Command classes: "messages" (send), "agent_runs" (a send
 # that starts an agent run), "typing", "commands" (everything else, pings included).
