@@ -275,5 +275,3 @@ def reset_breakers() -> None:
     """Forget every breaker (tests): the next breaker(name) reads the settings again."""
     with _registry_lock:
         _registry.clear()
-
-

@@ -55,7 +55,6 @@ _LOCAL_OS_ERRORS: tuple[type[OSError], ...] = (
 )
 
 
-
 def classify(exc: BaseException) -> ErrorClass:
     """The class of `exc`, deciding how it is handled (see the module docstring)."""
     if isinstance(exc, ClassifiedError):  # ours: the exception says what it is (chat.errors)
@@ -68,7 +67,6 @@ def classify(exc: BaseException) -> ErrorClass:
         return ErrorClass.CLIENT
     if isinstance(exc, PermissionDenied):
         return ErrorClass.PERMANENT
-
 
     if isinstance(exc, IntegrityError | DataError):
         return ErrorClass.PERMANENT
@@ -151,5 +149,3 @@ async def retry_async(
             logger.debug("retrying after %s (attempt %d/%d, %.3fs)", type(exc).__name__, attempt + 1, attempts, delay)
             await sleep(delay)
     raise AssertionError("unreachable")  # the loop returns or raises
-
-

@@ -48,9 +48,7 @@ def scrape(page: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def tiles(page: Any) -> dict[str, float]:
-    return {
-        tile: float(page.get_by_test_id(tile).get_attribute("data-value") or "nan") for tile in TILES
-    }
+    return {tile: float(page.get_by_test_id(tile).get_attribute("data-value") or "nan") for tile in TILES}
 
 
 def next_poll(page: Any) -> None:
