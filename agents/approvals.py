@@ -269,6 +269,8 @@ def _resume(run_id: uuid.UUID, conversation_id: uuid.UUID, worker_id: str) -> Cl
             backend_state=approval.backend_state,
         ),
         partial_text=run.partial_text,
+        traceparent=run.traceparent,
+        trace_context=run.trace_context,  # the resumed leg continues the first leg's trace
     )
 
 

@@ -47,6 +47,12 @@ class AgentRun(models.Model):
     # reader gets a consistent (text, seq) pair without a second query.
     partial_seq = models.BigIntegerField(default=0)
     usage = models.JSONField(default=dict, blank=True)
+    # Tracing (monitoring/tracing.py): the W3C traceparent a client's `send` carried (the run's trace
+    # continues the caller's), the run's trace id once a traced leg ran, and that leg's root span as
+    # a traceparent: a leg resumed after an approval, on any worker, is its child in the same trace.
+    traceparent = models.CharField(max_length=55, blank=True, default="")
+    trace_id = models.CharField(max_length=32, blank=True, default="")
+    trace_context = models.CharField(max_length=55, blank=True, default="")
 
     class Meta:
         indexes = [

@@ -31,6 +31,7 @@ from chat.infra.error_recovery import classify
 from chat.infra.per_loop import PerLoop
 from chat.publishing import run_service
 from chat.realtime import telemetry
+from monitoring import tracing
 from monitoring.health import publish_breakers, shared_state_max_age_s, withdraw_breakers
 from monitoring.metrics.families import OTHER, preinitialise_known
 from monitoring.metrics.runs import run_ended
@@ -71,6 +72,7 @@ class RunSupervisor:
             asyncio.create_task(self._approval_loop(), name="runs-approvals"),
         ]
         telemetry.ensure_started("worker")  # loop lag, breaker states and process_* of this process
+        tracing.enabled()  # reads OTEL_*: the SDK's import (~60 ms) is not the first run's to wait on
         preinitialise_known(tools=self.tools.names())
         logger.info("run supervisor %s started", self.worker_id)
 

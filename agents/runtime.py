@@ -49,6 +49,7 @@ from chat.infra.error_recovery import classify
 from chat.models import AuthorKind
 from chat.publishing import run_service
 from chat.tiers import all_tiers
+from monitoring import tracing
 from monitoring.metrics.runs import RunTimer, tier_label
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Emitter:
     def __init__(self, run: ClaimedRun) -> None:
         self.run = run
         self.timer: RunTimer | None = None  # agent_* metrics (set by execute_run)
+        self.trace = tracing.NO_RUN  # the leg's root span (set by execute_run)
         self.answer = run.partial_text  # a resumed run's answer goes on from what it streamed
         self._pending = ""
         self._lock = asyncio.Lock()
@@ -159,10 +161,18 @@ class Emitter:
         )
         return parked is not None
 
+    def ended(self, how: str, code: str = "") -> None:
+        if self.timer is not None:
+            self.timer.ended(how)
+        self.trace.outcome(how, code)
 
-def _run_facts(run_id: str) -> tuple[float | None, str | None]:
+
+def _run_facts(run_id: str, trace: tuple[str, str] | None) -> tuple[float | None, str | None]:
     """When the run's prompt was queued and its requester's tier: the agent_* metrics' labels and
-    their clock's start (the prompt was queued by another process: only the wall clock is shared)."""
+    their clock's start (the prompt was queued by another process: only the wall clock is shared).
+    A run's first traced leg keeps its trace on the row first (`trace`: id and root span)."""
+    if trace is not None:
+        services.run_trace_note(run_id=run_id, trace_id=trace[0], trace_context=trace[1])
     row = AgentRun.objects.filter(id=run_id).values_list("created_at", "requested_by__tier").first()
     return (row[0].timestamp() if row[0] else None, row[1]) if row else (None, None)
 
@@ -175,14 +185,31 @@ def _load_history(conversation_id: str, before_seq: int, limit: int = 20) -> lis
 
 
 async def execute_run(run: ClaimedRun, *, backend: Backend, tools: ToolRegistry) -> None:
-    """Run to its terminal event. Cancellation (task.cancel()) ends it with agent_cancelled."""
+    """Run to its terminal event. Cancellation (task.cancel()) ends it with agent_cancelled.
+    The leg is one span (monitoring/tracing.py), current while it runs: tool calls and model
+    rounds are its children."""
     emitter = Emitter(run)
+    with tracing.run_span(
+        run_id=run.run_id,
+        agent=run.agent,
+        conversation_id=run.conversation_id,
+        traceparent=run.traceparent,
+        resumed=run.resume is not None,
+        continues=run.trace_context if run.resume is not None else "",
+    ) as trace:
+        emitter.trace = trace
+        if run.resume is not None:
+            trace.set("agent.approval.decision", run.resume.decision)
+        await _execute(run, emitter, backend, tools)
+
+
+async def _execute(run: ClaimedRun, emitter: Emitter, backend: Backend, tools: ToolRegistry) -> None:
     usage: dict[str, Any] = {}
     try:
-        queued_at, tier = await database_sync_to_async(_run_facts)(run.run_id)
-        emitter.timer = RunTimer(
-            tier=tier_label(tier, all_tiers()), queued_at=queued_at, tools=tools.names(), resumed=run.resume is not None
-        )
+        queued_at, tier = await database_sync_to_async(_run_facts)(run.run_id, emitter.trace.to_store())
+        tier = tier_label(tier, all_tiers())
+        emitter.trace.set("agent.run.tier", tier)
+        emitter.timer = RunTimer(tier=tier, queued_at=queued_at, tools=tools.names(), resumed=run.resume is not None)
         ctx = ToolContext(user_id=run.requested_by_id, conversation_id=run.conversation_id)
         if run.resume is None:
             history = await database_sync_to_async(_load_history)(run.conversation_id, run.trigger_seq)
@@ -208,11 +235,14 @@ async def execute_run(run: ClaimedRun, *, backend: Backend, tools: ToolRegistry)
                     # A call the tool cannot take is not put to people: it fails as a tool error.
                     if tools.needs_approval(step.tool) and tools.problem(step.tool, step.arguments) is None:
                         if await emitter.park(step, tools):
+                            emitter.trace.outcome("waiting_approval")
                             return  # parked: the decision or the expiry resumes the run on a runner
                         raise asyncio.CancelledError  # a cancel was asked for meanwhile
                     await emitter.tool_start(step)
                     called = time.monotonic()
-                    outcome = await tools.call(step.tool, step.arguments, ctx)
+                    with tracing.tool_span(step.tool, step.call_id) as span:
+                        outcome = await tools.call(step.tool, step.arguments, ctx)
+                        span.tool_outcome(outcome.ok, outcome.result)
                     emitter.timer.tool(step.tool, outcome.ok, time.monotonic() - called)
                     await emitter.tool_finish(step, outcome)
                 elif isinstance(step, Usage):
@@ -235,7 +265,7 @@ async def execute_run(run: ClaimedRun, *, backend: Backend, tools: ToolRegistry)
         # Shielded: a cancel landing while the answer commits must not skip its doorbell (the
         # cancel then finds the run completed and writes nothing).
         await asyncio.shield(complete())
-        emitter.timer.ended("completed")
+        emitter.ended("completed")
     except asyncio.CancelledError:
         await _end(emitter, "cancelled")
         raise
@@ -261,6 +291,7 @@ async def execute_run(run: ClaimedRun, *, backend: Backend, tools: ToolRegistry)
     except ServiceError as exc:
         # The run stopped being ours (reaped as lost, or already ended): nothing more to emit.
         logger.warning("run %s ended elsewhere: %s", run.run_id, exc.message)
+        emitter.trace.outcome("ended_elsewhere")
     except Exception as exc:
         logger.exception("run %s crashed", run.run_id)
         await _end(emitter, "failed", "internal", f"the agent failed: {type(exc).__name__}")
@@ -273,7 +304,9 @@ async def _decided_call(emitter: Emitter, call: ResumedCall, tools: ToolRegistry
         step = CallTool(call.call_id, call.tool, call.arguments)
         await emitter.tool_start(step)
         approved = ToolContext(ctx.user_id, ctx.conversation_id, approved_by=call.decided_by_id)
-        outcome = await tools.call(call.tool, call.arguments, approved)
+        with tracing.tool_span(call.tool, call.call_id) as span:
+            outcome = await tools.call(call.tool, call.arguments, approved)
+            span.tool_outcome(outcome.ok, outcome.result)
         await emitter.tool_finish(step, outcome)
     elif call.decision == "rejected":
         who = call.decided_by_username or "a member"
@@ -330,5 +363,4 @@ async def _end(
             )
 
     await asyncio.shield(finish())
-    if emitter.timer is not None:
-        emitter.timer.ended(how)
+    emitter.ended(how, code)

@@ -30,13 +30,17 @@ from chat.wire.frames import StoredEvent
 MAX_TOOL_RESULT_CHARS = 4000
 
 
-def run_enqueue(*, conversation_id: str, trigger_message_id: uuid.UUID, requested_by_id: int, agent: str) -> uuid.UUID:
-    """Queue a run (inside the caller's transaction, next to the triggering message)."""
+def run_enqueue(
+    *, conversation_id: str, trigger_message_id: uuid.UUID, requested_by_id: int, agent: str, traceparent: str = ""
+) -> uuid.UUID:
+    """Queue a run (inside the caller's transaction, next to the triggering message). `traceparent`:
+    the caller's W3C trace context from `send`, which the run's trace continues."""
     run = AgentRun.objects.create(
         conversation_id=conversation_id,
         trigger_message_id=trigger_message_id,
         requested_by_id=requested_by_id,
         agent=agent,
+        traceparent=traceparent,
     )
     after_commit(RunnerRung())
     return run.id
@@ -67,6 +71,9 @@ class ClaimedRun:
     # A run resumed after an approval: the decided call, and the answer streamed before the pause.
     resume: ResumedCall | None = None
     partial_text: str = ""
+    # Tracing: the caller's traceparent, and the first traced leg's root span (a resumed leg continues it).
+    traceparent: str = ""
+    trace_context: str = ""
 
 
 # A conversation with one of these runs has its run in progress: its next queued run waits.
@@ -122,7 +129,13 @@ def _claim_in_conversation(conversation_id: uuid.UUID, worker_id: str) -> Claime
         prompt=run.trigger_message.text if run.trigger_message else "",
         events=[event],
         trigger_seq=(run.trigger_message.seq or 0) if run.trigger_message else 0,
+        traceparent=run.traceparent,
     )
+
+
+def run_trace_note(*, run_id: str, trace_id: str, trace_context: str) -> None:
+    """Keep the run's trace (its first traced leg's): later legs continue it, the admin shows it."""
+    AgentRun.objects.filter(id=run_id, trace_id="").update(trace_id=trace_id, trace_context=trace_context)
 
 
 def _require_running(run_id: str | uuid.UUID) -> AgentRun:

@@ -9,6 +9,9 @@ Rules, first match wins:
 5. otherwise                                     -> a short answer saying what it can do
 The answer is built from what the tools returned and streamed word by word. After an approval the
 run resumes here with the call's outcome (`AgentInput.resume`) and answers from it.
+
+Its "model rounds" for the run's trace are the stretches between tool calls: deciding on a call,
+then answering from its outcome (`chat offline-rules` spans, like a real model's completions).
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from typing import Any
 from django.conf import settings
 
 from agents.backends.base import AgentInput, AnswerChunk, CallTool, Step, Think, ToolOutcome, Usage
+from monitoring import tracing
+
+# The model name the offline agent's round spans carry.
+MODEL = "offline-rules"
 
 # Digits joined by operators, optionally with parentheses/sqrt: "17 * 23", "(2+3)^2", "sqrt(16)".
 EXPRESSION = re.compile(r"(?:sqrt\s*)?[\(\d](?:[\d\s\.\+\-\*/%\^×÷\(\)]|sqrt)*[\d\)]")
@@ -60,6 +67,29 @@ class OfflineBackend:
     name = "offline"
 
     async def steps(self, request: AgentInput, tools: Any) -> AsyncGenerator[Step, ToolOutcome | None]:
+        """The rules' steps, with a round span from the start or a tool's outcome to the next call or the end."""
+        rules = self._steps(request, tools)
+        outcome: ToolOutcome | None = None
+        round_no = 0
+        try:
+            while True:
+                round_no += 1
+                with tracing.llm_round(self.name, MODEL, round_no) as span:
+                    while True:
+                        try:
+                            step = await rules.asend(outcome)
+                        except StopAsyncIteration:
+                            span.round_end(finish_reason="stop")
+                            return
+                        if isinstance(step, CallTool):
+                            span.round_end(finish_reason="tool_calls")
+                            break
+                        outcome = yield step
+                outcome = yield step
+        finally:
+            await rules.aclose()
+
+    async def _steps(self, request: AgentInput, tools: Any) -> AsyncGenerator[Step, ToolOutcome | None]:
         prompt = request.prompt.strip()
         expression = find_expression(prompt)
         invite = find_invite(prompt)

@@ -35,6 +35,7 @@ from agents.backends.base import (
     Usage,
 )
 from agents.tools import ToolRegistry
+from monitoring import tracing
 
 # A model that keeps calling tools is looping; eight rounds is far more than any of our tools need.
 MAX_TOOL_ROUNDS = 8
@@ -100,10 +101,13 @@ class OpenAIBackend:
                         result = outcome.result if outcome is not None else {"error": "the tool returned nothing"}
                     run.tool_result(call.call_id, result)
                 turn = _Turn()
-                # aclosing: if the run stops mid-answer, the response is closed before the client is.
-                async with aclosing(self._stream(client, run.messages, specs, turn)) as stream:
-                    async for text in stream:
-                        yield AnswerChunk(text)
+                # One span per completion (1-based), never current: see monitoring.tracing.llm_round.
+                with tracing.llm_round(self.name, self.model, completion_no + 1, httpx.URL(self.url).host) as span:
+                    # aclosing: if the run stops mid-answer, the response is closed before the client is.
+                    async with aclosing(self._stream(client, run.messages, specs, turn)) as stream:
+                        async for text in stream:
+                            yield AnswerChunk(text)
+                    span.round_end(finish_reason=turn.finish_reason, usage=turn.usage)
                 if turn.usage is not None:
                     run.usage_reported = True
                     run.prompt_tokens += turn.usage[0]

@@ -27,6 +27,7 @@ from chat.errors import ServiceError
 from chat.models import AgentMode, AuthorKind, Conversation, ConversationMember, Message
 from chat.services.events import append_event
 from chat.services.notifications import notify_mentions
+from chat.wire.commands import TRACEPARENT_PATTERN
 from chat.wire.frames import rfc3339
 
 
@@ -52,6 +53,8 @@ class MessageDraft:
     # socket spends agent-run quota only for a message that really starts one.
     starts_run: bool = False
     mentions: tuple[int, ...] = ()
+    # The sender's W3C trace context (`send`'s optional traceparent): the run's trace continues it.
+    traceparent: str = ""
 
 
 # `@name`: the `@` starts the text or follows a character that is not a word character (so an e-mail
@@ -60,6 +63,7 @@ MENTION = re.compile(r"(?<!\w)@([\w.@+-]+)")
 MENTION_TRAILING = ".@+-"
 # Distinct names looked up per message: a text of a thousand @names costs no more than this.
 MAX_MENTION_NAMES = 50
+TRACEPARENT = re.compile(TRACEPARENT_PATTERN)
 # What always mentions the conversation's agent, besides the agent's own name.
 AGENT_MENTION = "assistant"
 
@@ -98,6 +102,7 @@ def message_check(
     client_msg_id: str,
     text: str,
     agent_mode: str = AgentMode.AUTO,
+    traceparent: str | None = None,
 ) -> SendResult | MessageDraft:
     """The earlier result of this author's `client_msg_id` (a resend), or the draft to write.
 
@@ -114,6 +119,8 @@ def message_check(
         raise ServiceError("bad_request", "text must not be empty")
     if len(text) > settings.CHAT_MAX_TEXT_CHARS:
         raise ServiceError("too_large", f"text is longer than {settings.CHAT_MAX_TEXT_CHARS} characters")
+    if traceparent and not TRACEPARENT.match(traceparent):
+        raise ServiceError("bad_request", "traceparent must be a W3C traceparent (00-<trace id>-<span id>-<flags>)")
     names = mentioned_names(text)
     agent_names = {AGENT_MENTION, agent.casefold()} if agent else set()
     member_names = [n for n in names if n.casefold() not in agent_names]
@@ -131,7 +138,9 @@ def message_check(
     else:  # `mention`, and `auto` once the conversation has more than one member
         starts_run = agent_mentioned
     mentions = _resolve(member_names, row["named"] or [])
-    return MessageDraft(conversation_id, author_id, username, client_msg_id, text, agent, starts_run, mentions)
+    return MessageDraft(
+        conversation_id, author_id, username, client_msg_id, text, agent, starts_run, mentions, traceparent or ""
+    )
 
 
 def _send_lookup(
@@ -223,6 +232,7 @@ def message_send(
     can_write: bool,
     agent: str | None = None,
     agent_mode: str | None = None,
+    traceparent: str | None = None,
 ) -> SendResult:
     """Check, then write: for callers with no quota to spend in between (REST, the admin, tests).
     `agent` and `agent_mode` are the conversation's, read here when the caller has not resolved them."""
@@ -241,6 +251,7 @@ def message_send(
         agent_mode=agent_mode,
         client_msg_id=client_msg_id,
         text=text,
+        traceparent=traceparent,
     )
     return checked if isinstance(checked, SendResult) else message_write(draft=checked)
 
@@ -276,6 +287,7 @@ def _store(draft: MessageDraft) -> SendResult:
                 trigger_message_id=message.id,
                 requested_by_id=draft.author_id,
                 agent=draft.agent,
+                traceparent=draft.traceparent,
             )
         )
     return SendResult(str(message.id), event.seq, False, run_id)

@@ -22,6 +22,7 @@ from chat.wire.common import (
     MAX_CALL_ID_CHARS,
     MAX_CLIENT_MSG_ID_CHARS,
     MAX_TOKEN_CHARS,
+    PATTERN_MEANINGS,
     STORABLE_PATTERN,
     CommandFields,
     NonNegative,
@@ -32,6 +33,12 @@ from chat.wire.common import (
 ClientMsgId = Annotated[str, Meta(min_length=1, max_length=MAX_CLIENT_MSG_ID_CHARS, pattern=STORABLE_PATTERN)]
 Token = Annotated[str, Meta(min_length=1, max_length=MAX_TOKEN_CHARS, pattern=STORABLE_PATTERN)]
 PageSize = Annotated[int, Meta(ge=1, le=HISTORY_PAGE_MAX)]
+# W3C Trace Context's traceparent (https://www.w3.org/TR/trace-context/#traceparent-header), as a
+# version-00 client writes it: version, trace id, parent span id, flags in lower-case hex; version ff
+# and all-zero ids are invalid there, so they are refused here.
+TRACEPARENT_PATTERN = "\\A(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}\\Z"
+PATTERN_MEANINGS[TRACEPARENT_PATTERN] = "a W3C traceparent: 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>"
+Traceparent = Annotated[str, Meta(pattern=TRACEPARENT_PATTERN)]
 # A draft may be empty (it clears the draft); its length is bounded by the tier, like `send`'s text.
 DraftText = Annotated[str, Meta(pattern=STORABLE_PATTERN)]
 
@@ -50,10 +57,12 @@ class Unsubscribe(CommandFields):
     conversation: str
 
 
-class Send(CommandFields):
+class Send(CommandFields, omit_defaults=True):
     conversation: str
     client_msg_id: ClientMsgId
     text: StorableText
+    # (extension) The caller's trace: the agent run this message starts continues it.
+    traceparent: Traceparent | None = None
 
 
 class History(CommandFields, omit_defaults=True):
