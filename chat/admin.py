@@ -12,8 +12,8 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
 
+from chat import admin_display
 from chat.models import (
     Conversation,
     ConversationMember,
@@ -25,7 +25,6 @@ from chat.models import (
     Workspace,
     WorkspaceMember,
 )
-from chat.selectors import author_name
 from chat.services import login_guard
 from chat.services.accounts import user_deactivate
 from chat.services.conversations import (
@@ -95,7 +94,7 @@ class ConversationAdmin(admin.ModelAdmin):
     inlines = [ConversationMemberInline]
 
     class Media:
-        # The transcript's scroll box: a stylesheet, since the CSP refuses inline style attributes.
+        # The transcript's lines and scroll box: a stylesheet, since the CSP refuses inline style attributes.
         css = {"all": ["chat/admin.css"]}
 
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
@@ -117,15 +116,8 @@ class ConversationAdmin(admin.ModelAdmin):
 
     @admin.display(description="Transcript")
     def transcript(self, obj: Conversation) -> str:
-        rows = Message.objects.filter(conversation=obj).select_related("author").order_by("seq")[:500]
-        return format_html(
-            '<div class="transcript">{}</div>',
-            format_html_join(
-                "",
-                "<p><b>#{} {}</b>: {}</p>",
-                ((m.seq, author_name(m), m.text) for m in rows),
-            ),
-        )
+        # From the event log, as members saw it: the assistant's thinking, tool calls and approvals too.
+        return admin_display.transcript(obj.id)
 
 
 @admin.register(Message)

@@ -217,6 +217,9 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 
+# --- Admin readability: every time the templates show has seconds (chatsite/formats/en/formats.py) ---
+FORMAT_MODULE_PATH = ["chatsite.formats"]
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -4,6 +4,7 @@ from django.contrib import admin, messages
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 
+from chat.admin_display import ms
 from monitoring.alerts import resolve_alerts
 from monitoring.models import Alert, AlertDelivery, RunEventRecord
 
@@ -72,7 +73,7 @@ class RunEventRecordAdmin(admin.ModelAdmin):
 
     @admin.display(description="Time to first event", ordering="ttfe_ms")
     def ttfe(self, obj: RunEventRecord) -> str:
-        return "-" if obj.ttfe_ms is None or obj.ttfe_ms < 0 else f"{obj.ttfe_ms} ms"
+        return "-" if obj.ttfe_ms is None or obj.ttfe_ms < 0 else ms(obj.ttfe_ms)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

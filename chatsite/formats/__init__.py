@@ -1,0 +1,1 @@
+"""Date formats of the site's templates (FORMAT_MODULE_PATH): the admin shows times with seconds."""
