@@ -169,6 +169,7 @@ async def send(session: Session, fields: wire.Send) -> dict[str, Any]:
         agent_mode=access.agent_mode,
         client_msg_id=client_msg_id,
         text=text,
+        traceparent=fields.traceparent,
     )
     if isinstance(checked, message_services.MessageDraft):
         await session.throttle.admit_send(starts_run=checked.starts_run)

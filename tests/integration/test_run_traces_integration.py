@@ -259,3 +259,19 @@ async def test_with_tracing_off_a_run_has_no_trace_but_keeps_its_callers_tracepa
     row = await database_sync_to_async(run_row)(sent.run_id)
     assert (row.traceparent, row.trace_id, row.trace_context) == (CALLER, "", "")
     await client.close()
+
+
+async def test_a_traceparent_sent_over_the_socket_parents_the_run(make_user: Any, spans: Any) -> None:
+    """The caller's trace reaches the run from the socket's `send`, not only from the service."""
+    user = await database_sync_to_async(make_user)()
+    conv = await factories.conversation(user)
+    client = await subscribed(user, conv)
+    sent = await client.command("send", conversation=conv, client_msg_id="s", text="what is 2+2?", traceparent=CALLER)
+    await client.seen_or_until(lambda f: f.get("type") in TERMINAL and f["data"]["run_id"] == sent["run_id"])
+    [root] = await ended_leg(spans, sent["run_id"])
+    assert root.parent is not None
+    assert f"{root.parent.span_id:016x}" == CALLER_SPAN
+    assert trace_id(root) == CALLER_TRACE
+    row = await database_sync_to_async(AgentRun.objects.get)(id=sent["run_id"])
+    assert row.traceparent == CALLER
+    await client.close()
