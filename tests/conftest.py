@@ -17,7 +17,7 @@ import pytest
 from django.conf import settings
 
 # Opt-in fixtures for direct service tests (runner doorbells recorded, cheap password hashing).
-pytest_plugins = ["tests.support.effects"]
+pytest_plugins = ["tests.support.effects", "tests.support.tracing"]
 
 _counter = itertools.count()
 

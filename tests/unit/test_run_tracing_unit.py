@@ -5,13 +5,11 @@ OTLP export on from the environment, and the model-round spans of both backends.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
@@ -27,24 +25,6 @@ from tests.support.fake_llm import FakeLLM, answer, http_error, tool_call
 
 GOOD = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 CONV = "7d1e1c3a-7a55-4a34-9b5e-2f1f0c1f6a10"
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    previous = tracing.use_provider(provider)
-    yield exporter
-    tracing.use_provider(previous)
-    provider.shutdown()
-
-
-@pytest.fixture
-def tracing_off() -> Iterator[None]:
-    previous = tracing.use_provider(None)
-    yield
-    tracing.use_provider(previous)
 
 
 # --- the traceparent of `send` ----------------------------------------------------------------------
