@@ -1218,34 +1218,45 @@ def test_append_event_seqs_are_gap_free_and_increasing_across_many_appends(make_
     assert Conversation.objects.filter(id=conv).values_list("last_seq", flat=True).get() == 50
 
 
-def test_append_event_seqs_stay_gap_free_under_concurrent_writers(make_user: Any) -> None:
-    """Writers on their own connections take the conversation's row lock in turn."""
-    owner = make_user()
-    conv = factories.conversation_sync(owner, agent="")
-    writers, appends = 4, 10
+def racing_writers(writers: int, write: Callable[[int], list[int]]) -> dict[int, list[int]]:
+    """Run `write(n)` for n in range(writers), each on its own thread (so its own database
+    connection), all released at once; returns each writer's seqs, and fails on any writer's error."""
     taken: dict[int, list[int]] = {}
     failures: list[BaseException] = []
     start = threading.Barrier(writers)
 
-    def write(writer: int) -> None:
+    def run(writer: int) -> None:
         try:
             start.wait(timeout=10)
-            mine = []
-            for i in range(appends):
-                with transaction.atomic():
-                    mine.append(append_event(conversation_id=conv, type="t", data={"w": writer, "i": i}).seq)
-            taken[writer] = mine
+            taken[writer] = write(writer)
         except BaseException as exc:  # reported by the test thread below
             failures.append(exc)
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(writers)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
     assert failures == []
+    return taken
+
+
+def test_append_event_seqs_stay_gap_free_under_concurrent_writers(make_user: Any) -> None:
+    """Writers on their own connections take the conversation's row lock in turn."""
+    owner = make_user()
+    conv = factories.conversation_sync(owner, agent="")
+    writers, appends = 4, 10
+
+    def write(writer: int) -> list[int]:
+        mine = []
+        for i in range(appends):
+            with transaction.atomic():
+                mine.append(append_event(conversation_id=conv, type="t", data={"w": writer, "i": i}).seq)
+        return mine
+
+    taken = racing_writers(writers, write)
     assert all(mine == sorted(mine) for mine in taken.values())
     assert sorted(seq for mine in taken.values() for seq in mine) == list(range(1, writers * appends + 1))
     rows = Event.objects.filter(conversation_id=conv).order_by("seq").values_list("seq", "data")
@@ -1326,25 +1337,11 @@ def test_notification_seqs_stay_gap_free_under_concurrent_writers(make_user: Any
     """Writers on their own connections take the user's row lock in turn."""
     user = make_user()
     writers, notes = 4, 5
-    taken: dict[int, list[int]] = {}
-    failures: list[BaseException] = []
-    start = threading.Barrier(writers)
 
-    def write(writer: int) -> None:
-        try:
-            start.wait(timeout=10)
-            taken[writer] = [notification_create(user_id=user.id, data={"w": writer, "i": i}).seq for i in range(notes)]
-        except BaseException as exc:  # reported by the test thread below
-            failures.append(exc)
-        finally:
-            connection.close()
+    def write(writer: int) -> list[int]:
+        return [notification_create(user_id=user.id, data={"w": writer, "i": i}).seq for i in range(notes)]
 
-    threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert failures == []
+    taken = racing_writers(writers, write)
     assert all(mine == sorted(mine) for mine in taken.values())
     assert sorted(seq for mine in taken.values() for seq in mine) == list(range(1, writers * notes + 1))
     assert {(d["w"], d["i"]): seq for seq, d in notifications(user)} == {
