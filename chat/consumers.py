@@ -38,7 +38,7 @@ from chat.realtime.degraded import (
     degraded_access,
 )
 from chat.realtime.outbox import Outbox
-from chat.realtime.protocol import PROTOCOL, encode, parse_frame, reply_error, reply_ok, req_str
+from chat.realtime.protocol import PROTOCOL, encode, parse_frame, reply_error, reply_ok
 from chat.realtime.throttle import BadFrames, CommandThrottle, abuse_verdict
 from chat.selectors import Access
 from chat.services.notification_config import vapid_public_key
@@ -247,7 +247,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if not self.authenticated:
                 if command.type != "auth":
                     raise ProtocolError("bad_request", "authenticate first: send an auth frame")
-                result = await self.refresh_auth(command.fields.get("token"))
+                result = await HANDLERS["auth"](self, command.fields) or {}  # the schema checks the token
                 if command_id is not None:  # after `welcome`, which the outbox already holds
                     self.outbox.send_frame(reply_ok(command_id, result))
                 return
@@ -337,9 +337,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             metrics.inc("connections_closed_abuse", reason=reason)
             await self._close(4400)
 
-    async def refresh_auth(self, token: Any) -> dict[str, Any]:
-        # req_str also refuses NUL and lone surrogates (PyJWT cannot UTF-8-encode "\ud800").
-        token = req_str({"token": token}, "token", max_len=4096)
+    async def refresh_auth(self, token: str) -> dict[str, Any]:
+        # `token` passed the `auth` schema (chat/wire/commands.py), which also refuses NUL and lone
+        # surrogates: PyJWT cannot UTF-8-encode "\ud800".
         try:
             identity = await database_sync_to_async(identity_from_token)(token)
         except DEPENDENCY_ERRORS:

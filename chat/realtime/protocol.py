@@ -60,11 +60,6 @@ def is_utf8_text(value: str) -> bool:
     return True
 
 
-def is_storable_text(value: str) -> bool:
-    """Whether a client string may go to storage: UTF-8 text without NUL (PostgreSQL text cannot hold it)."""
-    return "\x00" not in value and is_utf8_text(value)
-
-
 def _valid_id(value: object) -> bool:
     # The id is echoed in the reply, so it must survive the reply's UTF-8 encoding (a NUL is fine:
     # JSON escapes it).
@@ -174,27 +169,6 @@ def command_fields(kind: str, fields: dict[str, Any]) -> CommandFields:
         if exc.detail.startswith(("is ", "must ")):
             raise ProtocolError("bad_request", f"{field} {exc.detail}") from exc
         raise ProtocolError("bad_request", f"{field}: {exc.detail}") from exc
-
-
-# --- field readers: each raises ProtocolError("bad_request") with a message naming the field ----
-
-
-def req_str(fields: dict[str, Any], name: str, *, max_len: int, allow_empty: bool = False) -> str:
-    """A required string field. Every string a command stores or passes on is read here, so this is
-    where NUL and lone surrogates are refused: past this point they would fail in PostgreSQL or in
-    psycopg's encoder and surface as `internal` instead of the client's `bad_request`."""
-    value = fields.get(name)
-    if not isinstance(value, str):
-        raise ProtocolError("bad_request", f"{name} must be a string")
-    if not is_storable_text(value):
-        raise ProtocolError("bad_request", f"{name} must be Unicode text without NUL characters or lone surrogates")
-    if not allow_empty and not value:
-        raise ProtocolError("bad_request", f"{name} must not be empty")
-    if len(value) > max_len:
-        raise ProtocolError(
-            "too_large" if name == "text" else "bad_request", f"{name} must be at most {max_len} characters"
-        )
-    return value
 
 
 def reply_ok(command_id: str, result: dict[str, Any]) -> str:

@@ -10,7 +10,8 @@ from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
 from chat.errors import CommandError, ProtocolError
-from chat.realtime.protocol import parse_frame, reply_error, reply_ok, req_str, top_level_id
+from chat.realtime.protocol import command_fields, parse_frame, reply_error, reply_ok, top_level_id
+from chat.wire.common import MAX_CLIENT_MSG_ID_CHARS
 
 
 def test_valid_command_is_split_into_type_id_and_fields() -> None:
@@ -83,14 +84,23 @@ def test_binary_frames_are_bad_request_answered_with_an_error_frame(data: bytes)
 UNSTORABLE_ESCAPES = ["\\u0000", "a\\u0000b", "\\ud800", "x\\udfff", "\\udc00\\ud800", "ok\\ud83d", "\\ude00tail"]
 
 
+# A valid value for every field of `send` and `auth`, so that only the field under test decides.
+VALID = {"conversation": "c", "client_msg_id": "m", "text": "hi", "token": "t"}
+
+
+def fields_of(command: str, fields: dict[str, object]) -> object:
+    """The command's fields through its wire schema, the one check the consumer applies."""
+    return command_fields(command, {**VALID, **fields})
+
+
 @pytest.mark.parametrize("escaped", UNSTORABLE_ESCAPES)
-@pytest.mark.parametrize(("field", "max_len"), [("text", 16_000), ("client_msg_id", 64), ("token", 4096)])
-def test_string_fields_refuse_nul_and_lone_surrogates_decoded_from_json(escaped: str, field: str, max_len: int) -> None:
-    command = parse_frame('{"type": "send", "id": "1", "' + field + '": "' + escaped + '"}', None)
-    value = command.fields[field]
+@pytest.mark.parametrize(("command", "field"), [("send", "text"), ("send", "client_msg_id"), ("auth", "token")])
+def test_string_fields_refuse_nul_and_lone_surrogates_decoded_from_json(escaped: str, command: str, field: str) -> None:
+    parsed = parse_frame('{"type": "' + command + '", "id": "1", "' + field + '": "' + escaped + '"}', None)
+    value = parsed.fields[field]
     assert "\x00" in value or any(0xD800 <= ord(ch) <= 0xDFFF for ch in value)  # the decoded form reached us
     with pytest.raises(ProtocolError) as exc:
-        req_str(command.fields, field, max_len=max_len)
+        fields_of(command, parsed.fields)
     assert exc.value.code == "bad_request"
     assert field in exc.value.message
 
@@ -100,7 +110,7 @@ def test_string_fields_refuse_nul_and_lone_surrogates_decoded_from_json(escaped:
 )
 def test_string_fields_accept_real_unicode_including_escaped_pairs(value: str) -> None:
     command = parse_frame('{"type": "send", "text": "' + value + '"}', None)
-    text = req_str(command.fields, "text", max_len=100)
+    text = fields_of("send", command.fields).text  # type: ignore[attr-defined]
     assert text.encode("utf-8")  # storable and sendable as is
 
 
@@ -254,14 +264,14 @@ def test_any_text_frame_parses_or_raises_protocol_error_with_utf8_answer(text: s
 
 @hyp_settings(max_examples=400, deadline=None, database=None)
 @given(value=JSON_VALUES | ANY_TEXT)
-def test_req_str_returns_storable_text_or_refuses(value: object) -> None:
+def test_a_string_field_decodes_to_storable_text_or_is_refused(value: object) -> None:
     try:
-        text = req_str({"text": value}, "text", max_len=20)
+        text = fields_of("send", {"client_msg_id": value}).client_msg_id  # type: ignore[attr-defined]
     except ProtocolError as exc:
         code = exc.code
         assert code in ("bad_request", "too_large")
         return
     assert isinstance(text, str)
-    assert 0 < len(text) <= 20
+    assert 0 < len(text) <= MAX_CLIENT_MSG_ID_CHARS
     assert "\x00" not in text
     text.encode("utf-8")
