@@ -10,25 +10,11 @@
 //   window.chatHooks.request(frame) -> Promise of the reply (rejects with {code, message})
 // All text goes through textContent, never innerHTML.
 
+import { el } from './dom.js';
+
 const TERMINAL = new Set(['agent_completed', 'agent_failed', 'agent_cancelled']);
 const DECIDED = { approved: 'Approved', rejected: 'Rejected', expired: 'Expired — nobody decided in time' };
 const BADGES = { pending: 'Approval needed', approved: 'Approved', rejected: 'Rejected', expired: 'Expired', closed: 'Closed' };
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value === undefined || value === null || value === false) continue;
-    if (key === 'class') node.className = value;
-    else if (key === 'text') node.textContent = value;
-    else if (key === 'testid') node.dataset.testid = value;
-    else if (key.startsWith('on') && typeof value === 'function') node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value === true ? '' : String(value));
-  }
-  for (const child of children) {
-    if (child !== null && child !== undefined && child !== false) node.append(child);
-  }
-  return node;
-}
 
 function canonical(value) {
   if (Array.isArray(value)) return `[${value.map(canonical).join(',')}]`;
