@@ -13,28 +13,14 @@ import pytest
 from agents.models import RunStatus
 from agents.selectors import active_runs, run_for_member
 from agents.services import run_claim_next, run_complete, run_emit, run_fail, run_request_cancel
-from chat.errors import NotFound
 from chat.models import Role
 from chat.selectors import conversation_for_member
 from chat.services.accounts import user_deactivate
 from chat.services.conversations import conversation_member_remove, workspace_create, workspace_member_add
 from tests.support.factories import conversation_sync, message_sync
+from tests.support.refusals import refusal
 
-pytestmark = [pytest.mark.django_db]
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings: Any) -> None:
-    # Every test creates several users; hashing their passwords is not what is tested here.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-def refusal(call: Callable[[], Any]) -> tuple[type, tuple[Any, ...], bytes, str, str]:
-    """Everything a refusal could show about itself: its class, args, message bytes, repr, error class."""
-    with pytest.raises(NotFound) as raised:
-        call()
-    exc = raised.value
-    return type(exc), exc.args, str(exc).encode(), repr(exc), str(exc.error_class())
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hashing")]
 
 
 def queued_run(conversation_id: str, author: Any, text: str = "hello agent") -> str:

@@ -31,22 +31,9 @@ from chat.services.conversations import (
 )
 from chat.services.notifications import notification_create
 from tests.support.factories import conversation_sync, message_sync
+from tests.support.refusals import refusal
 
-pytestmark = [pytest.mark.django_db]
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings: Any) -> None:
-    # Every test creates several users; hashing their passwords is not what is tested here.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-def refusal(call: Callable[[], Any]) -> tuple[type, tuple[Any, ...], bytes, str, str]:
-    """Everything a refusal could show about itself: its class, args, message bytes, repr, error class."""
-    with pytest.raises(NotFound) as raised:
-        call()
-    exc = raised.value
-    return type(exc), exc.args, str(exc).encode(), repr(exc), str(exc.error_class())
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hashing")]
 
 
 def seqs(events: list[Any]) -> list[int]:

@@ -46,14 +46,7 @@ from tests.support.servers import running_stack
 from tests.support.waiting import eventually
 from tests.support.ws import Client, access_token
 
-pytestmark = [pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings: Any) -> None:
-    # PBKDF2 costs ~0.2 s per user created; these tests create several users each and test tokens
-    # and sessions, not password hashing.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_password_hashing")]
 
 
 SAME_ORIGIN = [(b"origin", b"http://localhost:8000"), (b"host", b"localhost:8000")]

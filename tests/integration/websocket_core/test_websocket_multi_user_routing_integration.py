@@ -64,14 +64,12 @@ from tests.support import factories
 from tests.support.push_endpoint import Browser
 from tests.support.ws import Client, access_token
 
-pytestmark = [pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_password_hashing")]
 
 
 @pytest.fixture(autouse=True)
-def _fast_password_hashing_and_no_runner(settings: Any) -> None:
-    # PBKDF2 costs ~0.2 s per user and every test here makes several. No run executes: the
-    # victim's run stays queued, so any change to it can only come from an attack.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+def _no_runner(settings: Any) -> None:
+    # No run executes: the victim's run stays queued, so any change to it can only come from an attack.
     settings.AGENT_RUNNER = "worker"
 
 
