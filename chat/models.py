@@ -28,6 +28,9 @@ class User(AbstractUser):
     # Bumped by log-out-everywhere and deactivation (chat/services/accounts.py): every token carries the
     # version it was minted under, and every Django session's auth hash includes it, so a bump ends both.
     token_version = models.PositiveIntegerField(default=0)
+    # IANA zone the user's browser reported (e.g. "Europe/Paris"); blank means UTC. Agents answer
+    # "what time is it" in it.
+    time_zone = models.CharField(max_length=64, blank=True, default="")
 
     def _get_session_auth_hash(self, secret: str | None = None) -> str:
         # Django checks this hash on every request of a session (and channels at the socket's handshake);
@@ -77,6 +80,12 @@ class AgentMode(models.TextChoices):
     OFF = "off", "Off"
 
 
+class Visibility(models.TextChoices):
+    # Private: only invited members see it. Open: every member of its workspace can find and join it.
+    PRIVATE = "private", "Private"
+    OPEN = "open", "Open to the workspace"
+
+
 class Conversation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="conversations")
@@ -89,6 +98,15 @@ class Conversation(models.Model):
     # Highest seq handed out. The next event takes last_seq + 1 under a row lock of this
     # conversation in the same transaction as its insert, so seqs commit in order with no holes.
     last_seq = models.BigIntegerField(default=0)
+    # Time of the newest event, set by the same UPDATE that hands out its seq: the sidebar orders by it.
+    last_activity_at = models.DateTimeField(null=True, blank=True)
+    visibility = models.CharField(max_length=8, choices=Visibility.choices, default=Visibility.PRIVATE)
+    # Soft delete by an owner: hidden from every reader at once, purged after the retention period.
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    deleted_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        indexes = [models.Index(fields=["workspace", "visibility"], name="chat_conv_ws_visibility")]
 
     def __str__(self) -> str:
         return self.title
@@ -103,6 +121,8 @@ class ConversationMember(models.Model):
     # The member's unsent composer text, shared by all their tabs and devices (docs/protocol.md §10).
     draft = models.TextField(blank=True, default="")
     draft_updated_at = models.DateTimeField(null=True, blank=True)
+    # Archived by this member: out of their sidebar, not out of the conversation.
+    archived_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["conversation", "user"], name="uniq_conversation_member")]
@@ -128,6 +148,9 @@ class Message(models.Model):
     run = models.ForeignKey("agents.AgentRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     seq = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Set by message_edited / message_deleted events; a deleted message's text is emptied.
+    edited_at = models.DateTimeField(null=True, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -143,6 +166,27 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.author_kind}: {self.text[:40]}"
+
+
+class MessageFeedback(models.Model):
+    """A member's thumbs up or down on an agent's answer, with an optional comment; one per member."""
+
+    class Rating(models.IntegerChoices):
+        UP = 1, "Helpful"
+        DOWN = -1, "Not helpful"
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="feedback")
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    rating = models.SmallIntegerField(choices=Rating.choices)
+    comment = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["message", "user"], name="uniq_message_feedback")]
+
+    def __str__(self) -> str:
+        return f"{self.get_rating_display()} on {self.message_id}"
 
 
 class Event(models.Model):

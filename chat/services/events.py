@@ -33,13 +33,16 @@ def append_event(
     table = Conversation._meta.db_table
     connection = transaction.get_connection()
     pk = Conversation._meta.pk.get_db_prep_value(conversation_id, connection)  # type: ignore[union-attr]
+    now = timezone.now()
     with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {table} SET last_seq = last_seq + 1 WHERE id = %s RETURNING last_seq", [pk])
+        cursor.execute(
+            f"UPDATE {table} SET last_seq = last_seq + 1, last_activity_at = %s WHERE id = %s RETURNING last_seq",
+            [connection.ops.adapt_datetimefield_value(now), pk],
+        )
         row = cursor.fetchone()
     if row is None:
         raise Conversation.DoesNotExist(str(conversation_id))
     seq = int(row[0])
-    now = timezone.now()
     Event.objects.create(conversation_id=conversation_id, seq=seq, type=type, data=data, created_at=now, run_id=run_id)
     from monitoring.event_monitor import record_event  # monitoring observes the one write path
 
