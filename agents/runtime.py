@@ -210,7 +210,7 @@ async def _execute(run: ClaimedRun, emitter: Emitter, backend: Backend, tools: T
         tier = tier_label(tier, all_tiers())
         emitter.trace.set("agent.run.tier", tier)
         emitter.timer = RunTimer(tier=tier, queued_at=queued_at, tools=tools.names(), resumed=run.resume is not None)
-        ctx = ToolContext(user_id=run.requested_by_id, conversation_id=run.conversation_id)
+        ctx = ToolContext(user_id=run.requested_by_id, conversation_id=run.conversation_id, run_id=run.run_id)
         if run.resume is None:
             history = await database_sync_to_async(_load_history)(run.conversation_id, run.trigger_seq)
             request = AgentInput(run.run_id, run.conversation_id, run.requested_by_id, run.prompt, history)
@@ -303,7 +303,7 @@ async def _decided_call(emitter: Emitter, call: ResumedCall, tools: ToolRegistry
     if call.decision == "approved":
         step = CallTool(call.call_id, call.tool, call.arguments)
         await emitter.tool_start(step)
-        approved = ToolContext(ctx.user_id, ctx.conversation_id, approved_by=call.decided_by_id)
+        approved = ToolContext(ctx.user_id, ctx.conversation_id, approved_by=call.decided_by_id, run_id=ctx.run_id)
         with tracing.tool_span(call.tool, call.call_id) as span:
             outcome = await tools.call(call.tool, call.arguments, approved)
             span.tool_outcome(outcome.ok, outcome.result)

@@ -9,8 +9,10 @@ may make one slow or block the loop (docs/operations.md, "Agent tools"):
 - calculator: bounded arithmetic (agents/calculator.py), evaluated in the sandbox's worker
   processes (agents/sandbox.py): bounded memory and CPU, killed after AGENT_TOOL_SANDBOX_TIMEOUT_S;
 - current_time: a timezone must be one of the IANA names the system knows (looked up off the loop);
+  without one, the asking user's own zone (agents/tools_conversation.py);
 - search_history: a query of at most 200 characters without control characters, at most 20
-  matches, read on its own thread (not the shared database thread) under a statement timeout.
+  matches (each whole up to 500 characters), read on its own thread (not the shared database
+  thread) under a statement timeout.
 Whatever a tool does wrong ends as the tool's error, which the model reads; the run goes on.
 
 A tool that changes something for other people declares `NeedsApproval` (docs/protocol.md §11):
@@ -26,25 +28,28 @@ import asyncio
 import functools
 import logging
 import threading
-import unicodedata
-import zoneinfo
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import jsonschema
-from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import OperationalError, connection, transaction
 
 from agents.approvals import member_invite
 from agents.backends.base import ToolOutcome
 from agents.calculator import MAX_EXPRESSION_CHARS, calculate
 from agents.sandbox import Sandbox, SandboxLimits, ToolError
+from agents.tools_conversation import (
+    MAX_QUERY_CHARS,
+    MAX_SEARCH_RESULTS,
+    MAX_TIMEZONE_CHARS,
+    Clock,
+    current_time,
+    search_history,
+    utc_now,
+)
 from chat.errors import ServiceError
 from chat.publishing import run_service
-from chat.selectors import search_messages
 
 __all__ = [
     "NeedsApproval",
@@ -62,9 +67,6 @@ logger = logging.getLogger(__name__)
 # The longest error text a tool call reports: the model reads it, and so does every member of the
 # conversation (it is the tool_completed event's result).
 MAX_ERROR_CHARS = 200
-MAX_QUERY_CHARS = 200
-MAX_SEARCH_RESULTS = 20
-MAX_TIMEZONE_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class ToolContext:
     conversation_id: str
     # Who approved this call, for a tool that needs approval (None for every other tool).
     approved_by: int | None = None
+    # The run calling: its trigger message is the question, never one of search_history's answers.
+    run_id: str | None = None
 
 
 ToolFn = Callable[[ToolContext, dict[str, Any]], Awaitable[Any]]
@@ -216,61 +220,6 @@ async def _calculator(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
     return {"expression": args["expression"], "value": value}
 
 
-# --- current_time ---------------------------------------------------------------------------------
-@functools.cache
-def _known_timezones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())  # reads the tz database: ~70 ms, once
-
-
-def _zone(name: str) -> zoneinfo.ZoneInfo:
-    # Only names the tz database lists: never a path (ZoneInfo("../..") would look one up).
-    if name not in _known_timezones():
-        raise ToolError(f"unknown timezone {name!r}: use an IANA name such as 'Europe/Paris'")
-    return zoneinfo.ZoneInfo(name)
-
-
-async def _current_time(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
-    now = datetime.now(UTC)
-    result = {"utc": now.isoformat(timespec="seconds").replace("+00:00", "Z"), "weekday": now.strftime("%A")}
-    name = args.get("timezone")
-    if name is not None:
-        local = now.astimezone(await asyncio.to_thread(_zone, name))  # file reads, off the loop
-        result |= {
-            "timezone": name,
-            "local": local.isoformat(timespec="seconds"),
-            "local_weekday": local.strftime("%A"),
-        }
-    return result
-
-
-# --- search_history -------------------------------------------------------------------------------
-def _search(*, user_id: int, query: str, conversation_id: str, limit: int) -> list[dict[str, Any]]:
-    """The search under its own statement timeout, shorter than the tool's: a slow LIKE scan over a
-    huge conversation is cancelled by PostgreSQL instead of holding a connection for 30 s."""
-    timeout_ms = settings.AGENT_TOOL_SEARCH_TIMEOUT_MS
-    try:
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(timeout_ms)])
-            return search_messages(user_id=user_id, query=query, conversation_id=conversation_id, limit=limit)
-    except OperationalError as exc:
-        if getattr(exc.__cause__, "sqlstate", None) == "57014":  # query_canceled: the timeout
-            raise ToolError(f"the search took longer than {timeout_ms} ms and was stopped") from exc
-        raise
-
-
-async def _search_history(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
-    query = args["query"]
-    if any(unicodedata.category(c) == "Cc" for c in query):  # PostgreSQL refuses NUL in text
-        raise ToolError("the query may not contain control characters")
-    if ctx.user_id is None:
-        return {"query": query, "matches": []}
-    # thread_sensitive=False: its own thread, not the one thread every run's event writes share.
-    matches = await database_sync_to_async(_search, thread_sensitive=False)(
-        user_id=ctx.user_id, query=query, conversation_id=ctx.conversation_id, limit=args.get("limit", 5)
-    )
-    return {"query": query, "matches": matches}
-
-
 # --- invite_member (needs an owner's approval) ----------------------------------------------------
 MAX_USERNAME_CHARS = 150  # Django's username field
 # What Django's username validator allows (a leading @ of a mention is dropped): never a NUL,
@@ -300,7 +249,8 @@ def _invite_reason(args: dict[str, Any]) -> str:
     return f"Add {args.get('username', '?')} to this conversation as {args.get('role', 'member')}."
 
 
-def default_registry() -> ToolRegistry:
+def default_registry(*, clock: Clock = utc_now) -> ToolRegistry:
+    """Every tool; `clock` is what current_time reads (a test gives a fixed one)."""
     registry = ToolRegistry()
     registry.register(
         Tool(
@@ -318,19 +268,21 @@ def default_registry() -> ToolRegistry:
     registry.register(
         Tool(
             "current_time",
-            "The current date and time in UTC, and in an IANA timezone (e.g. 'Asia/Tokyo') if one is given.",
+            "The current date and time in UTC and in an IANA timezone (e.g. 'Asia/Tokyo') if one is given,"
+            " else in the asking user's own timezone.",
             {
                 "type": "object",
                 "properties": {"timezone": {"type": "string", "minLength": 1, "maxLength": MAX_TIMEZONE_CHARS}},
                 "additionalProperties": False,
             },
-            _current_time,
+            functools.partial(current_time, clock=clock),
         )
     )
     registry.register(
         Tool(
             "search_history",
-            "Search this conversation's messages that the asking user may read.",
+            "Search this conversation's messages that the asking user may read, newest first, with"
+            " their authors and times (ISO, and local in the user's timezone).",
             {
                 "type": "object",
                 "properties": {
@@ -340,7 +292,7 @@ def default_registry() -> ToolRegistry:
                 "required": ["query"],
                 "additionalProperties": False,
             },
-            _search_history,
+            search_history,
         )
     )
     registry.register(

@@ -1,7 +1,8 @@
-"""REST for the caller's own notifications (docs/protocol.md §9): settings, the list, marking read,
-Web Push subscriptions and the test push. Thin views over chat/services; every one acts on the
-authenticated caller only (no id in any path), so there is nobody else's to reach. Errors are
-`{"error": {"code", "message"}}` with 400 and a message naming the field."""
+"""REST for the caller's own account (docs/protocol.md §7: who they are, the time zone their browser
+reports) and notifications (§9: settings, the list, marking read, Web Push subscriptions and the test
+push). Thin views over chat/services; every one acts on the authenticated caller only (no id in any
+path), so there is nobody else's to reach. Errors are `{"error": {"code", "message"}}` with 400 and a
+message naming the field."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat.errors import ServiceError
+from chat.models import User
 from chat.services import notification_inbox, notification_prefs, push
+from chat.services.accounts import time_zone_set
 from chat.services.notification_config import push_configured
 
 ERROR_STATUS = {"bad_request": 400, "not_found": 404, "conflict": 409}
@@ -45,6 +48,20 @@ def _answer(call: Any, ok_status: int = status.HTTP_200_OK) -> Response:
     except ServiceError as exc:
         return error_response(exc)
     return Response(result, status=ok_status) if ok_status != status.HTTP_204_NO_CONTENT else Response(status=ok_status)
+
+
+def _me(user: User) -> dict[str, Any]:
+    return {"id": user.id, "username": user.username, "tier": user.tier, "time_zone": user.time_zone}
+
+
+class Me(APIView):
+    """GET: who the caller is. PATCH {"time_zone": "Europe/Paris"}: the zone the page reports."""
+
+    def get(self, request: Request) -> Response:
+        return Response(_me(request.user))  # type: ignore[arg-type]
+
+    def patch(self, request: Request) -> Response:
+        return _answer(lambda: _me(time_zone_set(user_id=uid(request), body=request.data)))
 
 
 class NotificationSettingsView(APIView):

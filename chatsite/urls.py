@@ -26,7 +26,8 @@ urlpatterns = [
     path("api/conversations/<str:conversation_id>/events/", api.ConversationEvents.as_view()),
     path("api/workspaces/", api.WorkspaceList.as_view()),
     path("api/workspaces/<str:workspace_id>/members/", api.WorkspaceMembers.as_view()),
-    # The caller's own notifications (docs/protocol.md §9): no id of anyone's in any of these paths.
+    # The caller's own account and notifications (docs/protocol.md §7, §9): no id of anyone's in these paths.
+    path("api/me/", api_me.Me.as_view()),
     path("api/me/notification-settings/", api_me.NotificationSettingsView.as_view()),
     path("api/me/notifications/", api_me.NotificationList.as_view()),
     path("api/me/notifications/read/", api_me.NotificationsRead.as_view()),

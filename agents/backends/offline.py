@@ -4,11 +4,14 @@ Rules, first match wins:
 1. the prompt contains an arithmetic expression  -> calculator
 2. it asks to invite / add someone ("invite @bob", "add bob to this conversation [as viewer]")
                                                  -> invite_member, which waits for an owner's approval
-3. it asks for the time or date                  -> current_time
-4. it asks to search / find / what was said      -> search_history
+3. it asks to search / find / what was said      -> search_history
+4. it asks for the time or date                  -> current_time, in the place it names ("in Tokyo",
+                                                    "in America/Chicago"), else in the asker's zone
 5. otherwise                                     -> a short answer saying what it can do
-The answer is built from what the tools returned and streamed word by word. After an approval the
-run resumes here with the call's outcome (`AgentInput.resume`) and answers from it.
+(Search before time: "did anyone mention the meeting time?" is a search.)
+The answer is built from what the tools returned, in words a person would use (times on a 12-hour
+clock with the weekday and the zone), and streamed word by word. After an approval the run resumes
+here with the call's outcome (`AgentInput.resume`) and answers from it.
 
 Its "model rounds" for the run's trace are the stretches between tool calls: deciding on a call,
 then answering from its outcome (`chat offline-rules` spans, like a real model's completions).
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncGenerator
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -42,6 +46,83 @@ SEARCH = re.compile(
     r"\b(?:search|find|look up|lookup|mention(?:ed)?|said about)\b(?:\s+(?:for|about|the history for))?\s+(?P<q>.+)",
     re.IGNORECASE,
 )
+# "... in Tokyo?", "... in America/New_York right now": the place a time question names.
+PLACE = re.compile(
+    r"\bin\s+(?P<place>[^\W\d][\w/+\-' .]*?)\s*(?:right\s+now|now|today|at\s+the\s+moment)?[\s?.!]*$",
+    re.IGNORECASE,
+)
+# Common places by the IANA zone they keep; any IANA name is taken as written.
+CITY_ZONES = {
+    "amsterdam": "Europe/Amsterdam",
+    "auckland": "Pacific/Auckland",
+    "bangkok": "Asia/Bangkok",
+    "beijing": "Asia/Shanghai",
+    "berlin": "Europe/Berlin",
+    "boston": "America/New_York",
+    "buenos aires": "America/Argentina/Buenos_Aires",
+    "cairo": "Africa/Cairo",
+    "chicago": "America/Chicago",
+    "delhi": "Asia/Kolkata",
+    "denver": "America/Denver",
+    "dubai": "Asia/Dubai",
+    "hong kong": "Asia/Hong_Kong",
+    "istanbul": "Europe/Istanbul",
+    "jakarta": "Asia/Jakarta",
+    "johannesburg": "Africa/Johannesburg",
+    "lagos": "Africa/Lagos",
+    "la": "America/Los_Angeles",
+    "lisbon": "Europe/Lisbon",
+    "london": "Europe/London",
+    "los angeles": "America/Los_Angeles",
+    "madrid": "Europe/Madrid",
+    "melbourne": "Australia/Melbourne",
+    "mexico city": "America/Mexico_City",
+    "moscow": "Europe/Moscow",
+    "mumbai": "Asia/Kolkata",
+    "nairobi": "Africa/Nairobi",
+    "new delhi": "Asia/Kolkata",
+    "new york": "America/New_York",
+    "nyc": "America/New_York",
+    "paris": "Europe/Paris",
+    "rome": "Europe/Rome",
+    "san francisco": "America/Los_Angeles",
+    "sao paulo": "America/Sao_Paulo",
+    "são paulo": "America/Sao_Paulo",
+    "seattle": "America/Los_Angeles",
+    "seoul": "Asia/Seoul",
+    "shanghai": "Asia/Shanghai",
+    "singapore": "Asia/Singapore",
+    "stockholm": "Europe/Stockholm",
+    "sydney": "Australia/Sydney",
+    "tokyo": "Asia/Tokyo",
+    "toronto": "America/Toronto",
+    "vancouver": "America/Vancouver",
+    "vienna": "Europe/Vienna",
+    "warsaw": "Europe/Warsaw",
+    "zurich": "Europe/Zurich",
+    "utc": "UTC",
+    "gmt": "UTC",
+}
+MAX_PLACE_CHARS = 64  # current_time's timezone argument
+
+
+def find_place(text: str) -> str | None:
+    """The place a time question names, as written ("Tokyo", "Europe/Paris"), or None."""
+    match = PLACE.search(text)
+    if match is None:
+        return None
+    place = match["place"].strip(" .'")
+    if place.lower().removeprefix("the ") in ("world", "morning", "afternoon", "evening", "my time zone", "my zone"):
+        return None
+    return place[:MAX_PLACE_CHARS] or None
+
+
+def zone_for(place: str) -> str | None:
+    """The IANA zone of a place: a known city, or a name that looks like an IANA zone (the tool checks it)."""
+    known = CITY_ZONES.get(" ".join(place.lower().split()))
+    if known is not None:
+        return known
+    return place if "/" in place and " " not in place else None
 
 
 def find_expression(text: str) -> str | None:
@@ -94,6 +175,7 @@ class OfflineBackend:
         expression = find_expression(prompt)
         invite = find_invite(prompt)
         search = SEARCH.search(prompt)
+        place = find_place(prompt) if TIME_WORDS.search(prompt) else None
         if request.resume is not None:  # the invitation was decided; the run goes on from here
             answer = _invite_answer(request.resume.state.get("arguments", {}), request.resume.outcome)
         elif expression:
@@ -109,25 +191,21 @@ class OfflineBackend:
             yield Think(f"The message asks to add {who} to this conversation; an owner has to approve that.")
             outcome = yield CallTool("call_1", "invite_member", invite, state={"arguments": invite})
             answer = _invite_answer(invite, outcome)
-        elif TIME_WORDS.search(prompt):
-            yield Think("The message asks for the current time; I will read the clock.")
-            outcome = yield CallTool("call_1", "current_time", {})
-            answer = (
-                f"It is {outcome.result['utc']} (UTC), a {outcome.result['weekday']}."
-                if outcome and outcome.ok
-                else f"I could not read the clock: {_error(outcome)}"
-            )
         elif search:
             query = search.group("q").strip(" ?.!\"'")[:200] or prompt[:200]
             yield Think(f"The message asks about earlier messages; I will search the history for {query!r}.")
             outcome = yield CallTool("call_1", "search_history", {"query": query})
-            if outcome and outcome.ok and outcome.result["matches"]:
-                lines = [f"- {m['author']}: {m['text']}" for m in outcome.result["matches"]]
-                answer = f"I found {len(lines)} message(s) about {query!r}:\n" + "\n".join(lines)
-            elif outcome and outcome.ok:
-                answer = f"I found no messages about {query!r}."
+            answer = _search_answer(query, outcome)
+        elif TIME_WORDS.search(prompt):
+            zone = zone_for(place) if place else None
+            if zone:
+                yield Think(f"The message asks for the time in {place}; I will read the clock in {zone}.")
             else:
-                answer = f"The search failed: {_error(outcome)}"
+                yield Think("The message asks for the current time; I will read the clock in the asker's zone.")
+            outcome = yield CallTool("call_1", "current_time", {"timezone": zone} if zone else {})
+            answer = _time_answer(outcome)
+            if place and not zone and outcome and outcome.ok:
+                answer = f"I don't know the time zone of {place}. For you: {answer}"
         else:
             yield Think("No tool applies to this message; answering with what I can do.")
             answer = (
@@ -149,6 +227,43 @@ def _error(outcome: ToolOutcome | None) -> str:
         return "no result"
     result = outcome.result
     return str(result.get("error")) if isinstance(result, dict) else str(result)
+
+
+def clock_time(moment: datetime) -> str:
+    """ "3:42 PM": a 12-hour clock, as people say it."""
+    hour = moment.hour % 12 or 12
+    return f"{hour}:{moment.minute:02d} {'AM' if moment.hour < 12 else 'PM'}"
+
+
+def spoken_time(iso: str) -> str:
+    """ "3:42 PM on Tuesday, 1 December 2026" from an ISO time with its offset."""
+    moment = datetime.fromisoformat(iso)
+    return f"{clock_time(moment)} on {moment:%A}, {moment.day} {moment:%B %Y}"
+
+
+def short_time(iso: str) -> str:
+    """ "3:42 PM, Tue 1 Dec 2026": a message's time in a list."""
+    moment = datetime.fromisoformat(iso)
+    return f"{clock_time(moment)}, {moment:%a} {moment.day} {moment:%b %Y}"
+
+
+def _time_answer(outcome: ToolOutcome | None) -> str:
+    if outcome is None or not outcome.ok or not isinstance(outcome.result, dict):
+        return f"I could not read the clock: {_error(outcome)}"
+    result = outcome.result
+    return f"It's {spoken_time(result['local'])} ({result['timezone']})."
+
+
+def _search_answer(query: str, outcome: ToolOutcome | None) -> str:
+    if outcome is None or not outcome.ok or not isinstance(outcome.result, dict):
+        return f"The search failed: {_error(outcome)}"
+    matches = outcome.result["matches"]
+    if not matches:
+        return f"No messages mention '{query}' yet."
+    count = "1 message mentions" if len(matches) == 1 else f"{len(matches)} messages mention"
+    lines = [f"- {m['author']} ({short_time(m['local_time'])}): {m['text']}" for m in matches]
+    zone = outcome.result.get("timezone", "UTC")
+    return f"{count} '{query}', newest first (times in {zone}):\n" + "\n".join(lines)
 
 
 def _invite_answer(asked: dict[str, Any], outcome: ToolOutcome | None) -> str:

@@ -6,10 +6,15 @@ How a token is revoked: every token carries simplejwt's password claim (a hash o
 CHECK_REVOKE_TOKEN) and the user's token version (`stamp_token`); `selectors.token_holder` refuses a token
 whose claims no longer match the user row. A password change changes the first on every road that
 saves a new hash; log-out-everywhere and deactivation bump the second.
+
+Also the user's own profile settings the page writes: the time zone the browser reports
+(`time_zone_set`), which agents answer times in.
 """
 
 from __future__ import annotations
 
+import functools
+import zoneinfo
 from typing import Any
 
 from django.contrib.auth.signals import user_logged_out
@@ -18,6 +23,7 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.http import HttpRequest
 
+from chat.errors import ServiceError
 from chat.infra.doorbells import UserMessage
 from chat.models import User
 from chat.publishing import UserTold, after_commit
@@ -54,6 +60,28 @@ def stamp_token(token: Any, user: User) -> Any:
     to every access token minted from it)."""
     token[TOKEN_VERSION_CLAIM] = user.token_version
     return token
+
+
+@functools.cache
+def _known_timezones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())  # reads the tz database: ~70 ms, once
+
+
+def time_zone_set(*, user_id: int, body: object) -> User:
+    """Store the IANA zone the user's browser reports: `{"time_zone": "Europe/Paris"}` ("" for none:
+    UTC). Only names the tz database lists (never a path, never a guess); nothing else is changed."""
+    if not isinstance(body, dict) or set(body) != {"time_zone"}:
+        raise ServiceError("bad_request", "expected a JSON object with time_zone, and only that")
+    name = body["time_zone"]
+    if not isinstance(name, str):
+        raise ServiceError("bad_request", "time_zone: expected a string")
+    if name and name not in _known_timezones():
+        shown = name if len(name) <= 64 else name[:63] + "…"
+        raise ServiceError(
+            "bad_request", f"time_zone: unknown time zone {shown!r}, expected an IANA name such as 'Europe/Paris'"
+        )
+    User.objects.filter(id=user_id).update(time_zone=name)
+    return User.objects.only("id", "username", "tier", "time_zone").get(id=user_id)
 
 
 def tokens_revoke(*, user_id: int) -> None:

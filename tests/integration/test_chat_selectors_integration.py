@@ -19,7 +19,7 @@ from django.utils import timezone
 from agents.services import run_claim_next, run_complete
 from chat import selectors
 from chat.errors import NotFound
-from chat.models import Event, Notification, Role
+from chat.models import Event, Message, Notification, Role
 from chat.selectors import DELETED_AUTHOR
 from chat.services.accounts import user_deactivate
 from chat.services.conversations import (
@@ -349,9 +349,22 @@ def test_search_finds_matches_newest_first_in_the_one_conversation_asked(make_us
     message_sync(elsewhere, alice, "zebra in another conversation")
 
     got = selectors.search_messages(user_id=bob.id, query="zebra", conversation_id=conv)
+    sent = dict(Message.objects.filter(conversation_id=conv).values_list("id", "created_at"))
     assert got == [
-        {"message_id": second.message_id, "seq": second.seq, "author": bob.username, "text": "zebras everywhere"},
-        {"message_id": first.message_id, "seq": first.seq, "author": alice.username, "text": "the Zebra report is due"},
+        {
+            "message_id": second.message_id,
+            "seq": second.seq,
+            "author": bob.username,
+            "text": "zebras everywhere",
+            "created_at": sent[uuid.UUID(second.message_id)],
+        },
+        {
+            "message_id": first.message_id,
+            "seq": first.seq,
+            "author": alice.username,
+            "text": "the Zebra report is due",
+            "created_at": sent[uuid.UUID(first.message_id)],
+        },
     ]
     assert [
         m["seq"] for m in selectors.search_messages(user_id=bob.id, query="zebra", conversation_id=conv, limit=1)
@@ -398,8 +411,10 @@ def test_search_results_are_bounded_and_name_the_agent(make_user: Any, settings:
     settings.AGENT_RUNNER = "worker"
     owner = make_user()
     conv = conversation_sync(owner)
-    long = "zebra " + "y" * 400
+    long = "zebra " + "y" * 600
     message_sync(conv, owner, long)
+    whole = "zebra " + "w" * (selectors.SEARCH_TEXT_CHARS - 6)  # exactly as long as a result's text may be
+    message_sync(conv, owner, whole)
     claimed = run_claim_next(worker_id="selector-test")
     assert claimed is not None
     assert claimed.conversation_id == conv
@@ -407,7 +422,8 @@ def test_search_results_are_bounded_and_name_the_agent(make_user: Any, settings:
     got = selectors.search_messages(user_id=owner.id, query="zebra", conversation_id=conv)
     assert [(m["author"], m["text"], m["seq"]) for m in got] == [
         ("agent", "a zebra answer", event.seq),
-        (owner.username, long[:300], 1),
+        (owner.username, whole, 2),
+        (owner.username, long[: selectors.SEARCH_TEXT_CHARS - 1] + "…", 1),  # cut only past the bound
     ]
 
 

@@ -111,11 +111,16 @@ async def test_offline_agent_reports_tool_failure_honestly(settings: Any) -> Non
 
 async def test_offline_agent_picks_time_and_search_tools(settings: Any) -> None:
     settings.AGENT_OFFLINE_TOKEN_DELAY_MS = 0
-    time_steps = await drive("what time is it?", {"current_time": ToolOutcome(True, {"utc": "T", "weekday": "Monday"})})
-    assert [s.tool for s in time_steps if isinstance(s, CallTool)] == ["current_time"]
+    clock = {"utc": "2026-12-01T14:42:00Z", "timezone": "Europe/Paris", "local": "2026-12-01T15:42:00+01:00"}
+    time_steps = await drive("what time is it?", {"current_time": ToolOutcome(True, clock)})
+    assert [s for s in time_steps if isinstance(s, CallTool)] == [CallTool("call_1", "current_time", {})]
+    answer = "".join(s.text for s in time_steps if isinstance(s, AnswerChunk))
+    assert answer == "It's 3:42 PM on Tuesday, 1 December 2026 (Europe/Paris)."
     search_steps = await drive("search for invoices", {"search_history": ToolOutcome(True, {"matches": []})})
     calls = [s for s in search_steps if isinstance(s, CallTool)]
     assert calls == [CallTool("call_1", "search_history", {"query": "invoices"})]
+    answer = "".join(s.text for s in search_steps if isinstance(s, AnswerChunk))
+    assert answer == "No messages mention 'invoices' yet."
     help_steps = await drive("hello there", {})
     assert not [s for s in help_steps if isinstance(s, CallTool)]
 
@@ -123,3 +128,48 @@ async def test_offline_agent_picks_time_and_search_tools(settings: Any) -> None:
 def test_calculator_refuses_complex_results() -> None:
     with pytest.raises(ToolError, match="not a real number"):
         calculate("(-8) ** 0.5")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "arguments"),
+    [
+        ("what time is it in Tokyo?", {"timezone": "Asia/Tokyo"}),
+        ("What's the time in new  york right now?", {"timezone": "America/New_York"}),
+        ("what time is it in America/Chicago", {"timezone": "America/Chicago"}),
+        ("what time is it in utc?", {"timezone": "UTC"}),
+        ("what time is it?", {}),
+        ("what is the date today", {}),
+        ("what time is it in Atlantis?", {}),  # no zone known: the asker's own, and the answer says so
+    ],
+)
+async def test_offline_agent_reads_the_clock_where_the_question_says(
+    prompt: str, arguments: dict[str, str], settings: Any
+) -> None:
+    settings.AGENT_OFFLINE_TOKEN_DELAY_MS = 0
+    clock = {"utc": "2026-07-04T00:05:00Z", "timezone": "UTC", "local": "2026-07-04T00:05:00+00:00"}
+    steps = await drive(prompt, {"current_time": ToolOutcome(True, clock)})
+    assert [s for s in steps if isinstance(s, CallTool)] == [CallTool("call_1", "current_time", arguments)]
+    answer = "".join(s.text for s in steps if isinstance(s, AnswerChunk))
+    assert answer.endswith("It's 12:05 AM on Saturday, 4 July 2026 (UTC).")
+    assert ("Atlantis" in answer) == ("Atlantis" in prompt)
+
+
+async def test_offline_agent_lists_each_match_whole_with_author_and_local_time(settings: Any) -> None:
+    settings.AGENT_OFFLINE_TOKEN_DELAY_MS = 0
+    found = {
+        "query": "invoices",
+        "timezone": "Asia/Tokyo",
+        "matches": [
+            {"author": "bob", "text": "invoices\nare paid", "local_time": "2026-03-02T09:05:00+09:00"},
+            {"author": "alice", "text": "the invoices", "local_time": "2026-03-01T23:59:00+09:00"},
+        ],
+    }
+    steps = await drive("@assistant did anyone mention invoices?", {"search_history": ToolOutcome(True, found)})
+    answer = "".join(s.text for s in steps if isinstance(s, AnswerChunk))
+    assert answer == (
+        "2 messages mention 'invoices', newest first (times in Asia/Tokyo):\n"
+        "- bob (9:05 AM, Mon 2 Mar 2026): invoices\nare paid\n"
+        "- alice (11:59 PM, Sun 1 Mar 2026): the invoices"
+    )
+    failed = await drive("search for invoices", {"search_history": ToolOutcome(False, {"error": "too slow"})})
+    assert "".join(s.text for s in failed if isinstance(s, AnswerChunk)) == "The search failed: too slow"

@@ -1,0 +1,149 @@
+"""The tools that answer about the asking user's world: the time (in their zone) and this
+conversation's history. Registered by agents/tools.py; their limits are in its docstring.
+
+Both speak the asking user's time zone (User.time_zone, which the page reports; blank or unknown
+means UTC): an answer says times the way the person who asked reads a clock. Their results stay
+machine-readable (ISO times and the zone's IANA name): they become tool_completed events, and the
+backend words the answer from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import unicodedata
+import zoneinfo
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import OperationalError, connection, transaction
+
+from agents.sandbox import ToolError
+from chat.selectors import search_messages, user_time_zone
+
+if TYPE_CHECKING:  # agents.tools imports this module to register its tools: only the type from there
+    from agents.tools import ToolContext
+
+MAX_QUERY_CHARS = 200
+MAX_SEARCH_RESULTS = 20
+MAX_TIMEZONE_CHARS = 64
+DEFAULT_ZONE = "UTC"
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- zones ----------------------------------------------------------------------------------------
+@functools.cache
+def _known_timezones() -> dict[str, str]:
+    """Every IANA name the tz database lists, by its lower-case spelling (people type
+    "asia/tokyo"): reads the database, ~70 ms, once, never on the event loop."""
+    return {name.lower(): name for name in zoneinfo.available_timezones()}
+
+
+def zone_named(name: str) -> zoneinfo.ZoneInfo:
+    # Only names the tz database lists: never a path (ZoneInfo("../..") would look one up).
+    canonical = _known_timezones().get(name.lower())
+    if canonical is None:
+        raise ToolError(f"unknown timezone {name!r}: use an IANA name such as 'Europe/Paris'")
+    return zoneinfo.ZoneInfo(canonical)
+
+
+def _requester_zone(user_id: int | None) -> zoneinfo.ZoneInfo:
+    """The asking user's zone; UTC for none set, no user, or a name the tz database no longer has."""
+    name = user_time_zone(user_id=user_id) if user_id is not None else ""
+    try:
+        return zone_named(name or DEFAULT_ZONE)
+    except ToolError:
+        return zoneinfo.ZoneInfo(DEFAULT_ZONE)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# --- current_time ---------------------------------------------------------------------------------
+async def current_time(ctx: ToolContext, args: dict[str, Any], *, clock: Clock = utc_now) -> dict[str, Any]:
+    """The time in UTC and in the zone asked for, else the asking user's own zone."""
+    now = clock().astimezone(UTC)
+    name = args.get("timezone")
+    if name is not None:
+        zone = await asyncio.to_thread(zone_named, name)  # file reads, off the loop
+        source = "asked"
+    else:
+        # Its own thread, not the one thread every run's event writes share.
+        zone = await database_sync_to_async(_requester_zone, thread_sensitive=False)(ctx.user_id)
+        source = "user"
+    local = now.astimezone(zone)
+    return {
+        "utc": _iso(now),
+        "weekday": now.strftime("%A"),
+        "timezone": zone.key,
+        # Whose zone it is: the one the question named, or the asking user's own.
+        "timezone_source": source,
+        "local": local.isoformat(timespec="seconds"),
+        "local_weekday": local.strftime("%A"),
+    }
+
+
+# --- search_history -------------------------------------------------------------------------------
+# A message that only asks for this very search ("@assistant search for invoices?") is the question,
+# not an answer to it. The verbs are the offline agent's (agents/backends/offline.py SEARCH); the
+# pattern is PostgreSQL's (ARE), matched case-insensitively against whole message texts.
+_REQUEST_VERBS = r"(search|find|look\s*up|mention(ed)?|said about)(\s+(for|about|the history for))?"
+_QUOTE = "[\"'“”‘’]?"
+
+
+def request_pattern(query: str) -> str:
+    """The regular expression of a message asking to search for `query`."""
+    words = r"\s+".join(re.escape(word) for word in query.split())
+    return rf"^.*\m{_REQUEST_VERBS}\s+{_QUOTE}{words}{_QUOTE}[^[:alnum:]]*$"
+
+
+def _search(*, ctx: ToolContext, query: str, limit: int) -> tuple[list[dict[str, Any]], str]:
+    """The matches with their local times, under a statement timeout shorter than the tool's: a slow
+    LIKE scan over a huge conversation is cancelled by PostgreSQL instead of holding a connection
+    for 30 s."""
+    assert ctx.user_id is not None
+    timeout_ms = settings.AGENT_TOOL_SEARCH_TIMEOUT_MS
+    zone = _requester_zone(ctx.user_id)
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(timeout_ms)])
+            matches = search_messages(
+                user_id=ctx.user_id,
+                query=query,
+                conversation_id=ctx.conversation_id,
+                limit=limit,
+                exclude_run_id=ctx.run_id,
+                exclude_text_regex=request_pattern(query),
+            )
+    except OperationalError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) == "57014":  # query_canceled: the timeout
+            raise ToolError(f"the search took longer than {timeout_ms} ms and was stopped") from exc
+        raise
+    for match in matches:
+        sent: datetime = match.pop("created_at")
+        match["sent_at"] = _iso(sent.astimezone(UTC))
+        match["local_time"] = sent.astimezone(zone).isoformat(timespec="seconds")
+    return matches, zone.key
+
+
+async def search_history(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
+    query = args["query"]
+    if any(unicodedata.category(c) == "Cc" for c in query):  # PostgreSQL refuses NUL in text
+        raise ToolError("the query may not contain control characters")
+    if ctx.user_id is None:
+        return {"query": query, "timezone": DEFAULT_ZONE, "matches": []}
+    # thread_sensitive=False: its own thread, not the one thread every run's event writes share.
+    matches, zone = await database_sync_to_async(_search, thread_sensitive=False)(
+        ctx=ctx, query=query, limit=args.get("limit", 5)
+    )
+    return {"query": query, "timezone": zone, "matches": matches}
