@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "chat",
     "agents",  # before `channels`: its `runworker` adds the run supervisor to channels' worker
     "monitoring",
+    "enterprise",
     "channels",
 ]
 
