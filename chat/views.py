@@ -63,7 +63,8 @@ def admin_login(request: HttpRequest) -> HttpResponse:
 @login_required
 def index(request: HttpRequest) -> HttpResponse:
     rows = selectors.conversations_for_user(user_id=int(request.user.pk or 0))
-    return render(request, "chat/index.html", {"memberships": rows})
+    # `sidebar`: base.html renders the conversation sidebar (chat/templates/chat/_sidebar.html).
+    return render(request, "chat/index.html", {"memberships": rows, "sidebar": True})
 
 
 # What the page says for each agent mode (docs/protocol.md §8); the owner picks one of them.
@@ -85,6 +86,9 @@ def conversation(request: HttpRequest, conversation_id: str) -> HttpResponse:
         "access": access,
         "agent_modes": list(AGENT_MODE_LABELS.items()),
         "agent_mode_label": AGENT_MODE_LABELS.get(access.agent_mode, access.agent_mode),
+        # base.html: the sidebar, and the conversation menu's dialogs (chat/templates/chat/_manage.html).
+        "sidebar": True,
+        "manage": True,
     }
     return render(request, "chat/conversation.html", context)
 

@@ -53,12 +53,13 @@ SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 # Content-Security-Policy (chatsite/security.py): scripts, styles, images, fonts and connections (the
-# socket included) from this origin only; no inline script or style, no plugins, no framing.
+# socket included) from this origin only; no inline script or style, no plugins, no framing. Images
+# may also be data: URLs: the tab's favicon carries the unread count, drawn on a canvas (unread-title.js).
 CHAT_CONTENT_SECURITY_POLICY: dict[str, list[str]] = {
     "default-src": ["'self'"],
     "script-src": ["'self'"],
     "style-src": ["'self'"],
-    "img-src": ["'self'"],
+    "img-src": ["'self'", "data:"],
     "font-src": ["'self'"],
     "connect-src": ["'self'"],
     "object-src": ["'none'"],

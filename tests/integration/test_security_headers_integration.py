@@ -31,7 +31,7 @@ EXPECTED_CSP = {
     "default-src": "'self'",
     "script-src": "'self'",
     "style-src": "'self'",
-    "img-src": "'self'",
+    "img-src": "'self' data:",
     "font-src": "'self'",
     "connect-src": "'self'",
     "object-src": "'none'",

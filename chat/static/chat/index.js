@@ -48,13 +48,11 @@ if (form) {
 }
 
 // --- unread badges (docs/protocol.md §10) -----------------------------------------------------------
-// The list is rendered by the server (newest activity first, unread counts); this keeps it current
-// while the page is open: GET /api/conversations/ every REFRESH_MS while the page is visible, and at
-// once when it becomes visible again. The tab title carries the total unread count.
+// The list is rendered by the server (newest activity first, unread counts); the sidebar (sidebar.js)
+// keeps it current: each of its refreshes of GET /api/conversations/ comes here as `sidebar:data`.
+// The sidebar also puts the total unread count in the tab's title and favicon.
 
-const REFRESH_MS = 10000;
 const list = document.querySelector('[data-testid="conversation-list"]');
-const baseTitle = document.title;
 
 function formatWhen(iso) {
   const date = new Date(iso);
@@ -69,11 +67,6 @@ function badgeText(unread) {
   return unread >= 1000 ? '999+' : String(unread);
 }
 
-function showTotal(total) {
-  document.title = total > 0 ? `(${badgeText(total)}) ${baseTitle}` : baseTitle;
-  if (list) list.dataset.unreadTotal = String(total);
-}
-
 function renderItem(link, item) {
   link.dataset.unread = String(item.unread);
   link.classList.toggle('has-unread', item.unread > 0);
@@ -84,26 +77,20 @@ function renderItem(link, item) {
   const time = link.querySelector('[data-testid="conversation-time"]');
   time.setAttribute('datetime', item.last_activity_at);
   time.textContent = formatWhen(item.last_activity_at);
+  const title = link.querySelector('[data-testid="conversation-title"]');
+  if (item.title && title.textContent !== item.title) title.textContent = item.title;
   const preview = link.querySelector('[data-testid="conversation-preview"]');
   if (item.last_message) {
     const who = document.createElement('b');
     who.textContent = `${item.last_message.author.username}:`;
-    preview.replaceChildren(who, ` ${item.last_message.preview}`);
+    const text = item.last_message.deleted ? 'message deleted' : item.last_message.preview;
+    preview.replaceChildren(who, ` ${text}`);
   } else {
     preview.textContent = 'No messages yet';
   }
 }
 
-async function refresh() {
-  if (!list || document.visibilityState !== 'visible') return;
-  let items;
-  try {
-    const response = await fetch('/api/conversations/', { credentials: 'same-origin', headers: { Accept: 'application/json' } });
-    if (!response.ok) return;
-    items = await response.json();
-  } catch (err) {
-    return; // offline: the next refresh tries again
-  }
+function update(items) {
   const links = new Map(Array.from(list.querySelectorAll('[data-testid="conversation-link"]'), (a) => [a.dataset.conversationId, a]));
   let total = 0;
   for (const item of items) {
@@ -113,7 +100,7 @@ async function refresh() {
     renderItem(link, item);
     list.append(link.closest('li')); // the server's order: newest activity first
   }
-  showTotal(total);
+  list.dataset.unreadTotal = String(total);
 }
 
 if (list) {
@@ -123,8 +110,6 @@ if (list) {
     const time = link.querySelector('[data-testid="conversation-time"]');
     time.textContent = formatWhen(time.getAttribute('datetime'));
   }
-  showTotal(total);
-  setInterval(refresh, REFRESH_MS);
-  document.addEventListener('visibilitychange', refresh);
-  window.addEventListener('focus', refresh);
+  list.dataset.unreadTotal = String(total);
+  window.addEventListener('sidebar:data', (event) => update(event.detail.items));
 }
