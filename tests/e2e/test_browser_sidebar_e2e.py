@@ -237,7 +237,11 @@ def test_owner_invites_members_see_the_list_read_only(
 def test_rename_archive_and_delete_from_the_menu(
     stack: Stack, new_page: Callable[[str], Any], login: Callable[[Any, str], None], page_errors: PageErrors
 ) -> None:
-    room = create(stack, "alice", "Rename me")
+    room = shared_conversation(stack, token_for(stack, "alice"), "bob", title="Rename me")
+    bob = new_page("bob")
+    login(bob, "bob")
+    bob.goto(f"/c/{room}/")
+    wait_live(bob)
     page = new_page("alice")
     login(page, "alice")
     page.goto(f"/c/{room}/")
@@ -250,6 +254,10 @@ def test_rename_archive_and_delete_from_the_menu(
     expect(page.locator(".chat-header [data-testid=conversation-title]")).to_have_text("Renamed room")
     expect(item(page, "Renamed room")).to_have_count(1)
     expect(page).to_have_title(re.compile(r"Renamed room · Chatcore$"))
+    # bob sees it live: the header, the tab and his sidebar (the conversation_updated event).
+    expect(bob.locator(".chat-header [data-testid=conversation-title]")).to_have_text("Renamed room")
+    expect(bob).to_have_title(re.compile(r"Renamed room · Chatcore$"))
+    expect(item(bob, "Renamed room")).to_have_count(1)
 
     open_menu(page, "archive")
     expect(page.get_by_test_id("chat-menu-notice")).to_contain_text("Archived")

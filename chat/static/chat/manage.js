@@ -5,6 +5,7 @@
 import { el } from './dom.js';
 import { MembersDialog } from './members.js';
 import { api, showError, wireDialog } from './restapi.js';
+import { setBaseTitle } from './unread-title.js';
 
 const app = document.getElementById('chat-app');
 const slot = document.querySelector('[data-testid="chat-actions"]');
@@ -50,7 +51,23 @@ class ConversationMenu {
       isOwner: () => this.role === 'owner',
       onChange: changed,
     });
+    window.addEventListener('chat:event', (event) => this.onEvent(event.detail));
     this.load();
+  }
+
+  // Another owner's change, live (docs/protocol.md §4): the header follows it; the members list too
+  // when it is open. The menu's items are rebuilt from this state each time it opens.
+  onEvent(frame) {
+    if (!frame || !frame.data) return;
+    const me = Number(app.dataset.userId);
+    if (frame.type === 'conversation_updated') {
+      this.state.visibility = frame.data.visibility;
+      slot.dataset.visibility = frame.data.visibility;
+      if (frame.data.title !== this.state.title) this.showTitle(frame.data.title);
+    } else if (frame.type === 'member_role_changed' && frame.data.user && frame.data.user.id === me) {
+      this.role = frame.data.role;
+    }
+    if (frame.type.startsWith('member_') && this.members.dialog.open) this.members.load();
   }
 
   async load() {
@@ -142,19 +159,22 @@ class ConversationMenu {
       showError(error, result.error);
       return;
     }
-    this.state.title = (result.body && result.body.title) || title;
-    this.showTitle(this.state.title);
+    this.showTitle((result.body && result.body.title) || title);
     this.rename.close();
     changed();
   }
 
   showTitle(title) {
+    const previous = this.state.title;
+    this.state.title = title;
+    const composer = document.querySelector('[data-testid="composer"]');
+    if (composer && previous && composer.placeholder.startsWith(`Message ${previous}…`)) {
+      composer.placeholder = `Message ${title}…${composer.placeholder.slice(`Message ${previous}…`.length)}`;
+    }
     const heading = document.querySelector('.chat-header [data-testid="conversation-title"]');
     if (heading) heading.textContent = title;
     app.dataset.title = title;
-    // The tab's title: unread-title.js keeps any "(n) " prefix in front of it.
-    const prefix = (document.title.match(/^\(\d+\+?\) /) || [''])[0];
-    document.title = `${prefix}${title} · Chatcore`;
+    setBaseTitle(`${title} · Chatcore`); // the tab's title, with the unread count in front
   }
 
   async toggleVisibility() {

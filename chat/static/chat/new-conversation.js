@@ -12,6 +12,7 @@ export class NewConversationDialog {
     this.error = dialog.querySelector('[data-testid="new-dialog-error"]');
     this.submit = dialog.querySelector('[data-testid="new-dialog-submit"]');
     wireDialog(dialog);
+    this.title.addEventListener('input', () => showError(this.error, ''));
     this.form.addEventListener('submit', (event) => {
       event.preventDefault();
       this.create();

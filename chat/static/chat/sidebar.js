@@ -159,6 +159,7 @@ class Sidebar {
     else if (!items.length) {
       if (this.search.value.trim()) emptyText = 'No conversation matches this title.';
       else if (this.archived) emptyText = 'No archived conversations.';
+      else if (this.workspace) emptyText = 'You are in no conversation of this workspace yet.';
       else emptyText = 'No conversations yet.';
     }
     this.empty.textContent = emptyText;

@@ -9,6 +9,7 @@ const COUNT_PREFIX = /^\(\d+\+?\) /;
 const SIZE = 64;
 
 let total = 0;
+let baseTitle = null; // set after a rename: the page's own title writes keep the old one
 let baseIcon = null; // the page's own icon link's href, restored at zero
 let iconImage = null;
 let drawn = -1;
@@ -23,7 +24,7 @@ function titleNode() {
 }
 
 function wantedTitle() {
-  const base = document.title.replace(COUNT_PREFIX, '');
+  const base = baseTitle === null ? document.title.replace(COUNT_PREFIX, '') : baseTitle;
   return total > 0 ? `(${badgeText(total)}) ${base}` : base;
 }
 
@@ -82,6 +83,12 @@ function applyIcon() {
   link.setAttribute('href', canvas.toDataURL('image/png'));
   link.dataset.unread = String(total);
   drawn = total;
+}
+
+/** The tab's title without the count (the conversation was renamed). */
+export function setBaseTitle(title) {
+  baseTitle = title;
+  applyTitle();
 }
 
 /** Show `count` unread in the title and the favicon. */
