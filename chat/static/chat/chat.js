@@ -252,7 +252,7 @@ class ChatView {
       this.updateEmpty();
       this.outbox.flush();
       this.people.refresh();
-      // this.actions.loadRatings(); -- on once GET /api/conversations/{id}/feedback/ is served
+      this.actions.loadRatings();
       this.updateUnread();
       this.readTracker.refresh();
       this.history.checkNearTop();
