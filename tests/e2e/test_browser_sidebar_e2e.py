@@ -54,7 +54,8 @@ async ([method, path, body]) => {
 
 def shot(page: Any, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"sidebar-{name}.png"))
+    # Transitions finished at once: a shot right after a colour-scheme switch shows the new colours.
+    page.screenshot(path=str(ARTIFACTS / f"sidebar-{name}.png"), animations="disabled")
 
 
 def no_page_errors(errors: PageErrors, *refusals: int) -> None:
