@@ -18,7 +18,10 @@ const REFRESH_GAP_MS = 2000;
 const POLL_MS = 60_000;
 const SEARCH_DEBOUNCE_MS = 250;
 const WORKSPACE_KEY = 'chat.sidebar.workspace';
-const LIVE_EVENTS = ['chat:event', 'chat:notification', 'chat:notifications-read', 'chat:reset', 'chat:conversation-changed'];
+const LIVE_EVENTS = ['chat:notification', 'chat:notifications-read', 'chat:reset', 'chat:conversation-changed'];
+// The steps of an answer being written change nothing the sidebar shows (its preview is the last
+// message, its order moves with the run's start and end): no refresh per streamed chunk.
+const QUIET_EVENTS = new Set(['agent_thinking', 'tool_executing', 'tool_completed', 'agent_delta', 'approval_resolved']);
 
 function relativeTime(iso) {
   const then = Date.parse(iso);
@@ -95,6 +98,9 @@ class Sidebar {
     });
 
     for (const name of LIVE_EVENTS) window.addEventListener(name, () => this.requestRefresh());
+    window.addEventListener('chat:event', (event) => {
+      if (!QUIET_EVENTS.has(event.detail && event.detail.type)) this.requestRefresh();
+    });
     window.addEventListener('focus', () => this.requestRefresh());
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible') this.requestRefresh();
