@@ -263,7 +263,7 @@ async def test_a_cancel_asked_for_before_the_park_ends_the_run_cancelled(make_us
 
     async def cancel_now() -> None:
         await database_sync_to_async(run_request_cancel)(
-            run_id=run.run_id, by_user_id=owner.id, by_username=owner.username, role="owner"
+            run_id=run.run_id, by_user_id=owner.id, by_username=owner.username
         )
 
     backend = Script(cancel_now, CallTool("c1", "guarded", {"x": 2}))
