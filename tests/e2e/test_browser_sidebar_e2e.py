@@ -232,6 +232,13 @@ def test_owner_invites_members_see_the_list_read_only(
     invite = {"username": "carol", "role": "member"}
     status = bob.evaluate(CSRF_FETCH, ["POST", f"/api/conversations/{room}/members/", invite])
     assert status == 403
+    # A member leaves from the menu: back on the list, the conversation is no longer in his sidebar.
+    members.get_by_test_id("members-close").click()
+    open_menu(bob, "leave")
+    bob.get_by_test_id("confirm-submit").click()
+    bob.wait_for_url(re.compile(r"/$"))
+    expect(bob.get_by_test_id("sidebar-item").first).to_be_visible()
+    expect(item(bob, "Invite room")).to_have_count(0)
     no_page_errors(page_errors, 404, 409, 403)  # unknown user, last owner, a member's invite
 
 
