@@ -27,6 +27,7 @@ from agents.runner import get_supervisor
 from chat.errors import ErrorClass
 from chat.infra.doorbells import AGENT_RUNS_CHANNEL
 from chat.infra.error_recovery import backoff_delay, classify
+from chat.services.conversation_admin import purge_deleted_when_due
 from monitoring.config import option
 from monitoring.event_monitor import sweep
 from monitoring.metrics import metrics
@@ -97,6 +98,8 @@ async def monitoring_loop() -> None:
             await asyncio.sleep(float(option("sweep_interval_s")))
             try:
                 await database_sync_to_async(sweep, thread_sensitive=False)()
+                # Deleted conversations past their retention: at most once an hour per worker.
+                await database_sync_to_async(purge_deleted_when_due, thread_sensitive=False)()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -20,6 +20,7 @@ from chat.models import (
     Event,
     LoginLockout,
     Message,
+    MessageFeedback,
     Notification,
     User,
     Workspace,
@@ -27,6 +28,7 @@ from chat.models import (
 )
 from chat.services import login_guard
 from chat.services.accounts import user_deactivate
+from chat.services.conversation_admin import conversation_restore_by_staff
 from chat.services.conversations import (
     conversation_member_remove_by_staff,
     conversation_member_set_by_staff,
@@ -85,13 +87,53 @@ class ConversationMemberInline(admin.TabularInline):
     readonly_fields = ("last_read_seq",)
 
 
+class DeletedFilter(admin.SimpleListFilter):
+    title = "deleted"
+    parameter_name = "deleted"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "deleted (waiting for the purge)"), ("no", "live")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> QuerySet[Conversation]:
+        if self.value() in ("yes", "no"):
+            return queryset.filter(deleted_at__isnull=self.value() == "no")
+        return queryset
+
+
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
-    list_display = ("title", "workspace", "agent", "last_seq", "created_by", "created_at")
-    list_filter = ("agent", "created_at")
+    list_display = (
+        "title",
+        "workspace",
+        "agent",
+        "visibility",
+        "last_seq",
+        "last_activity_at",
+        "created_by",
+        "created_at",
+        "deleted_at",
+    )
+    list_filter = ("visibility", DeletedFilter, "agent", "created_at")
     search_fields = ("title", "id")
-    readonly_fields = ("id", "last_seq", "created_at", "transcript")
+    # Visibility and deletion change through the services (members are told, sockets stop): read-only
+    # here; a delete is undone with the action below.
+    readonly_fields = (
+        "id",
+        "last_seq",
+        "created_at",
+        "last_activity_at",
+        "visibility",
+        "deleted_at",
+        "deleted_by",
+        "transcript",
+    )
     inlines = [ConversationMemberInline]
+    actions = ["restore"]
+
+    @admin.action(description="Restore selected deleted conversations (before they are purged)")
+    def restore(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
+        restored = sum(conversation_restore_by_staff(conversation_id=str(c.id)) for c in queryset)
+        messages.success(request, f"Restored {restored} conversation(s).")
 
     class Media:
         # The transcript's lines and scroll box: a stylesheet, since the CSP refuses inline style attributes.
@@ -105,7 +147,9 @@ class ConversationAdmin(admin.ModelAdmin):
             return
         members = formset.save(commit=False)
         for member in formset.deleted_objects:
-            conversation_member_remove_by_staff(conversation_id=str(member.conversation_id), user_id=member.user_id)
+            conversation_member_remove_by_staff(
+                conversation_id=str(member.conversation_id), user_id=member.user_id, staff_id=int(request.user.pk or 0)
+            )
         for member in members:
             conversation_member_set_by_staff(
                 conversation_id=str(form.instance.id),
@@ -152,6 +196,21 @@ class EventAdmin(ReadOnlyAdmin):
     list_filter = ("type", "created_at")
     search_fields = ("conversation__id", "conversation__title", "run_id")
     ordering = ("-created_at",)
+
+
+@admin.register(MessageFeedback)
+class MessageFeedbackAdmin(ReadOnlyAdmin):
+    """What members said about the assistant's answers: read-only, as members gave it."""
+
+    list_display = ("excerpt", "user", "rating", "comment", "created_at")
+    list_filter = ("rating", "created_at")
+    search_fields = ("comment", "user__username", "message__text")
+    list_select_related = ("message", "user")
+    ordering = ("-created_at",)
+
+    @admin.display(description="Answer")
+    def excerpt(self, obj: MessageFeedback) -> str:
+        return obj.message.text[:80]
 
 
 @admin.register(Notification)

@@ -99,7 +99,20 @@ def describe(event_type: str, data: dict[str, Any]) -> Line:
         partial = data.get("partial_text") or ""
         text = f"cancelled by {_who(data.get('by'))}" + (f"; answer so far: {snippet(partial)}" if partial else "")
         return Line(AGENT_NAME, "cancelled", text)
+    if event_type == "conversation_updated":
+        return Line(_who(data.get("by")), "event", f"set the title to {data.get('title')!r}, {data.get('visibility')}")
+    if event_type in MEMBER_EVENTS:
+        user, role = _who(data.get("user")), data.get("role")
+        return Line(_who(data.get("by"), "staff"), "event", MEMBER_EVENTS[event_type].format(user=user, role=role))
     return Line("", "event", f"{event_type} {snippet(data)}")
+
+
+# How the transcript words the membership events (docs/protocol.md §4).
+MEMBER_EVENTS = {
+    "member_joined": "{user} joined as {role}",
+    "member_left": "{user} left",
+    "member_role_changed": "{user} is now {role}",
+}
 
 
 def transcript(conversation_id: Any) -> SafeString:

@@ -1,12 +1,12 @@
-"""REST API (docs/protocol.md §7): thin DRF views over the same services and selectors as the socket.
-A conversation the caller may not see is a 404 whether or not it exists."""
+"""REST API (docs/protocol.md §7): tokens, log-out-everywhere and workspaces; thin DRF views over the
+same services and selectors as the socket. The conversation endpoints are in chat/api_conversations.py."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rest_framework import status
-from rest_framework.exceptions import AuthenticationFailed, ValidationError
+from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.exceptions import NotFound as DRFNotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -20,18 +20,10 @@ from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 from chat import selectors
 from chat.errors import NotFound, ServiceError
 from chat.infra import rate_limiter
-from chat.models import AuthorKind, ConversationMember, Workspace, WorkspaceMember
-from chat.serializers import (
-    ConversationCreateSerializer,
-    ConversationUpdateSerializer,
-    EventsQuerySerializer,
-    MemberAddSerializer,
-    WorkspaceCreateSerializer,
-)
+from chat.models import Workspace, WorkspaceMember
+from chat.serializers import MemberAddSerializer, WorkspaceCreateSerializer
 from chat.services import accounts, login_guard
 from chat.services import conversations as conversation_services
-from chat.tiers import limits_for
-from chat.wire.frames import rfc3339
 
 ERROR_STATUS = {"bad_request": 400, "forbidden": 403, "not_found": 404, "conflict": 409, "too_large": 413}
 
@@ -134,135 +126,8 @@ def uid(request: Request) -> int:
     return int(request.user.pk)  # type: ignore[arg-type]
 
 
-def conversation_json(access: selectors.Access) -> dict[str, Any]:
-    return {
-        "id": access.conversation_id,
-        "title": access.title,
-        "workspace": access.workspace_id,
-        "agent": access.agent or None,
-        "agent_mode": access.agent_mode,
-        "role": access.role,
-        "head_seq": access.head_seq,
-    }
-
-
-def conversation_item_json(m: ConversationMember) -> dict[str, Any]:
-    """A list item: the conversation as the caller sees it, with their read state (§10); `m` is a
-    row of `selectors.conversations_for_user`, whose annotations carry the counts."""
-    conversation = m.conversation
-    last = m.last_message  # type: ignore[attr-defined]
-    last_message = None
-    if last is not None:
-        kind = last["kind"]
-        username = last["username"] or (conversation.agent if kind == AuthorKind.AGENT else selectors.DELETED_AUTHOR)
-        last_message = {
-            "author": {"id": last["author_id"], "username": username, "kind": kind},
-            "preview": last["preview"],
-            "created_at": rfc3339(m.last_activity_at),  # type: ignore[attr-defined]
-        }
-    return {
-        "id": str(m.conversation_id),
-        "title": conversation.title,
-        "workspace": str(conversation.workspace_id),
-        "agent": conversation.agent or None,
-        "agent_mode": conversation.agent_mode,
-        "role": m.role,
-        "head_seq": conversation.last_seq,
-        "unread": m.unread,  # type: ignore[attr-defined]
-        "last_read_seq": m.last_read_seq,
-        "last_activity_at": rfc3339(m.last_activity_at),  # type: ignore[attr-defined]
-        "last_message": last_message,
-    }
-
-
-def member_json(member: ConversationMember | WorkspaceMember) -> dict[str, Any]:
+def member_json(member: WorkspaceMember) -> dict[str, Any]:
     return {"user": {"id": member.user_id, "username": member.user.username}, "role": member.role}
-
-
-def member_access(user_id: int, conversation_id: object) -> selectors.Access:
-    try:
-        return selectors.conversation_for_member(user_id=user_id, conversation_id=conversation_id)
-    except NotFound as exc:
-        raise DRFNotFound("conversation not found") from exc
-
-
-class ConversationList(APIView):
-    def get(self, request: Request) -> Response:
-        rows = selectors.conversations_for_user(user_id=uid(request))
-        return Response([conversation_item_json(m) for m in rows])
-
-    def post(self, request: Request) -> Response:
-        body = ConversationCreateSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        try:
-            created = conversation_services.conversation_create(
-                creator=request.user,  # type: ignore[arg-type]
-                title=body.validated_data["title"],
-                workspace_id=body.validated_data.get("workspace"),
-                agent="assistant" if body.validated_data["agent"] else "",
-                agent_mode=body.validated_data["agent_mode"],
-            )
-        except ServiceError as exc:
-            return error_response(exc)
-        access = member_access(uid(request), created.conversation.id)
-        return Response(conversation_json(access), status=status.HTTP_201_CREATED)
-
-
-class ConversationDetail(APIView):
-    def get(self, request: Request, conversation_id: str) -> Response:
-        return Response(conversation_json(member_access(uid(request), conversation_id)))
-
-    def patch(self, request: Request, conversation_id: str) -> Response:
-        """Only `agent_mode` can be changed, by the owner (docs/protocol.md §8)."""
-        access = member_access(uid(request), conversation_id)
-        body = ConversationUpdateSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        try:
-            conversation_services.conversation_agent_mode_set(
-                conversation_id=access.conversation_id,
-                actor_id=uid(request),
-                agent_mode=body.validated_data["agent_mode"],
-            )
-        except ServiceError as exc:
-            return error_response(exc)
-        return Response(conversation_json(member_access(uid(request), access.conversation_id)))
-
-
-class ConversationMembers(APIView):
-    def get(self, request: Request, conversation_id: str) -> Response:
-        access = member_access(uid(request), conversation_id)
-        rows = selectors.conversation_members(conversation_id=access.conversation_id)
-        return Response([member_json(m) for m in rows])
-
-    def post(self, request: Request, conversation_id: str) -> Response:
-        access = member_access(uid(request), conversation_id)
-        body = MemberAddSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        try:
-            member = conversation_services.conversation_member_add(
-                conversation_id=access.conversation_id,
-                actor_id=uid(request),
-                username=body.validated_data["username"],
-                role=body.validated_data["role"],
-            )
-        except ServiceError as exc:
-            return error_response(exc)
-        return Response(member_json(member), status=status.HTTP_201_CREATED)
-
-
-class ConversationEvents(APIView):
-    def get(self, request: Request, conversation_id: str) -> Response:
-        access = member_access(uid(request), conversation_id)
-        query = EventsQuerySerializer(data=request.query_params)
-        if not query.is_valid():
-            raise ValidationError(query.errors)
-        events, has_more = selectors.events_before(
-            conversation_id=access.conversation_id,
-            before_seq=query.validated_data.get("before_seq"),
-            limit=query.validated_data["limit"],
-            retention_days=limits_for(request.user.tier).history_retention_days,  # type: ignore[union-attr]
-        )
-        return Response({"events": [e.frame() for e in events], "has_more": has_more})
 
 
 class WorkspaceList(APIView):

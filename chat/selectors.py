@@ -28,6 +28,7 @@ from chat.models import (
     Notification,
     Role,
     User,
+    Visibility,
     Workspace,
     WorkspaceMember,
 )
@@ -43,6 +44,7 @@ class Access:
     title: str
     workspace_id: str
     agent_mode: str = AgentMode.AUTO
+    visibility: str = Visibility.PRIVATE
 
     @property
     def can_write(self) -> bool:
@@ -65,10 +67,15 @@ def parse_uuid(value: object) -> uuid.UUID:
         raise NotFound() from exc
 
 
+# A soft-deleted conversation (chat/services/conversation_admin.py) is gone for every reader at once:
+# every read from a client's id goes through this filter, so it answers like one that never existed.
+LIVE = Q(conversation__deleted_at__isnull=True)
+
+
 def conversation_for_member(*, user_id: int, conversation_id: object) -> Access:
     conv_id = parse_uuid(conversation_id)
     row = (
-        ConversationMember.objects.filter(conversation_id=conv_id, user_id=user_id, user__is_active=True)
+        ConversationMember.objects.filter(LIVE, conversation_id=conv_id, user_id=user_id, user__is_active=True)
         .values(
             "role",
             "conversation__last_seq",
@@ -76,6 +83,7 @@ def conversation_for_member(*, user_id: int, conversation_id: object) -> Access:
             "conversation__agent_mode",
             "conversation__title",
             "conversation__workspace_id",
+            "conversation__visibility",
         )
         .first()
     )
@@ -89,6 +97,7 @@ def conversation_for_member(*, user_id: int, conversation_id: object) -> Access:
         title=row["conversation__title"],
         workspace_id=str(row["conversation__workspace_id"]),
         agent_mode=row["conversation__agent_mode"],
+        visibility=row["conversation__visibility"],
     )
 
 
@@ -107,25 +116,32 @@ class _CappedCount(Subquery):
 
 
 def conversations_for_user(*, user_id: int) -> QuerySet[ConversationMember]:
-    """The user's memberships with their conversations, newest activity first, each annotated with
-    `unread` (messages above the user's marker the user did not write, capped), `last_activity_at`
-    (the newest message's time, else the conversation's creation) and `last_message` (a dict of
-    `author_id`, `username`, `kind`, `preview`, or None). One query for the whole list."""
+    """The user's memberships of live conversations with their conversations, newest activity
+    first, each annotated with `unread` (messages above the user's marker the user did not write,
+    capped), `last_activity_at` (the conversation's newest event, else its creation: a conversation
+    with no event yet counts as active when it was created, so a new one is at the top) and
+    `last_message` (a dict of `author_id`, `username`, `kind`, `preview`, `created_at`, `deleted`,
+    or None). One query for the whole list."""
     messages = Message.objects.filter(conversation_id=OuterRef("conversation_id"), seq__isnull=False)
     unread = messages.filter(seq__gt=OuterRef("last_read_seq")).exclude(author_id=user_id).values("id")
     newest = messages.order_by("-seq")
     summary = JSONObject(
-        author_id="author_id", username="author__username", kind="author_kind", preview=Left("text", PREVIEW_CHARS)
+        author_id="author_id",
+        username="author__username",
+        kind="author_kind",
+        preview=Left("text", PREVIEW_CHARS),
+        created_at="created_at",
+        deleted="deleted_at",
     )
     return (
-        ConversationMember.objects.filter(user_id=user_id)
+        ConversationMember.objects.filter(LIVE, user_id=user_id)
         .select_related("conversation")
         .annotate(
             unread=_CappedCount(unread[:UNREAD_COUNT_MAX]),
-            last_activity_at=Coalesce(Subquery(newest.values("created_at")[:1]), F("conversation__created_at")),
+            last_activity_at=Coalesce(F("conversation__last_activity_at"), F("conversation__created_at")),
             last_message=Subquery(newest.values(summary=summary)[:1], output_field=JSONField()),
         )
-        .order_by("-last_activity_at", "-conversation__created_at")
+        .order_by("-last_activity_at", "-conversation__created_at", "-conversation_id")
     )
 
 
@@ -280,13 +296,20 @@ class SubscriptionState:
 def subscription_state(*, conversation_id: str, user_id: int) -> SubscriptionState:
     """The head, the member's read marker and draft: one query (NotFound once the membership is gone)."""
     row = (
-        ConversationMember.objects.filter(conversation_id=conversation_id, user_id=user_id)
+        ConversationMember.objects.filter(LIVE, conversation_id=conversation_id, user_id=user_id)
         .values_list("conversation__last_seq", "last_read_seq", "draft", "draft_updated_at")
         .first()
     )
     if row is None:
         raise NotFound()
     return SubscriptionState(int(row[0]), int(row[1]), row[2], row[3])
+
+
+def member_archived(*, conversation_id: str, user_id: int) -> bool:
+    """Whether the member archived the conversation for themself (False when not a member)."""
+    return ConversationMember.objects.filter(
+        conversation_id=conversation_id, user_id=user_id, archived_at__isnull=False
+    ).exists()
 
 
 def messages_before(*, conversation_id: str, before_seq: int, limit: int) -> list[tuple[str, str]]:

@@ -4,7 +4,7 @@ from django.templatetags.static import static
 from django.urls import path
 from django.views.generic import RedirectView
 
-from chat import api, api_me, views
+from chat import api, api_conversations, api_me, views
 from monitoring import views as monitoring_views
 
 urlpatterns = [
@@ -20,12 +20,18 @@ urlpatterns = [
     path("api/auth/token/", api.TokenView.as_view(), name="token"),
     path("api/auth/token/refresh/", api.TokenRefresh.as_view(), name="token-refresh"),
     path("api/auth/logout-all/", api.LogoutAll.as_view(), name="logout-all"),
-    path("api/conversations/", api.ConversationList.as_view()),
-    path("api/conversations/<str:conversation_id>/", api.ConversationDetail.as_view()),
-    path("api/conversations/<str:conversation_id>/members/", api.ConversationMembers.as_view()),
-    path("api/conversations/<str:conversation_id>/events/", api.ConversationEvents.as_view()),
+    path("api/conversations/", api_conversations.ConversationList.as_view()),
+    path("api/conversations/<str:conversation_id>/", api_conversations.ConversationDetail.as_view()),
+    path("api/conversations/<str:conversation_id>/members/", api_conversations.ConversationMembers.as_view()),
+    path(
+        "api/conversations/<str:conversation_id>/members/<str:user_id>/",
+        api_conversations.ConversationMemberDetail.as_view(),
+    ),
+    path("api/conversations/<str:conversation_id>/join/", api_conversations.ConversationJoin.as_view()),
+    path("api/conversations/<str:conversation_id>/events/", api_conversations.ConversationEvents.as_view()),
     path("api/workspaces/", api.WorkspaceList.as_view()),
     path("api/workspaces/<str:workspace_id>/members/", api.WorkspaceMembers.as_view()),
+    path("api/workspaces/<str:workspace_id>/conversations/", api_conversations.WorkspaceConversations.as_view()),
     # The caller's own account and notifications (docs/protocol.md §7, §9): no id of anyone's in these paths.
     path("api/me/", api_me.Me.as_view()),
     path("api/me/notification-settings/", api_me.NotificationSettingsView.as_view()),

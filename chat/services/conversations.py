@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -17,12 +18,14 @@ from chat.models import (
     Role,
     Tier,
     User,
+    Visibility,
     Workspace,
     WorkspaceMember,
 )
 from chat.publishing import UserTold, after_commit
 from chat.selectors import conversation_for_member
 from chat.services.accounts import membership_revoked, membership_role_changed
+from chat.services.events import append_event
 from chat.services.notifications import notify_membership
 from chat.wire import encode
 from chat.wire.frames import rfc3339
@@ -83,6 +86,35 @@ def workspace_member_add(*, workspace: Workspace, actor: User, username: str, ro
     return member
 
 
+TITLE_MAX_CHARS = 200
+
+
+def title_checked(title: str) -> str:
+    """A conversation title as stored: stripped, 1..TITLE_MAX_CHARS characters."""
+    title = title.strip()
+    if not title or len(title) > TITLE_MAX_CHARS:
+        raise ServiceError("bad_request", f"title must be 1-{TITLE_MAX_CHARS} characters")
+    return title
+
+
+def user_ref(user_id: int) -> dict[str, Any] | None:
+    """`{"id","username"}` of a user, as membership events name people (None if they are gone)."""
+    username = User.objects.filter(id=user_id).values_list("username", flat=True).first()
+    return None if username is None else {"id": user_id, "username": username}
+
+
+def member_event(*, conversation_id: str, type: str, user: User, by_id: int | None, role: str | None = None) -> None:
+    """A durable `member_joined`, `member_role_changed` or `member_left` event (docs/protocol.md §4),
+    so every member's list of members follows live. Inside the caller's transaction."""
+    data: dict[str, Any] = {"user": {"id": user.id, "username": user.username}}
+    if role is not None:
+        data["role"] = role
+    data["by"] = (
+        {"id": user.id, "username": user.username} if by_id == user.id else None if by_id is None else user_ref(by_id)
+    )
+    append_event(conversation_id=conversation_id, type=type, data=data)
+
+
 @dataclass(frozen=True)
 class CreatedConversation:
     conversation: Conversation
@@ -97,13 +129,15 @@ def conversation_create(
     workspace_id: uuid.UUID | str | None = None,
     agent: str = "assistant",
     agent_mode: str = AgentMode.AUTO,
+    visibility: str = Visibility.PRIVATE,
 ) -> CreatedConversation:
-    """A conversation in a workspace where the creator may write; the creator becomes its owner."""
-    title = title.strip()
-    if not title or len(title) > 200:
-        raise ServiceError("bad_request", "title must be 1-200 characters")
+    """A conversation in a workspace where the creator may write; the creator becomes its owner.
+    An `open` one can be found and joined by every member of its workspace (docs/protocol.md §7)."""
+    title = title_checked(title)
     if agent_mode not in AgentMode.values:
         raise ServiceError("bad_request", f"agent_mode must be one of {', '.join(AgentMode.values)}")
+    if visibility not in Visibility.values:
+        raise ServiceError("bad_request", f"visibility must be one of {', '.join(Visibility.values)}")
     if workspace_id is None:
         workspace = personal_workspace_for(user=creator)
     else:
@@ -116,7 +150,12 @@ def conversation_create(
             raise ServiceError("forbidden", "viewers cannot create conversations")
         workspace = membership.workspace
     conversation = Conversation.objects.create(
-        workspace=workspace, title=title, agent=agent, agent_mode=agent_mode, created_by=creator
+        workspace=workspace,
+        title=title,
+        agent=agent,
+        agent_mode=agent_mode,
+        visibility=visibility,
+        created_by=creator,
     )
     ConversationMember.objects.create(conversation=conversation, user=creator, role=Role.OWNER)
     return CreatedConversation(conversation, Role.OWNER)
@@ -139,6 +178,8 @@ def conversation_member_add(*, conversation_id: str, actor_id: int, username: st
 
 
 def _member_set(*, conversation_id: str, title: str, user: User, role: str, by: int) -> ConversationMember:
+    # No durable event here: an invitation (by an owner, the agent's invite tool or staff) is told to
+    # the invited user as a notification; `member_joined` is for joining an open conversation.
     try:
         member, created = ConversationMember.objects.update_or_create(
             conversation_id=conversation_id, user=user, defaults={"role": role}
@@ -166,10 +207,22 @@ def conversation_member_set_by_staff(
 
 
 @transaction.atomic
-def conversation_member_remove_by_staff(*, conversation_id: str, user_id: int) -> None:
+def conversation_member_remove_by_staff(*, conversation_id: str, user_id: int, staff_id: int | None = None) -> None:
     """Staff remove a member: their open sockets stop receiving the conversation once this commits."""
-    ConversationMember.objects.filter(conversation_id=conversation_id, user_id=user_id).delete()
-    membership_revoked(user_id=user_id, conversation_id=str(conversation_id))
+    _member_delete(conversation_id=str(conversation_id), user_id=user_id, by_id=staff_id)
+
+
+def _member_delete(*, conversation_id: str, user_id: int, by_id: int | None) -> bool:
+    """Delete a membership, tell the others (`member_left`) and stop the member's sockets; False
+    when there was none."""
+    member = ConversationMember.objects.select_related("user").filter(conversation_id=conversation_id, user_id=user_id)
+    found = member.first()
+    membership_revoked(user_id=user_id, conversation_id=conversation_id)  # told once this commits, in any case
+    if found is None:
+        return False
+    found.delete()
+    member_event(conversation_id=conversation_id, type="member_left", user=found.user, by_id=by_id)
+    return True
 
 
 @transaction.atomic
@@ -187,17 +240,29 @@ def workspace_member_remove_by_staff(*, workspace: Workspace, user_id: int) -> N
 
 @transaction.atomic
 def conversation_member_remove(*, conversation_id: str, actor_id: int, user_id: int) -> None:
-    """Remove a member (the owner may remove anyone but themselves; a member may leave). Their
-    open sockets stop receiving the conversation once this commits."""
+    """Remove a member: an owner may remove anyone, any member may leave (remove themself), but the
+    last owner can neither leave nor be removed (`conflict`: promote another member first, or delete
+    the conversation). Their open sockets stop receiving the conversation once this commits."""
     access = conversation_for_member(user_id=actor_id, conversation_id=conversation_id)
     if actor_id != user_id and not access.is_owner:
         raise ServiceError("forbidden", "only the conversation owner may remove members")
-    if actor_id == user_id and access.is_owner:
+    owners = owners_locked(access.conversation_id)
+    if owners == [user_id]:
         raise ServiceError("conflict", "the owner cannot leave their own conversation")
-    deleted, _ = ConversationMember.objects.filter(conversation_id=access.conversation_id, user_id=user_id).delete()
-    if not deleted:
+    if not _member_delete(conversation_id=access.conversation_id, user_id=user_id, by_id=actor_id):
         raise ServiceError("not_found", "no such member")
-    membership_revoked(user_id=user_id, conversation_id=access.conversation_id)  # told once this commits
+
+
+def owners_locked(conversation_id: str) -> list[int]:
+    """The owners' user ids, read under the conversation's row lock: two owners demoting or removing
+    each other at once are serialized, so the second sees the first's change and the conversation
+    always keeps an owner. Inside the caller's transaction."""
+    Conversation.objects.select_for_update().filter(id=conversation_id).values_list("id", flat=True).first()
+    return list(
+        ConversationMember.objects.filter(conversation_id=conversation_id, role=Role.OWNER).values_list(
+            "user_id", flat=True
+        )
+    )
 
 
 @transaction.atomic

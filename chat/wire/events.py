@@ -19,6 +19,16 @@ from typing import Any, Literal
 import msgspec
 
 from chat.wire.common import EventSeq, NonNegative, ServerData, Timestamp, UserRef, Uuid
+from chat.wire.conversation_events import (
+    ConversationUpdatedData,
+    ConversationUpdatedEvent,
+    MemberJoinedData,
+    MemberJoinedEvent,
+    MemberLeftData,
+    MemberLeftEvent,
+    MemberRoleChangedData,
+    MemberRoleChangedEvent,
+)
 
 # --- durable event data ---------------------------------------------------------------------------
 
@@ -273,6 +283,10 @@ DurableEvent = (
     | AgentCompletedEvent
     | AgentFailedEvent
     | AgentCancelledEvent
+    | ConversationUpdatedEvent
+    | MemberJoinedEvent
+    | MemberLeftEvent
+    | MemberRoleChangedEvent
 )
 
 
@@ -310,6 +324,10 @@ DURABLE_DATA: dict[str, type[ServerData]] = {
     "agent_completed": AgentCompletedData,
     "agent_failed": AgentFailedData,
     "agent_cancelled": AgentCancelledData,
+    "conversation_updated": ConversationUpdatedData,
+    "member_joined": MemberJoinedData,
+    "member_left": MemberLeftData,
+    "member_role_changed": MemberRoleChangedData,
 }
 
 EPHEMERAL_DATA: dict[str, type[ServerData]] = {
@@ -331,6 +349,10 @@ EVENT_FRAMES: dict[str, type[msgspec.Struct]] = {
     "agent_completed": AgentCompletedEvent,
     "agent_failed": AgentFailedEvent,
     "agent_cancelled": AgentCancelledEvent,
+    "conversation_updated": ConversationUpdatedEvent,
+    "member_joined": MemberJoinedEvent,
+    "member_left": MemberLeftEvent,
+    "member_role_changed": MemberRoleChangedEvent,
     "typing": TypingEvent,
     "read": ReadEvent,
     "presence": PresenceEvent,

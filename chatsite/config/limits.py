@@ -26,6 +26,11 @@ CHAT_MAX_SUBSCRIPTIONS = env_int("CHAT_MAX_SUBSCRIPTIONS", 100)
 CHAT_BUFFER_MAX_EVENTS = env_int("CHAT_BUFFER_MAX_EVENTS", 1000)
 CHAT_BUFFER_MAX_AGE_S = float(os.environ.get("CHAT_BUFFER_MAX_AGE_S", "900"))
 
+# Soft-deleted conversations (DELETE /api/conversations/{id}/) are hidden at once and purged, with their
+# events, messages and runs, this many days later (docs/operations.md "Deleted conversations"): the window
+# in which staff can still restore one (the admin's "Restore" action on conversations).
+CONVERSATION_DELETE_RETENTION_DAYS = env_int("CONVERSATION_DELETE_RETENTION_DAYS", 30)
+
 # --- Tiers, rate limits and abuse (chat/tiers.py, chat/infra/rate_limiter.py, docs/protocol.md §12) ---------
 # Rates are [limit, window seconds], sliding windows per user, shared by every server process
 # through Redis (in-memory in embedded mode). Command classes: "messages" (send), "agent_runs" (a send

@@ -134,7 +134,7 @@ def test_every_reason_to_refuse_a_conversation_gives_the_same_not_found(make_use
     }
     assert {name: refusal(call) for name, call in cases.items()} == {name: missing for name in cases}
     # The owner still sees it: the refusals above were about who asks, not about the conversation.
-    assert selectors.conversation_for_member(user_id=owner.id, conversation_id=conv).head_seq == 1
+    assert selectors.conversation_for_member(user_id=owner.id, conversation_id=conv).head_seq == 2  # + member_left
 
 
 def test_parse_uuid_refuses_what_is_not_a_uuid_with_the_same_not_found() -> None:

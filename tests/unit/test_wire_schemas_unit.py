@@ -346,6 +346,14 @@ DURABLE = [
         9,
         events.AgentCancelledData(run_id=RUN, by=events.CancelledBy(id=None, username=None), partial_text=""),
     ),
+    _durable(
+        events.ConversationUpdatedEvent,
+        10,
+        events.ConversationUpdatedData(title="Plans", visibility="open", by=ALICE),
+    ),
+    _durable(events.MemberJoinedEvent, 11, events.MemberJoinedData(user=ALICE, role="member", by=ALICE)),
+    _durable(events.MemberRoleChangedEvent, 12, events.MemberRoleChangedData(user=ALICE, role="viewer", by=None)),
+    _durable(events.MemberLeftEvent, 13, events.MemberLeftData(user=ALICE, by=ALICE)),
 ]
 RATE = session.Rate(limit=30, window_ms=60_000)
 LIMITS = session.Limits(

@@ -160,10 +160,10 @@ def victim_state(w: World) -> dict[str, list[str]]:
     victims = [w.alice.id, w.bob.id]
     tables: dict[str, Any] = {
         "conversation": Conversation.objects.filter(id=w.conv).values_list(
-            "title", "last_seq", "workspace_id", "agent_mode"
+            "title", "last_seq", "workspace_id", "agent_mode", "visibility", "deleted_at"
         ),
         "members": ConversationMember.objects.filter(conversation_id=w.conv).values_list(
-            "user_id", "role", "last_read_seq", "draft", "draft_updated_at"
+            "user_id", "role", "last_read_seq", "draft", "draft_updated_at", "archived_at"
         ),
         "workspace": Workspace.objects.filter(id=w.workspace).values_list("name"),
         "workspace_members": WorkspaceMember.objects.filter(workspace_id=w.workspace).values_list("user_id", "role"),
@@ -444,6 +444,32 @@ def rest_conversation_patch(r: Rest) -> None:
     # Mallory tries to make their assistant answer everything (or nothing).
     same_as_missing(r, "PATCH", "/api/conversations/{id}/", {"agent_mode": "always"})
     same_as_missing(r, "PATCH", "/api/conversations/{id}/", {"agent_mode": "off"})
+
+
+def rest_conversation_manage(r: Rest) -> None:
+    # Mallory tries to rename, open, archive or delete their conversation.
+    for body in ({"title": "mallory was here"}, {"visibility": "open"}, {"archived": True}):
+        same_as_missing(r, "PATCH", "/api/conversations/{id}/", body)
+    same_as_missing(r, "DELETE", "/api/conversations/{id}/")
+
+
+def rest_conversation_member_patch(r: Rest) -> None:
+    # Mallory tries to demote the owner, and to make herself owner.
+    for user in (r.world.alice, r.world.mallory):
+        same_as_missing(r, "PATCH", f"/api/conversations/{{id}}/members/{user.id}/", {"role": "owner"})
+
+
+def rest_conversation_member_delete(r: Rest) -> None:
+    for user in (r.world.bob, r.world.mallory):
+        same_as_missing(r, "DELETE", f"/api/conversations/{{id}}/members/{user.id}/")
+
+
+def rest_conversation_join(r: Rest) -> None:
+    same_as_missing(r, "POST", "/api/conversations/{id}/join/")
+
+
+def rest_workspace_conversations_get(r: Rest) -> None:
+    same_as_missing(r, "GET", "/api/workspaces/{id}/conversations/")
 
 
 def rest_conversation_members_get(r: Rest) -> None:
@@ -730,6 +756,11 @@ REST_CASES: dict[tuple[str, str], Callable[[Rest], None]] = {
     ("api/conversations/", "POST"): rest_conversation_create,
     ("api/conversations/<str:conversation_id>/", "GET"): rest_conversation_get,
     ("api/conversations/<str:conversation_id>/", "PATCH"): rest_conversation_patch,
+    ("api/conversations/<str:conversation_id>/", "DELETE"): rest_conversation_manage,
+    ("api/conversations/<str:conversation_id>/members/<str:user_id>/", "PATCH"): rest_conversation_member_patch,
+    ("api/conversations/<str:conversation_id>/members/<str:user_id>/", "DELETE"): rest_conversation_member_delete,
+    ("api/conversations/<str:conversation_id>/join/", "POST"): rest_conversation_join,
+    ("api/workspaces/<str:workspace_id>/conversations/", "GET"): rest_workspace_conversations_get,
     ("api/conversations/<str:conversation_id>/members/", "GET"): rest_conversation_members_get,
     ("api/conversations/<str:conversation_id>/members/", "POST"): rest_conversation_members_post,
     ("api/conversations/<str:conversation_id>/events/", "GET"): rest_conversation_events_get,
