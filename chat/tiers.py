@@ -49,6 +49,9 @@ class TierLimits:
     buffer_max_events: int  # the user's notification buffer
     buffer_max_age_s: float
     history_retention_days: int | None  # None: forever
+    # Capabilities (on or off per tier). webhooks: owners of the user's workspaces may send signed events
+    # to their own URLs (enterprise/, docs/operations.md "Webhooks"). Absent from a row: off.
+    webhooks: bool = False
 
     def rate(self, rate_class: str) -> Rate:
         return self.rates[rate_class]
@@ -84,6 +87,7 @@ def _parse(name: str, raw: dict[str, Any]) -> TierLimits:
         buffer_max_events=int(raw["buffer_max_events"]),
         buffer_max_age_s=float(raw["buffer_max_age_s"]),
         history_retention_days=None if raw["history_retention_days"] is None else int(raw["history_retention_days"]),
+        webhooks=bool(raw.get("webhooks", False)),
     )
 
 

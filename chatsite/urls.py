@@ -5,6 +5,7 @@ from django.urls import path
 from django.views.generic import RedirectView
 
 from chat import api, api_conversations, api_me, views
+from enterprise import api as webhooks_api
 from monitoring import views as monitoring_views
 
 urlpatterns = [
@@ -32,6 +33,21 @@ urlpatterns = [
     path("api/workspaces/", api.WorkspaceList.as_view()),
     path("api/workspaces/<str:workspace_id>/members/", api.WorkspaceMembers.as_view()),
     path("api/workspaces/<str:workspace_id>/conversations/", api_conversations.WorkspaceConversations.as_view()),
+    # A workspace's signed webhooks (enterprise/api.py, docs/operations.md "Webhooks"): owners only.
+    path("api/workspaces/<str:workspace_id>/webhooks/", webhooks_api.WebhookList.as_view()),
+    path("api/workspaces/<str:workspace_id>/webhooks/<str:webhook_id>/", webhooks_api.WebhookDetail.as_view()),
+    path(
+        "api/workspaces/<str:workspace_id>/webhooks/<str:webhook_id>/rotate-secret/",
+        webhooks_api.WebhookRotateSecret.as_view(),
+    ),
+    path(
+        "api/workspaces/<str:workspace_id>/webhooks/<str:webhook_id>/deliveries/",
+        webhooks_api.WebhookDeliveries.as_view(),
+    ),
+    path(
+        "api/workspaces/<str:workspace_id>/webhooks/<str:webhook_id>/deliveries/<str:delivery_id>/redeliver/",
+        webhooks_api.WebhookRedeliver.as_view(),
+    ),
     # The caller's own account and notifications (docs/protocol.md §7, §9): no id of anyone's in these paths.
     path("api/me/", api_me.Me.as_view()),
     path("api/me/notification-settings/", api_me.NotificationSettingsView.as_view()),

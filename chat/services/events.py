@@ -12,6 +12,7 @@ from chat.models import Conversation, Event
 from chat.publishing import events_committed
 from chat.services.notifications import RUN_ENDS, run_ended
 from chat.wire.frames import StoredEvent, rfc3339
+from enterprise.webhooks import enqueue_for_event
 
 
 def append_event(
@@ -28,15 +29,16 @@ def append_event(
     """
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("append_event must be called inside transaction.atomic()")
-    # UPDATE … RETURNING takes the row lock and the next seq in one round trip (PostgreSQL, and
-    # SQLite ≥ 3.35 in embedded mode).
+    # UPDATE … RETURNING takes the row lock and the next seq (and the workspace, for webhooks) in one
+    # round trip (PostgreSQL, and SQLite ≥ 3.35 in embedded mode).
     table = Conversation._meta.db_table
     connection = transaction.get_connection()
     pk = Conversation._meta.pk.get_db_prep_value(conversation_id, connection)  # type: ignore[union-attr]
     now = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} SET last_seq = last_seq + 1, last_activity_at = %s WHERE id = %s RETURNING last_seq",
+            f"UPDATE {table} SET last_seq = last_seq + 1, last_activity_at = %s WHERE id = %s"
+            " RETURNING last_seq, workspace_id",
             [connection.ops.adapt_datetimefield_value(now), pk],
         )
         row = cursor.fetchone()
@@ -47,6 +49,8 @@ def append_event(
     from monitoring.event_monitor import record_event  # monitoring observes the one write path
 
     record_event(type=type, data=data, at=now, conversation_id=str(conversation_id))
+    # The workspace's subscribed webhook endpoints get a delivery, written in this transaction (outbox).
+    enqueue_for_event(workspace_id=row[1], conversation_id=str(conversation_id), seq=seq, type=type, data=data, at=now)
     if run_id is not None and type in RUN_ENDS:  # its requester may be told, if they were away
         run_ended(run_id=str(run_id), conversation_id=str(conversation_id), seq=seq, type=type, data=data)
     event = StoredEvent(str(conversation_id), seq, type, rfc3339(now), data)

@@ -35,6 +35,7 @@ PRIORITIES: dict[str, str] = {
     "added_to_conversation": "normal",
     "role_changed": "low",
     "test": "urgent",  # the settings page's "test push": it must show even during quiet hours
+    "webhook_disabled": "normal",  # to a workspace's owners: its webhook endpoint stopped after days of failures
 }
 CHANNELS = ("in_app", "push", "email")
 # The channels each kind starts with; a user's settings store only what differs.
@@ -44,6 +45,7 @@ DEFAULTS: dict[str, dict[str, bool]] = {
     "approval_requested": {"in_app": True, "push": True, "email": True},
     "added_to_conversation": {"in_app": True, "push": False, "email": True},
     "role_changed": {"in_app": True, "push": False, "email": False},
+    "webhook_disabled": {"in_app": True, "push": False, "email": True},
 }
 # Not a setting: the test push always goes to push (and shows in the list, so a user sees it worked).
 FIXED: dict[str, dict[str, bool]] = {"test": {"in_app": True, "push": True, "email": False}}

@@ -194,6 +194,7 @@ def push_payload(notes: list[Notification]) -> dict[str, Any]:
         "added_to_conversation": f"Added to {data.get('title', 'a conversation')}",
         "role_changed": f"Your role in {data.get('title', 'a conversation')} changed",
         "test": "Test notification",
+        "webhook_disabled": "A webhook was disabled",
     }
     title = titles.get(latest.kind, "Notification")
     return {

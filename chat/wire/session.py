@@ -64,7 +64,13 @@ class WelcomeData(ServerData, omit_defaults=True):
 
 
 NotificationKind = Literal[
-    "mention", "agent_finished", "approval_requested", "added_to_conversation", "role_changed", "test"
+    "mention",
+    "agent_finished",
+    "approval_requested",
+    "added_to_conversation",
+    "role_changed",
+    "test",
+    "webhook_disabled",
 ]
 PREVIEW_MAX_CHARS = 200
 

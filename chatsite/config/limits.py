@@ -68,6 +68,7 @@ CHAT_TIERS: dict[str, dict[str, object]] = {
         "buffer_max_events": 1000,
         "buffer_max_age_s": 24 * 60 * 60,
         "history_retention_days": None,
+        "webhooks": True,  # capability: signed outgoing webhooks for the workspaces this user owns
     },
 }
 # A deployment (or a load test) overrides parts of the table without a code change, e.g.
@@ -122,3 +123,21 @@ CHAT_UNAUTH_SOCKETS_PER_IP = env_int("CHAT_UNAUTH_SOCKETS_PER_IP", 20)
 # rounded down.
 CHAT_SERVER_PROCESSES = env_int("CHAT_SERVER_PROCESSES", 1)
 CHAT_SERVER_INDEX: int | None = int(os.environ["CHAT_SERVER_INDEX"]) if os.environ.get("CHAT_SERVER_INDEX") else None
+
+# --- Webhooks (enterprise/, docs/operations.md "Webhooks") ------------------------------------------------------
+# Endpoints per workspace: each is a row read on every event of the workspace and an HTTP call per event.
+WEBHOOKS_MAX_PER_WORKSPACE = env_int("WEBHOOKS_MAX_PER_WORKSPACE", 10)
+# One HTTP attempt's whole budget (connect, send, answer); a receiver should answer at once and work later.
+WEBHOOKS_TIMEOUT_S = float(os.environ.get("WEBHOOKS_TIMEOUT_S", "15"))
+# How often the webhooks worker looks for due deliveries, how many it claims at a time, and how many it
+# sends at once (one slow receiver then holds one sender, not the others).
+WEBHOOKS_POLL_S = float(os.environ.get("WEBHOOKS_POLL_S", "1"))
+WEBHOOKS_BATCH = env_int("WEBHOOKS_BATCH", 50)
+WEBHOOKS_SENDERS = env_int("WEBHOOKS_SENDERS", 8)
+# A server process remembers a workspace's subscribed endpoints this long (the event hot path asks on every
+# message); a change made in another process reaches it within this time, in the same process at once.
+WEBHOOKS_ENDPOINT_CACHE_S = float(os.environ.get("WEBHOOKS_ENDPOINT_CACHE_S", "5"))
+# An endpoint whose attempts have all failed for this long, at least WEBHOOKS_DISABLE_MIN_FAILURES of them in a
+# row (one delivery's whole schedule), is disabled and the workspace's owners are notified.
+WEBHOOKS_DISABLE_AFTER_S = float(os.environ.get("WEBHOOKS_DISABLE_AFTER_S", str(5 * 24 * 3600)))
+WEBHOOKS_DISABLE_MIN_FAILURES = env_int("WEBHOOKS_DISABLE_MIN_FAILURES", 8)

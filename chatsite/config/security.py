@@ -67,3 +67,8 @@ CHAT_CONTENT_SECURITY_POLICY: dict[str, list[str]] = {
     "form-action": ["'self'"],
     "frame-ancestors": ["'none'"],
 }
+
+# Webhook URLs may point at private, loopback, link-local, multicast or reserved addresses only when this is on
+# (docs/operations.md "Webhooks": an endpoint must not reach into the deployment's own network). Tests turn it on
+# for their local receiver.
+WEBHOOKS_ALLOW_PRIVATE = env_bool("WEBHOOKS_ALLOW_PRIVATE", False)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("chatsite", "chat", "agents", "monitoring")
+PACKAGES = ("chatsite", "chat", "agents", "monitoring", "enterprise")
 # A module longer than this is two modules (migrations are generated, not walked).
 MAX_MODULE_LINES = 400
 # The channel layer's sending calls: only the bus makes them.

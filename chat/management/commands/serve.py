@@ -96,6 +96,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-notifications", action="store_true", help="do not start the notifications worker (push, email)"
         )
+        parser.add_argument("--no-webhooks", action="store_true", help="do not start the webhooks worker")
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -117,6 +118,9 @@ class Command(BaseCommand):
             envs.append(dict(common, CHAT_SERVER_PROCESSES=str(processes)))
         if not options["no_notifications"]:  # Web Push, email digests, agent_finished: off the request path
             argvs.append([sys.executable, "manage.py", "notifications_worker"])
+            envs.append(dict(common, CHAT_SERVER_PROCESSES=str(processes)))
+        if not options["no_webhooks"]:  # enterprise webhooks: slow receivers wait in a process of their own
+            argvs.append([sys.executable, "manage.py", "webhooks_worker"])
             envs.append(dict(common, CHAT_SERVER_PROCESSES=str(processes)))
         procs: list[subprocess.Popen[bytes]] = [
             subprocess.Popen(argv, env=env) for argv, env in zip(argvs, envs, strict=True)

@@ -14,6 +14,7 @@ const KIND_LABELS = {
   added_to_conversation: 'Added to a conversation',
   role_changed: 'Role changed',
   test: 'Test notification',
+  webhook_disabled: 'Webhook disabled',
 };
 
 function csrfToken() {

@@ -9,6 +9,7 @@ const KINDS = {
   approval_requested: 'A tool is waiting for your approval',
   added_to_conversation: 'You were added to a conversation',
   role_changed: 'Your role in a conversation changed',
+  webhook_disabled: 'A webhook of a workspace you own was disabled after failing for days',
 };
 
 function csrfToken() {
