@@ -25,7 +25,9 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
+from chat.models import Conversation, User
 from chat.wire.frames import rfc3339
 from enterprise.models import WebhookDelivery, WebhookEndpoint
 
@@ -203,23 +205,20 @@ def _uuid_str(value: object) -> str:
     return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
 
 
-def enqueue_member_added(
-    *,
-    workspace_id: object,
-    conversation_id: str,
-    user: dict[str, Any],
-    role: str,
-    by: dict[str, Any] | None,
-    at: datetime,
-) -> int:
-    """`member.added` for a membership that no durable event reports (an owner's or staff's invitation)."""
-    if workspace_id is None:
+def enqueue_member_added(*, conversation_id: str, user_id: int, username: str, role: str, by_id: int | None) -> int:
+    """`member.added` for a membership that no durable event reports (an owner's, the agent's or staff's
+    invitation: chat/services/conversations.py tells the invited user with a notification instead)."""
+    found = Conversation.objects.filter(id=conversation_id).values_list("workspace_id", flat=True).first()
+    if found is None:
         return 0
-    workspace = _uuid_str(workspace_id)
+    workspace = _uuid_str(found)
+    if not any("member.added" in events for _, events in _subscribed(workspace)):
+        return 0  # the common case: one indexed read, nothing to look up for the payload
+    by = User.objects.filter(id=by_id).values("id", "username").first() if by_id is not None else None
     data = {
         "conversation_id": _uuid_str(conversation_id),
         "workspace_id": workspace,
         "seq": None,
-        **_member({"user": user, "role": role, "by": by}),
+        **_member({"user": {"id": user_id, "username": username}, "role": role, "by": by}),
     }
-    return enqueue(workspace_id=workspace, type="member.added", data=data, at=at)
+    return enqueue(workspace_id=workspace, type="member.added", data=data, at=timezone.now())

@@ -29,6 +29,7 @@ from chat.services.events import append_event
 from chat.services.notifications import notify_membership
 from chat.wire import encode
 from chat.wire.frames import rfc3339
+from enterprise.webhooks import enqueue_member_added
 
 
 @transaction.atomic
@@ -188,6 +189,10 @@ def _member_set(*, conversation_id: str, title: str, user: User, role: str, by: 
         raise ServiceError("conflict", "membership changed concurrently") from exc
     if not created:
         membership_role_changed(user_id=user.id, conversation_id=conversation_id, role=role)
+    else:  # no durable event reports an invitation: the workspace's webhooks hear of it here
+        enqueue_member_added(
+            conversation_id=str(conversation_id), user_id=user.id, username=user.username, role=role, by_id=by
+        )
     notify_membership(
         user_id=user.id, conversation_id=str(conversation_id), title=title, role=role, created=created, by_id=by
     )

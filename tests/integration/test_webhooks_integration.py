@@ -17,7 +17,12 @@ from rest_framework.test import APIClient
 
 from chat.models import Notification, Workspace
 from chat.services.conversation_admin import conversation_join
-from chat.services.conversations import conversation_create, workspace_create, workspace_member_add
+from chat.services.conversations import (
+    conversation_create,
+    conversation_member_add,
+    workspace_create,
+    workspace_member_add,
+)
 from chat.services.events import append_event
 from enterprise.delivery import MAX_ATTEMPTS, RETRY_SCHEDULE, deliver_due
 from enterprise.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -327,6 +332,27 @@ def test_run_approval_and_member_events_map_to_their_webhooks(make_user: Any) ->
     assert by_type["member.added"]["conversation_id"] == str(open_room.id)
     assert by_type["member.added"]["user"] == {"id": joiner.id, "username": joiner.username}
     assert by_type["member.added"]["role"] == "member"
+
+
+def test_an_invitation_is_a_member_added_webhook(make_user: Any) -> None:
+    owner, workspace, _, _ = setup_hook(make_user, "https://93.184.215.14/in", ["member.added"])
+    conv = people_conversation(owner, workspace)
+    guest = make_user()
+    conversation_member_add(conversation_id=conv, actor_id=owner.id, username=guest.username, role="viewer")
+    conversation_member_add(conversation_id=conv, actor_id=owner.id, username=guest.username, role="member")
+    [delivery] = WebhookDelivery.objects.all()  # the role change that followed is no new member
+    assert delivery.payload["data"] == {
+        "conversation_id": conv,
+        "workspace_id": str(workspace.id),
+        "seq": None,
+        "user": {"id": guest.id, "username": guest.username},
+        "role": "viewer",
+        "by": {"id": owner.id, "username": owner.username},
+    }
+    other_owner = make_user()  # a workspace without webhooks: nothing is written
+    other_conv = people_conversation(other_owner, workspace_create(owner=other_owner, name="Quiet"))
+    conversation_member_add(conversation_id=other_conv, actor_id=other_owner.id, username=guest.username, role="member")
+    assert WebhookDelivery.objects.count() == 1
 
 
 # --- delivery ----------------------------------------------------------------------------------------------------
