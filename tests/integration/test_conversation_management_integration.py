@@ -13,6 +13,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.core.management import call_command
 from django.db import connection, transaction
+from django.test import Client as HttpClient
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -20,7 +21,8 @@ from rest_framework.test import APIClient
 from chat import conversation_directory as directory
 from chat import selectors, wire
 from chat.errors import NotFound, ServiceError
-from chat.models import Conversation, ConversationMember, Event, Message, Role
+from chat.models import Conversation, ConversationMember, Event, Message, MessageFeedback, Role
+from chat.services import conversation_admin
 from chat.services.conversation_admin import (
     conversation_archive,
     conversation_delete,
@@ -421,6 +423,43 @@ def test_rest_create_open_and_join(team: dict[str, Any]) -> None:
         answer = api_for(team["outsider"]).post(f"/api/conversations/{target}/join/")
         assert (answer.status_code, answer.json()) == (404, missing.json())
     assert api_for(team["colleague"]).post(f"/api/conversations/{team['conv']}/join/").status_code == 404
+
+
+def test_the_worker_purges_at_most_once_an_hour(team: dict[str, Any], monkeypatch: Any) -> None:
+    owner = team["owner"]
+    monkeypatch.setattr(conversation_admin, "_next_purge_at", 0.0)
+    old = factories.conversation_sync(owner, agent="", title="old")
+    conversation_delete(conversation_id=old, actor_id=owner.id)
+    Conversation.objects.filter(id=old).update(deleted_at=timezone.now() - timedelta(days=31))
+    assert conversation_admin.purge_deleted_when_due() == 1
+    newer = factories.conversation_sync(owner, agent="", title="newer")
+    conversation_delete(conversation_id=newer, actor_id=owner.id)
+    Conversation.objects.filter(id=newer).update(deleted_at=timezone.now() - timedelta(days=31))
+    assert conversation_admin.purge_deleted_when_due() == 0  # not due again within the hour
+    assert Conversation.objects.filter(id=newer).exists()
+
+
+def test_admin_shows_deletion_and_feedback_and_restores_through_the_service(
+    team: dict[str, Any], make_user: Any
+) -> None:
+    owner, conv = team["owner"], team["conv"]
+    sent = factories.message_sync(conv, owner, "an answer worth rating")
+    MessageFeedback.objects.create(message_id=sent.message_id, user=team["member"], rating=-1, comment="too short")
+    conversation_delete(conversation_id=conv, actor_id=owner.id)
+    staff = HttpClient()
+    staff.force_login(make_user(is_staff=True, is_superuser=True))
+    listed = staff.get("/admin/chat/conversation/?deleted=yes&visibility__exact=private")
+    assert listed.status_code == 200
+    assert "Plans" in listed.content.decode()
+    assert "Plans" not in staff.get("/admin/chat/conversation/?deleted=no").content.decode()
+    feedback = staff.get("/admin/chat/messagefeedback/?rating__exact=-1")
+    assert feedback.status_code == 200
+    assert "too short" in feedback.content.decode()
+    assert "an answer worth rating" in feedback.content.decode()
+    assert staff.get("/admin/chat/messagefeedback/add/").status_code == 403  # read-only
+    restored = staff.post("/admin/chat/conversation/", {"action": "restore", "_selected_action": [conv]}, follow=True)
+    assert "Restored 1 conversation(s)." in restored.content.decode()
+    assert selectors.conversation_for_member(user_id=team["member"].id, conversation_id=conv).title == "Plans"
 
 
 # --- live -------------------------------------------------------------------------------------------------
