@@ -57,7 +57,8 @@ def _last_message(raw: dict[str, Any] | None, agent: str) -> LastMessage | None:
         return None
     deleted = raw.get("deleted") is not None
     kind = raw["kind"]
-    author = raw["username"] or (agent or "agent" if kind == AuthorKind.AGENT else DELETED_AUTHOR)
+    # A NULL author is the agent only for an agent's answer: a person's message outlives their account.
+    author = raw["username"] or ((agent or "agent") if kind == AuthorKind.AGENT else DELETED_AUTHOR)
     return LastMessage(
         author_id=raw["author_id"],
         author=author,

@@ -321,6 +321,16 @@ def test_sidebar_order_search_unread_preview_and_paging(team: dict[str, Any], ma
     assert len(many.captured_queries) == len(few.captured_queries) == 1
 
 
+def test_a_deleted_accounts_last_message_is_never_the_agents(team: dict[str, Any], make_user: Any) -> None:
+    owner, leaver = team["owner"], make_user()
+    conv = factories.conversation_sync(owner, agent="assistant", agent_mode="off", members=((leaver, "member"),))
+    factories.message_sync(conv, leaver, "bye")
+    leaver.delete()
+    last = directory.sidebar(user_id=owner.id, q="t")[0].last_message
+    assert last is not None
+    assert (last.author_id, last.author, last.kind, last.preview) == (None, "deleted user", "user", "bye")
+
+
 # --- REST -------------------------------------------------------------------------------------------------
 
 
