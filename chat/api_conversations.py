@@ -12,7 +12,7 @@ from typing import Any
 
 from rest_framework import status
 from rest_framework.exceptions import NotFound as DRFNotFound
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -156,7 +156,8 @@ class ConversationDetail(APIView):
         access = member_access(uid(request), conversation_id)
         body = valid(ConversationUpdateSerializer(data=request.data))
         if not access.is_owner and any(field in body for field in OWNER_FIELDS):
-            raise PermissionDenied("only a conversation owner may change its title, visibility or agent mode")
+            message = "only a conversation owner may change its title, visibility or agent mode"
+            return error_response(ServiceError("forbidden", message))
         conv = access.conversation_id
         try:
             if "title" in body or "visibility" in body:
