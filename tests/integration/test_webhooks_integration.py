@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from django.db import transaction
 from django.test import Client
 from django.utils import timezone
@@ -380,6 +381,18 @@ def test_deliveries_are_signed_and_sent_once(make_user: Any, receiver: WebhookRe
     assert [d["status"] for d in log] == ["succeeded", "succeeded"]
     assert all(d["attempts"] == 1 and d["last_status_code"] == 204 and d["delivered_at"] for d in log)
     assert all(len(d["attempt_log"]) == 1 and d["attempt_log"][0]["status_code"] == 204 for d in log)
+
+
+@pytest.mark.django_db(transaction=True)  # the command runs as in production: its own commits, no test transaction
+def test_the_worker_command_sends_what_is_due(make_user: Any, receiver: WebhookReceiver) -> None:
+    owner, workspace, _, hook = setup_hook(make_user, receiver.url)
+    receiver.secrets = [hook["secret"]]
+    message_sync(people_conversation(owner, workspace), owner, "from the worker")
+    call_command("webhooks_worker", "--once")
+    [hit] = receiver.hits
+    assert hit.verified_by == [hook["secret"]]
+    assert hit.payload["data"]["text"] == "from the worker"
+    assert WebhookDelivery.objects.get().status == "succeeded"
 
 
 def test_a_failed_attempt_is_retried_on_schedule(make_user: Any, receiver: WebhookReceiver) -> None:

@@ -30,8 +30,15 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+        # SIGTERM (serve stopping) ends the loop between passes; the caller's handlers come back on return.
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.loop(stop, once=options["once"])
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def loop(self, stop: threading.Event, *, once: bool) -> None:
         logger.info("webhooks worker started")
         while not stop.is_set():
             done: dict[str, int] = {}
@@ -43,7 +50,7 @@ class Command(BaseCommand):
                 logger.exception("webhooks pass failed")
             finally:
                 close_old_connections()  # a connection broken by an outage is replaced, not reused
-            if options["once"]:
+            if once:
                 return
             # A full batch may mean more are due: go again at once.
             stop.wait(0 if sum(done.values()) >= settings.WEBHOOKS_BATCH else settings.WEBHOOKS_POLL_S)
