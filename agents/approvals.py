@@ -32,6 +32,7 @@ from chat.services.conversations import conversation_member_add
 from chat.services.events import append_event
 from chat.services.notifications import notify_approval_requested
 from chat.wire.frames import StoredEvent, rfc3339
+from enterprise.audit import audit_record
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +174,13 @@ def approval_decide(
         approval.approved_arguments = approval.arguments if arguments is None else arguments
     approval.save(update_fields=["status", "decided_at", "decided_by", "decided_by_username", "approved_arguments"])
     event = _append_resolved(approval, conversation_id, by={"id": user_id, "username": username})
+    audit_record(
+        f"approval.{approval.status}",
+        user_id,
+        conversation_id=conversation_id,
+        target=approval.tool,
+        data={"run_id": run_id, "call_id": call_id},
+    )
     return Decision(run_id, call_id, decision, event)
 
 

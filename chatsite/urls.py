@@ -6,6 +6,7 @@ from django.views.generic import RedirectView
 
 from chat import api, api_conversations, api_me, views
 from enterprise import api as webhooks_api
+from enterprise import api_audit
 from monitoring import views as monitoring_views
 
 urlpatterns = [
@@ -33,6 +34,7 @@ urlpatterns = [
     path("api/workspaces/", api.WorkspaceList.as_view()),
     path("api/workspaces/<str:workspace_id>/members/", api.WorkspaceMembers.as_view()),
     path("api/workspaces/<str:workspace_id>/conversations/", api_conversations.WorkspaceConversations.as_view()),
+    path("api/workspaces/<str:workspace_id>/audit/", api_audit.WorkspaceAudit.as_view()),
     # A workspace's signed webhooks (enterprise/api.py, docs/operations.md "Webhooks"): owners only.
     path("api/workspaces/<str:workspace_id>/webhooks/", webhooks_api.WebhookList.as_view()),
     path("api/workspaces/<str:workspace_id>/webhooks/<str:webhook_id>/", webhooks_api.WebhookDetail.as_view()),

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from chat.errors import NotFound, ServiceError
 from enterprise import webhook_endpoints
-from enterprise.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from enterprise.models import AuditEntry, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 # --- webhooks -------------------------------------------------------------------------------------------------
 
@@ -125,3 +125,29 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
             messages.success(request, f"Queued {queued} delivery(ies) again.")
         for line in refused:
             messages.warning(request, line)
+
+
+# --- audit log ------------------------------------------------------------------------------------------------
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    """The audit log, read-only for everyone, superusers included: entries are append-only (the model
+    and, on PostgreSQL, a trigger refuse change), so the admin offers no add, change or delete."""
+
+    list_display = ("at", "actor_username", "action", "target", "workspace_id", "conversation_id", "ip")
+    list_filter = ("action", ("actor", admin.RelatedOnlyFieldListFilter), "workspace_id")
+    date_hierarchy = "at"
+    search_fields = ("action", "actor_username", "target")
+    fields = ("at", "actor", "actor_username", "action", "workspace_id", "conversation_id", "target", "data", "ip")
+    readonly_fields = fields
+    list_select_related = ("actor",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -6,3 +6,9 @@ class EnterpriseConfig(AppConfig):
 
     name = "enterprise"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # The audit log's signal handlers import the models: they can only be connected once apps are ready.
+        from enterprise import signals
+
+        signals.connect()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -80,8 +81,29 @@ class WebhookAttempt(models.Model):
         ordering = ["delivery", "at"]
 
 
+class AppendOnlyError(Exception):
+    """An audit entry was about to be changed or deleted: the log is append-only."""
+
+
+class AuditQuerySet(models.QuerySet["AuditEntry"]):
+    """Refuses bulk change. Only the retention purge (enterprise/audit.py `audit_purge`) deletes, by
+    `purge()`; on PostgreSQL a trigger refuses any other UPDATE or DELETE too (migration 0002)."""
+
+    def update(self, **kwargs: Any) -> int:
+        raise AppendOnlyError("audit entries are append-only: update refused")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise AppendOnlyError("audit entries are append-only: delete refused (the retention purge deletes)")
+
+    def purge(self) -> int:
+        """Delete these entries: for `audit_purge` only, which also tells the trigger it is the purge."""
+        return models.QuerySet.delete(self)[0]
+
+
 class AuditEntry(models.Model):
     """Who did what, when: append-only. Ids are copied, not foreign keys, so the record outlives its subjects."""
+
+    objects = AuditQuerySet.as_manager()
 
     at = models.DateTimeField(db_index=True)
     actor = models.ForeignKey(
@@ -102,3 +124,11 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M} {self.actor_username or '-'} {self.action}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise AppendOnlyError("audit entries are append-only: an entry is never saved twice")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise AppendOnlyError("audit entries are append-only: delete refused (the retention purge deletes)")

@@ -29,6 +29,7 @@ from chat.services.events import append_event
 from chat.services.notifications import notify_membership
 from chat.wire import encode
 from chat.wire.frames import rfc3339
+from enterprise.audit import audit_record
 from enterprise.webhooks import enqueue_member_added
 
 
@@ -84,6 +85,7 @@ def workspace_member_add(*, workspace: Workspace, actor: User, username: str, ro
     if user.id == actor.id:  # an owner demoting themselves could leave the workspace with no owner
         raise ServiceError("conflict", "an owner cannot change their own role")
     member, _ = WorkspaceMember.objects.update_or_create(workspace=workspace, user=user, defaults={"role": role})
+    audit_record("workspace.member_set", actor, workspace_id=workspace.id, target=user.username, data={"role": role})
     return member
 
 
@@ -114,6 +116,7 @@ def member_event(*, conversation_id: str, type: str, user: User, by_id: int | No
         {"id": user.id, "username": user.username} if by_id == user.id else None if by_id is None else user_ref(by_id)
     )
     append_event(conversation_id=conversation_id, type=type, data=data)
+    audit_record(f"conversation.{type}", by_id, conversation_id=conversation_id, target=user.username, data=data)
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,9 @@ def _member_set(*, conversation_id: str, title: str, user: User, role: str, by: 
         enqueue_member_added(
             conversation_id=str(conversation_id), user_id=user.id, username=user.username, role=role, by_id=by
         )
+    audit_record(
+        "conversation.member_set", by, conversation_id=conversation_id, target=user.username, data={"role": role}
+    )
     notify_membership(
         user_id=user.id, conversation_id=str(conversation_id), title=title, role=role, created=created, by_id=by
     )
@@ -235,12 +241,14 @@ def workspace_member_set_by_staff(*, workspace: Workspace, user: User, role: str
     if role not in Role.values:
         raise ServiceError("bad_request", f"role must be one of {', '.join(Role.values)}")
     member, _ = WorkspaceMember.objects.update_or_create(workspace=workspace, user=user, defaults={"role": role})
+    audit_record("workspace.member_set", None, workspace_id=workspace.id, target=user.username, data={"role": role})
     return member
 
 
 @transaction.atomic
 def workspace_member_remove_by_staff(*, workspace: Workspace, user_id: int) -> None:
-    WorkspaceMember.objects.filter(workspace=workspace, user_id=user_id).delete()
+    if WorkspaceMember.objects.filter(workspace=workspace, user_id=user_id).delete()[0]:
+        audit_record("workspace.member_removed", None, workspace_id=workspace.id, data={"user_id": user_id})
 
 
 @transaction.atomic

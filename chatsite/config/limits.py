@@ -141,3 +141,8 @@ WEBHOOKS_ENDPOINT_CACHE_S = float(os.environ.get("WEBHOOKS_ENDPOINT_CACHE_S", "5
 # row (one delivery's whole schedule), is disabled and the workspace's owners are notified.
 WEBHOOKS_DISABLE_AFTER_S = float(os.environ.get("WEBHOOKS_DISABLE_AFTER_S", str(5 * 24 * 3600)))
 WEBHOOKS_DISABLE_MIN_FAILURES = env_int("WEBHOOKS_DISABLE_MIN_FAILURES", 8)
+
+# --- Audit log (enterprise/audit.py, docs/operations.md "Audit log") -----------------------------------------------
+# Entries older than this are deleted by `manage.py purge_audit_log`, the only deletion the append-only log allows.
+# Longer than any tier's history: who changed what must outlive the conversations it was about.
+AUDIT_RETENTION_DAYS = env_int("AUDIT_RETENTION_DAYS", 400)
