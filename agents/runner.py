@@ -21,7 +21,7 @@ import uuid
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from agents import approvals, services
+from agents import approvals, priority, services
 from agents.backends import get_backend
 from agents.runtime import execute_run
 from agents.tools import default_registry
@@ -119,10 +119,13 @@ class RunSupervisor:
     async def claim_available(self) -> int:
         claimed_count = 0
         while len(self.tasks) < MAX_CONCURRENT_RUNS:
-            # Runs whose approval was decided first: people are waiting on them already.
-            claimed = await run_service(approvals.run_resume_next, worker_id=self.worker_id)
+            # The last free slots may be reserved for the higher tiers (agents/priority.py).
+            tiers = priority.claimable_tiers(MAX_CONCURRENT_RUNS - len(self.tasks))
+            claimed = None
+            if tiers is None:  # runs whose approval was decided first: people are waiting on them already
+                claimed = await run_service(approvals.run_resume_next, worker_id=self.worker_id)
             if claimed is None:
-                claimed = await run_service(services.run_claim_next, worker_id=self.worker_id)
+                claimed = await run_service(services.run_claim_next, worker_id=self.worker_id, tiers=tiers)
             if claimed is None:
                 break
             claimed_count += 1

@@ -15,9 +15,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Min
 from django.utils import timezone
 
+from agents import priority
 from agents.models import TERMINAL_STATUSES, AgentRun, ApprovalStatus, RunStatus, ToolCall, ToolCallStatus
 from chat.errors import ServiceError
 from chat.models import AuthorKind, Conversation, Message
@@ -80,28 +80,23 @@ class ClaimedRun:
 ACTIVE_STATUSES = (RunStatus.RUNNING, RunStatus.WAITING_APPROVAL)
 
 
-def run_claim_next(*, worker_id: str) -> ClaimedRun | None:
-    """Start the oldest queued run whose conversation has no running run; emit agent_started."""
-    # Conversations (not runs) with queued work and no running run, oldest waiting first: one busy
-    # conversation's queue must not hide every other conversation's.
+def run_claim_next(*, worker_id: str, tiers: frozenset[str] | None = None) -> ClaimedRun | None:
+    """Start the first queued run in the priority lane's order (agents/priority.py: by tier, with a
+    bounded wait) whose conversation has no running run; emit agent_started. `tiers`: only runs of
+    these tiers (the runner's last slots are reserved for the tiers above), None: any."""
+    # Conversations (not runs): one busy conversation's queue must not hide every other conversation's.
     busy = AgentRun.objects.filter(status__in=ACTIVE_STATUSES).values("conversation_id")
-    candidates = list(
-        AgentRun.objects.filter(status=RunStatus.QUEUED)
-        .exclude(conversation_id__in=busy)
-        .values("conversation_id")
-        .annotate(first_queued=Min("created_at"))
-        .order_by("first_queued")
-        .values_list("conversation_id", flat=True)[:50]
-    )
-    for conversation_id in candidates:
-        claimed = _claim_in_conversation(conversation_id, worker_id)
+    for conversation_id in priority.claim_order(busy=busy, tiers=tiers):
+        claimed = _claim_in_conversation(conversation_id, worker_id, tiers)
         if claimed is not None:
             return claimed
     return None
 
 
 @transaction.atomic
-def _claim_in_conversation(conversation_id: uuid.UUID, worker_id: str) -> ClaimedRun | None:
+def _claim_in_conversation(
+    conversation_id: uuid.UUID, worker_id: str, tiers: frozenset[str] | None
+) -> ClaimedRun | None:
     # The conversation row lock serialises claimers of one conversation across workers.
     Conversation.objects.select_for_update().filter(id=conversation_id).first()
     if AgentRun.objects.filter(conversation_id=conversation_id, status__in=ACTIVE_STATUSES).exists():
@@ -112,7 +107,7 @@ def _claim_in_conversation(conversation_id: uuid.UUID, worker_id: str) -> Claime
         .order_by("created_at")
         .first()
     )
-    if run is None:
+    if run is None or not priority.may_take(run.requested_by_id, tiers):  # the head, re-read under the lock
         return None
     now = timezone.now()
     run.status = RunStatus.RUNNING

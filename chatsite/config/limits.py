@@ -146,3 +146,14 @@ WEBHOOKS_DISABLE_MIN_FAILURES = env_int("WEBHOOKS_DISABLE_MIN_FAILURES", 8)
 # Entries older than this are deleted by `manage.py purge_audit_log`, the only deletion the append-only log allows.
 # Longer than any tier's history: who changed what must outlive the conversations it was about.
 AUDIT_RETENTION_DAYS = env_int("AUDIT_RETENTION_DAYS", 400)
+
+# --- Priority lane for agent runs (agents/priority.py, docs/protocol.md §12) -------------------------------------
+# Queued runs are claimed in the order of created_at + AGENT_PRIORITY_MAX_WAIT_S[their requester's tier] (an
+# unknown tier counts as free): enterprise before pro before free, yet a run that has waited its tier's max wait
+# is claimed before every run queued after that moment, whatever their tier (the bound on a lower tier's wait).
+AGENT_PRIORITY_MAX_WAIT_S: dict[str, float] = json.loads(
+    os.environ.get("AGENT_PRIORITY_MAX_WAIT_S_JSON", '{"enterprise": 0, "pro": 10, "free": 60}')
+)
+# Per runner: this many of its MAX_CONCURRENT_RUNS slots (agents/runner.py) are kept for a tier (and the tiers
+# above it); a lower tier's run is not claimed into them, e.g. {"enterprise": 1}: the last free slot is enterprise's.
+AGENT_RESERVED_SLOTS: dict[str, int] = json.loads(os.environ.get("AGENT_RESERVED_SLOTS_JSON", '{"enterprise": 1}'))
