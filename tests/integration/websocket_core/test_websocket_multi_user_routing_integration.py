@@ -173,7 +173,7 @@ def victim_state(w: World) -> dict[str, list[str]]:
             "id", "status", "cancel_requested", "cancelled_by_id"
         ),
         "notifications": Notification.objects.filter(user_id__in=victims).values_list("user_id", "seq", "data"),
-        "users": User.objects.filter(id__in=victims).values_list("id", "is_active", "notification_seq"),
+        "users": User.objects.filter(id__in=victims).values_list("id", "is_active", "notification_seq", "time_zone"),
         "notification_settings": NotificationSettings.objects.filter(user_id__in=victims).values_list(
             "user_id", "kinds", "quiet_start", "quiet_end", "quiet_timezone", "muted_until", "read_seq"
         ),
@@ -286,6 +286,12 @@ ID_COMMANDS: dict[str, tuple[str, list[dict[str, Any]]]] = {
     "draft": ("conversation", [{"text": "let me in"}, {"text": ""}]),
     "presence": ("conversation", [{}]),
     "cancel": ("run_id", [{}]),
+    # (The victim's message and run ids are tried with the attacker's own conversation in
+    # tests/integration/test_message_actions_integration.py.)
+    "edit": ("conversation", [{"message_id": str(uuid.uuid4()), "text": "pwned"}]),
+    "delete": ("conversation", [{"message_id": str(uuid.uuid4())}]),
+    "feedback": ("conversation", [{"message_id": str(uuid.uuid4()), "rating": "down"}]),
+    "regenerate": ("conversation", [{"run_id": str(uuid.uuid4())}]),
     "approve": ("run_id", [{"call_id": "call-1", "decision": "approve"}, {"call_id": "c", "decision": "reject"}]),
 }
 # Commands that take no id of anyone's: tested for what they return and change instead.
@@ -486,6 +492,22 @@ def rest_conversation_members_post(r: Rest) -> None:
 
 def rest_conversation_events_get(r: Rest) -> None:
     same_as_missing(r, "GET", "/api/conversations/{id}/events/?limit=100")
+
+
+def rest_conversation_feedback_get(r: Rest) -> None:
+    same_as_missing(r, "GET", "/api/conversations/{id}/feedback/")
+
+
+def rest_message_patch(r: Rest) -> None:
+    same_as_missing(r, "PATCH", f"/api/conversations/{{id}}/messages/{r.world.message_id}/", {"text": "pwned"})
+
+
+def rest_message_delete(r: Rest) -> None:
+    same_as_missing(r, "DELETE", f"/api/conversations/{{id}}/messages/{r.world.message_id}/")
+
+
+def rest_message_feedback_put(r: Rest) -> None:
+    same_as_missing(r, "PUT", f"/api/conversations/{{id}}/messages/{r.world.message_id}/feedback/", {"rating": "down"})
 
 
 def rest_workspace_members_get(r: Rest) -> None:
@@ -693,6 +715,24 @@ def rest_me_settings_patch(r: Rest) -> None:
     assert_nothing_of_theirs(w, ok[1].decode())
 
 
+def rest_me_get(r: Rest) -> None:
+    status, content, _ = r.call("GET", "/api/me/")
+    assert status == 200
+    assert json.loads(content)["username"] == r.world.mallory.username  # only ever the caller
+    assert_nothing_of_theirs(r.world, content.decode())
+
+
+def rest_me_patch(r: Rest) -> None:
+    """The body names no user: whatever it carries, only the caller's own zone can change."""
+    w = r.world
+    for body in ({"time_zone": "Asia/Tokyo", "id": w.alice.id}, {"time_zone": "Asia/Tokyo", "username": w.alice.username}):
+        status, content, _ = r.call("PATCH", "/api/me/", body)
+        assert status in (200, 400), content
+    status, _, _ = r.call("PATCH", "/api/me/", {"time_zone": "Europe/Paris"})
+    assert status == 200
+    assert User.objects.get(id=w.mallory.id).time_zone == "Europe/Paris"
+
+
 def rest_me_notifications_get(r: Rest) -> None:
     for query in ("", "?unread=1", "?before=2&limit=100"):
         status, content, _ = r.call("GET", "/api/me/notifications/" + query)
@@ -764,6 +804,10 @@ REST_CASES: dict[tuple[str, str], Callable[[Rest], None]] = {
     ("api/conversations/<str:conversation_id>/members/", "GET"): rest_conversation_members_get,
     ("api/conversations/<str:conversation_id>/members/", "POST"): rest_conversation_members_post,
     ("api/conversations/<str:conversation_id>/events/", "GET"): rest_conversation_events_get,
+    ("api/conversations/<str:conversation_id>/feedback/", "GET"): rest_conversation_feedback_get,
+    ("api/conversations/<str:conversation_id>/messages/<str:message_id>/", "PATCH"): rest_message_patch,
+    ("api/conversations/<str:conversation_id>/messages/<str:message_id>/", "DELETE"): rest_message_delete,
+    ("api/conversations/<str:conversation_id>/messages/<str:message_id>/feedback/", "PUT"): rest_message_feedback_put,
     ("api/workspaces/", "GET"): rest_workspace_list,
     ("api/workspaces/", "POST"): rest_workspace_create,
     ("api/workspaces/<str:workspace_id>/members/", "GET"): rest_workspace_members_get,
@@ -772,6 +816,8 @@ REST_CASES: dict[tuple[str, str], Callable[[Rest], None]] = {
     ("healthz", "*"): rest_health,
     ("readyz", "*"): rest_health,
     ("metrics", "*"): rest_metrics,
+    ("api/me/", "GET"): rest_me_get,
+    ("api/me/", "PATCH"): rest_me_patch,
     ("api/me/notification-settings/", "GET"): rest_me_settings_get,
     ("api/me/notification-settings/", "PATCH"): rest_me_settings_patch,
     ("api/me/notifications/", "GET"): rest_me_notifications_get,
