@@ -20,7 +20,7 @@ from django.utils import timezone
 from agents import priority
 from agents.models import TERMINAL_STATUSES, AgentRun, ApprovalStatus, RunStatus, ToolCall, ToolCallStatus
 from chat.errors import ServiceError
-from chat.models import AuthorKind, Conversation, Message
+from chat.models import AuthorKind, Conversation, Message, Role
 from chat.publishing import RunnerRung, after_commit
 from chat.services.events import append_event
 from chat.wire.frames import StoredEvent
@@ -267,17 +267,17 @@ def run_fail(
 
 
 def _append_started(run: AgentRun, now: Any) -> StoredEvent:
-    return append_event(
-        conversation_id=run.conversation_id,
-        type="agent_started",
-        run_id=run.id,
-        data={
-            "run_id": str(run.id),
-            "agent": run.agent,
-            "trigger_message_id": str(run.trigger_message_id) if run.trigger_message_id else None,
-            "queued_ms": int((now - run.created_at).total_seconds() * 1000),
-        },
-    )
+    data: dict[str, Any] = {
+        "run_id": str(run.id),
+        "agent": run.agent,
+        "trigger_message_id": str(run.trigger_message_id) if run.trigger_message_id else None,
+        "queued_ms": int((now - run.created_at).total_seconds() * 1000),
+    }
+    if run.trigger_message_id:  # a second run on one question is a regenerate: it names the newest earlier one
+        earlier = AgentRun.objects.filter(trigger_message_id=run.trigger_message_id, created_at__lt=run.created_at)
+        if (regenerates := earlier.order_by("-created_at").values_list("id", flat=True).first()) is not None:
+            data["regenerates"] = str(regenerates)
+    return append_event(conversation_id=run.conversation_id, type="agent_started", run_id=run.id, data=data)
 
 
 @dataclass(frozen=True)
@@ -289,15 +289,18 @@ class CancelResult:
 
 
 @transaction.atomic
-def run_request_cancel(*, run_id: str, by_user_id: int, by_username: str) -> CancelResult:
+def run_request_cancel(*, run_id: str, by_user_id: int, by_username: str, role: str | None = None) -> CancelResult:
     """Cancel a run. A queued run ends at once (agent_started + agent_cancelled, so every run keeps
     docs/protocol.md §4's shape), and so does one parked for an approval (agent_cancelled; nobody
     holds it); a running one is flagged and its runner stops it promptly.
-    The caller has checked that the user may cancel (`run_for_member` + role)."""
+    A member (`role` from `run_for_member`) may stop a run they started, an owner any: others are
+    `forbidden`. No role: staff (the admin's action), who may stop any run."""
     # Lock order conversation -> run, as the claim does, so the two cannot deadlock.
     conversation_id = AgentRun.objects.filter(id=run_id).values_list("conversation_id", flat=True).get()
     Conversation.objects.select_for_update().filter(id=conversation_id).first()
     run = AgentRun.objects.select_for_update().get(id=run_id)
+    if role is not None and role != Role.OWNER and run.requested_by_id != by_user_id:
+        raise ServiceError("forbidden", "only who started this run or a conversation owner may stop it")
     if run.status in TERMINAL_STATUSES:
         raise ServiceError("conflict", f"run already {run.status}")
     if run.status == RunStatus.QUEUED:

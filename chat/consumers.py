@@ -254,8 +254,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             handler = HANDLERS.get(command.type)
             if handler is None:
                 raise ProtocolError("unknown_command", f"unknown command {command.type!r}")
-            if command.type != "send":  # send is admitted in its handler, once it knows whether it starts a run
-                await self.throttle.admit(command.type)
+            # send is admitted in its handler, once it knows whether it starts a run. A typing over
+            # its limit is dropped, not refused: answered like a sent one, and nobody is told.
+            if command.type != "send" and not await self.throttle.admit(command.type):
+                if command_id is not None:
+                    self.outbox.send_frame(reply_ok(command_id, {}))
+                return
             database = self._database_breaker(command.type, command.fields)
             if database is not None:
                 database.before_call()  # open circuit: answer `unavailable` now instead of waiting on the pool

@@ -37,6 +37,7 @@ from django.db import transaction
 
 from chat.infra import bus
 from chat.infra.doorbells import EphemeralDoorbell, LocalRunner, UserMessage
+from chat.infra.message_buffer import forget_buffered
 from chat.infra.per_loop import PerLoop
 from chat.wire.frames import StoredEvent
 
@@ -73,7 +74,16 @@ class RunnerRung:
     run_id: str | None = None
 
 
-Effect = EventsCommitted | UserTold | NotificationCommitted | RunnerRung
+@dataclass(frozen=True)
+class EventsScrubbed:
+    """Stored events whose data was rewritten (a deleted message's text): the hot buffer must not
+    replay the copies it holds."""
+
+    conversation_id: str
+    seqs: tuple[int, ...]
+
+
+Effect = EventsCommitted | UserTold | NotificationCommitted | RunnerRung | EventsScrubbed
 
 # While an async caller runs a service through `run_service`, the effects it commits land here.
 _collected: ContextVar[list[Effect] | None] = ContextVar("chat_publishing_collected", default=None)
@@ -157,6 +167,8 @@ async def deliver(effects: Sequence[Effect]) -> None:
             events = []
         if isinstance(effect, UserTold):
             await bus.publish_to_user(effect.user_id, effect.message)
+        elif isinstance(effect, EventsScrubbed):
+            await forget_buffered(effect.conversation_id, effect.seqs)
         elif isinstance(effect, NotificationCommitted):
             await bus.publish_notification(
                 effect.user_id, effect.seq, effect.frame, max_events=effect.max_events, max_age_s=effect.max_age_s

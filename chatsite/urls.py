@@ -4,7 +4,7 @@ from django.templatetags.static import static
 from django.urls import path
 from django.views.generic import RedirectView
 
-from chat import api, api_conversations, api_me, views
+from chat import api, api_conversations, api_me, api_messages, views
 from enterprise import api as webhooks_api
 from enterprise import api_audit
 from monitoring import views as monitoring_views
@@ -30,7 +30,14 @@ urlpatterns = [
         api_conversations.ConversationMemberDetail.as_view(),
     ),
     path("api/conversations/<str:conversation_id>/join/", api_conversations.ConversationJoin.as_view()),
-    path("api/conversations/<str:conversation_id>/events/", api_conversations.ConversationEvents.as_view()),
+    # By events, or by messages (unit=messages): chat/api_messages.py serves both.
+    path("api/conversations/<str:conversation_id>/events/", api_messages.ConversationEvents.as_view()),
+    path("api/conversations/<str:conversation_id>/feedback/", api_messages.ConversationFeedback.as_view()),
+    path("api/conversations/<str:conversation_id>/messages/<str:message_id>/", api_messages.MessageDetail.as_view()),
+    path(
+        "api/conversations/<str:conversation_id>/messages/<str:message_id>/feedback/",
+        api_messages.MessageFeedback.as_view(),
+    ),
     path("api/workspaces/", api.WorkspaceList.as_view()),
     path("api/workspaces/<str:workspace_id>/members/", api.WorkspaceMembers.as_view()),
     path("api/workspaces/<str:workspace_id>/conversations/", api_conversations.WorkspaceConversations.as_view()),

@@ -10,6 +10,8 @@ caller goes to the log — the buffer is an optimisation, never a source of gaps
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -22,6 +24,7 @@ from chat.infra.redis_client import redis_call, redis_client
 from monitoring.metrics import metrics
 
 Clock = Callable[[], float]
+logger = logging.getLogger(__name__)
 
 
 class Buffer(Protocol):
@@ -38,6 +41,7 @@ class Buffer(Protocol):
     ) -> list[tuple[int, str]] | None: ...
     async def heads(self, streams: Sequence[str]) -> list[int]: ...
     async def epoch(self) -> str: ...
+    async def forget(self, stream: str, seqs: Sequence[int]) -> None: ...
 
 
 def conversation_stream(conversation_id: str) -> str:
@@ -103,6 +107,14 @@ class MemoryBuffer:
     def streams(self) -> int:
         return len(self._streams)
 
+    async def forget(self, stream: str, seqs: Sequence[int]) -> None:
+        """Drop these entries: a read over them misses and the log answers."""
+        async with self._lock:
+            buf = self._streams.get(stream)
+            for seq in seqs:
+                if buf is not None:
+                    buf.pop(seq, None)
+
     async def epoch(self) -> str:
         """Never changes: the in-memory buffer lives and dies with the process that reads it."""
         return "memory"
@@ -161,6 +173,13 @@ class RedisBuffer:
         deduped = [row for i, row in enumerate(rows) if i == 0 or row[0] != rows[i - 1][0]]
         return deduped if _complete(deduped, after_seq, up_to_seq) else None
 
+    async def forget(self, stream: str, seqs: Sequence[int]) -> None:
+        """Drop these entries (every copy): a read over them misses and the log answers."""
+        pipe = self._redis().pipeline(transaction=False)
+        for seq in seqs:
+            pipe.zremrangebyscore(self.key(stream), seq, seq)
+        await pipe.execute()
+
     async def heads(self, streams: Sequence[str]) -> list[int]:
         """The highest buffered seq of each stream (0 when empty), in one round trip."""
         if not streams:
@@ -212,3 +231,15 @@ async def buffered_or_none(
         return None
     metrics.inc("buffer_reads", outcome="hit" if rows is not None else "miss")
     return rows
+
+
+async def forget_buffered(conversation_id: str, seqs: Sequence[int]) -> None:
+    """Drop rewritten events from the conversation's hot buffer (a deleted message's original event):
+    replays over them read the log, which holds the rewritten data. A failure is logged, not raised:
+    the entries then age out with the buffer (CHAT_BUFFER_MAX_AGE_S)."""
+    buffer = get_buffer()
+    try:
+        await redis_call(functools.partial(buffer.forget, conversation_stream(conversation_id), seqs))
+    except Exception:
+        metrics.inc("buffer_errors")
+        logger.warning("could not drop %d rewritten event(s) of %s from the hot buffer", len(seqs), conversation_id)

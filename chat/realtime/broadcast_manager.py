@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 # subscribes a little behind is served without a database read. 256 covers several seconds of a
 # busy room; older gaps go to the log.
 RECENT_PER_CONVERSATION = 256
+# The encoded start of an event that rewrote an earlier one's stored data (message_deleted scrubs the
+# message's text, chat/services/message_actions.py). Frames are encoded with `type` first.
+SCRUBS_EARLIER = '{"type":"message_deleted"'
 # A doorbell that arrives ahead of its predecessor waits this long for it before the hub reads
 # the missing events from the log. Several processes publishing to one conversation reorder
 # doorbells by a few milliseconds; 50 ms absorbs that without a read and costs little latency.
@@ -295,6 +298,10 @@ class Hub(GroupMembership):
         return found
 
     def remember(self, conversation_id: str, seq: int, text: str) -> None:
+        if text.startswith(SCRUBS_EARLIER):
+            # An earlier event's data was rewritten (a deleted message's text): the copies kept here
+            # must not be replayed; sockets catching up read the log instead.
+            self.recent.pop(conversation_id, None)
         recent = self.recent.setdefault(conversation_id, OrderedDict())
         recent[seq] = text
         while len(recent) > RECENT_PER_CONVERSATION:

@@ -17,6 +17,7 @@ from agents import services as run_services
 from agents.tools import shared_registry as tool_registry
 from chat import selectors
 from chat.errors import NotFound, ProtocolError, ServiceError
+from chat.history import history_page
 from chat.infra.message_buffer import buffered_or_none, user_stream
 from chat.publishing import run_service
 from chat.realtime import ephemeral
@@ -189,13 +190,21 @@ async def send(session: Session, fields: wire.Send) -> dict[str, Any]:
 @command("history", wire.History)
 async def history(session: Session, fields: wire.History) -> dict[str, Any]:
     access = await access_for(session, fields.conversation)
-    events, has_more = await database_sync_to_async(selectors.events_before)(
+    page = await database_sync_to_async(history_page)(
         conversation_id=access.conversation_id,
         before_seq=fields.before_seq,
         limit=min(fields.page_size, settings.CHAT_HISTORY_MAX),
+        unit=fields.unit,
         retention_days=session.limits.history_retention_days,
     )
-    return {"conversation": access.conversation_id, "events": [e.frame() for e in events], "has_more": has_more}
+    reply: dict[str, Any] = {
+        "conversation": access.conversation_id,
+        "events": [e.frame() for e in page.events],
+        "has_more": page.has_more,
+    }
+    if page.next_before_seq is not None:
+        reply["next_before_seq"] = page.next_before_seq
+    return reply
 
 
 @command("cancel", wire.Cancel)
@@ -213,6 +222,7 @@ async def cancel(session: Session, fields: wire.Cancel) -> dict[str, Any]:
         run_id=str(run.id),
         by_user_id=session.identity.user_id,
         by_username=session.identity.username,
+        role=access.role,  # the starter or an owner: anyone else is forbidden
     )
     return {"run_id": result.run_id, "status": result.status}
 
@@ -349,3 +359,8 @@ def _notification_frames(user_id: int, since_seq: int) -> list[tuple[int, str]]:
 @command("auth", wire.Auth)
 async def auth(session: Session, fields: wire.Auth) -> dict[str, Any]:
     return await session.refresh_auth(fields.token)
+
+
+# Last, once `command`, `access_for` and `call` exist: the message and run actions register their
+# handlers through them, so HANDLERS is whole wherever this module is imported.
+from chat.realtime import message_actions  # noqa: E402, F401

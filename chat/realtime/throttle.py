@@ -11,22 +11,60 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 
 from chat.errors import ProtocolError
 from chat.infra import rate_limiter
 from chat.infra.rate_limiter import Decision, Limiter, Window
-from chat.tiers import COMMAND_CLASSES, TierLimits
+from chat.tiers import COMMAND_CLASSES, Rate, TierLimits
 from monitoring.metrics import metrics
+
+# Rate classes whose commands are dropped, not refused, over their limit: a lost `typing` is
+# corrected by the next one, so it must never cost the client an error frame (or a 4400 close).
+BEST_EFFORT = frozenset({"typing"})
+# What each limit is, in the words of its refusal ("{n} messages per 10 s").
+_WHAT = {
+    "messages": ("sending too fast", "messages"),
+    "agent_runs": ("agent-run quota reached", "runs"),
+    "typing": ("typing too fast", "typing frames"),
+    "commands": ("too many commands", "commands"),
+}
+
+
+def _window(rate: Rate) -> str:
+    seconds = rate.window_s
+    named = {60: "minute", 3600: "hour", 86400: "day"}
+    return named[int(seconds)] if seconds in named else f"{seconds:g} s"
+
+
+def wait_text(ms: int) -> str:
+    """A wait for people, rounded up so that waiting that long is enough: 2 s, 3 min, 2 h 5 min."""
+    seconds = max(1, -(-ms // 1000))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = -(-seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, rest = divmod(minutes, 60)
+    return f"{hours} h {rest} min" if rest else f"{hours} h"
 
 
 class RateLimited(ProtocolError):
-    def __init__(self, rate_class: str, retry_after_ms: int) -> None:
+    """`rate_limited`, naming the limit that refused: its numbers, the tier for a quota, the real wait."""
+
+    def __init__(self, rate_class: str, retry_after_ms: int, rate: Rate | None = None, tier: str = "") -> None:
+        reason, unit = _WHAT.get(rate_class, (f"too many {rate_class.replace('_', ' ')}", rate_class))
+        limit = f": {rate.limit} {unit} per {_window(rate)}" if rate is not None else ""
+        on_tier = f" on the {tier} tier" if tier and rate_class == "agent_runs" else ""
         super().__init__(
-            "rate_limited", f"too many {rate_class.replace('_', ' ')}; retry in {retry_after_ms} ms", retry_after_ms
+            "rate_limited", f"{reason}{limit}{on_tier}; retry in {wait_text(retry_after_ms)}", retry_after_ms
         )
         self.rate_class = rate_class
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**super().as_dict(), "limit": self.rate_class}
 
 
 class CommandThrottle:
@@ -51,10 +89,22 @@ class CommandThrottle:
         rate = self.limits.rate(rate_class)
         return Window(rate_limiter.key(rate_class, self.user_id), rate.limit, rate.window_ms)
 
-    async def admit(self, command_type: str) -> None:
-        """Admit a command of this type, or raise RateLimited (nothing recorded)."""
+    async def admit(self, command_type: str) -> bool:
+        """Admit a command of this type (True), or raise RateLimited (nothing recorded). A command of
+        a best-effort class (typing) over its limit is not refused but dropped: False, counted in
+        chat_rate_limited_total like a refusal, and it never counts as hammering."""
         rate_class = COMMAND_CLASSES.get(command_type, "commands")
+        if rate_class in BEST_EFFORT:
+            decision = await self.limiter.hit([self.window(rate_class)])
+            if not decision.allowed:
+                metrics.inc("rate_limited", cls=rate_class)
+            return decision.allowed
         await self._admit([rate_class], [self.window(rate_class)])
+        return True
+
+    async def admit_run(self) -> None:
+        """An agent run started without a message (`regenerate`): one "agent_runs" slot."""
+        await self._admit(["agent_runs"], [self.window("agent_runs")])
 
     async def admit_send(self, *, starts_run: bool) -> None:
         """A `send` takes a "messages" slot and, when it will start an agent run, an "agent_runs"
@@ -76,7 +126,7 @@ class CommandThrottle:
         self._told_until_ms[key] = max(self._told_until_ms.get(key, 0), now_ms + decision.retry_after_ms)
         refused = classes[decision.refused] if 0 <= decision.refused < len(classes) else classes[0]
         metrics.inc("rate_limited", cls=refused)
-        raise RateLimited(refused, decision.retry_after_ms)
+        raise RateLimited(refused, decision.retry_after_ms, self.limits.rate(refused), self.limits.name)
 
     @property
     def hammering(self) -> int:

@@ -17,10 +17,12 @@ from typing import Annotated, Any, Literal
 from msgspec import Meta
 
 from chat.wire.common import (
+    HISTORY_MESSAGES_DEFAULT,
     HISTORY_PAGE_DEFAULT,
     HISTORY_PAGE_MAX,
     MAX_CALL_ID_CHARS,
     MAX_CLIENT_MSG_ID_CHARS,
+    MAX_FEEDBACK_COMMENT_CHARS,
     MAX_TOKEN_CHARS,
     PATTERN_MEANINGS,
     STORABLE_PATTERN,
@@ -70,10 +72,15 @@ class History(CommandFields, omit_defaults=True):
     # Events with seq below this one; absent or null: the newest page.
     before_seq: Positive | None = None
     limit: PageSize | None = None
+    # (extension) What `limit` counts: events (absent or null), or messages: a person's message or
+    # a whole agent run is one item (docs/protocol.md §3, history by messages).
+    unit: Literal["events", "messages"] | None = None
 
     @property
     def page_size(self) -> int:
-        return self.limit if self.limit is not None else HISTORY_PAGE_DEFAULT
+        if self.limit is not None:
+            return self.limit
+        return HISTORY_MESSAGES_DEFAULT if self.unit == "messages" else HISTORY_PAGE_DEFAULT
 
 
 class Typing(CommandFields):
@@ -110,6 +117,42 @@ class Approve(CommandFields, omit_defaults=True):
     arguments: dict[str, Any] | None = None
 
 
+# --- (extension) acting on one message or run after it was sent ---------------------------------------
+
+FeedbackComment = Annotated[str, Meta(max_length=MAX_FEEDBACK_COMMENT_CHARS, pattern=STORABLE_PATTERN)]
+
+
+class Edit(CommandFields):
+    """Replace the text of the caller's own message (bounded like `send`'s text)."""
+
+    conversation: str
+    message_id: str
+    text: StorableText
+
+
+class Delete(CommandFields):
+    """Delete a message: the author their own, an owner anyone's."""
+
+    conversation: str
+    message_id: str
+
+
+class Feedback(CommandFields, omit_defaults=True):
+    """Rate an agent's answer for the caller only; null clears the caller's rating."""
+
+    conversation: str
+    message_id: str
+    rating: Literal["up", "down"] | None
+    comment: FeedbackComment | None = None
+
+
+class Regenerate(CommandFields):
+    """Answer an ended run's question again, in a new run."""
+
+    conversation: str
+    run_id: str
+
+
 class Presence(CommandFields):
     conversation: str
 
@@ -136,6 +179,10 @@ COMMANDS: dict[str, type[CommandFields]] = {
     "draft": Draft,
     "cancel": Cancel,
     "approve": Approve,
+    "edit": Edit,
+    "delete": Delete,
+    "feedback": Feedback,
+    "regenerate": Regenerate,
     "presence": Presence,
     "sync_notifications": SyncNotifications,
     "auth": Auth,

@@ -33,6 +33,10 @@ MAX_TOKEN_CHARS = 4096
 # `history` pages: `limit` is 1..HISTORY_PAGE_MAX, and HISTORY_PAGE_DEFAULT when absent or null.
 HISTORY_PAGE_MAX = 100
 HISTORY_PAGE_DEFAULT = 50
+# (extension) `history` with `unit: "messages"`: items (a message, a whole run) per page by default.
+HISTORY_MESSAGES_DEFAULT = 30
+# (extension) `feedback`'s optional comment on an answer.
+MAX_FEEDBACK_COMMENT_CHARS = 2000
 
 # --- string patterns ------------------------------------------------------------------------------
 # Strings that are stored or verified: PostgreSQL text cannot hold NUL, and a lone surrogate (a JSON
@@ -97,3 +101,6 @@ class ErrorBody(ServerData, omit_defaults=True):
     message: str
     # Only where waiting helps (rate_limited, unavailable): when the same command is admitted.
     retry_after_ms: NonNegative | None = None
+    # (extension) With rate_limited: the limit that refused, `messages`, `agent_runs`, `typing` or
+    # `commands` (the rate classes of welcome.limits.rates, §12).
+    limit: str | None = None

@@ -29,6 +29,7 @@ from chat.wire.conversation_events import (
     MemberRoleChangedData,
     MemberRoleChangedEvent,
 )
+from chat.wire.message_events import MessageDeletedData, MessageDeletedEvent, MessageEditedData, MessageEditedEvent
 
 # --- durable event data ---------------------------------------------------------------------------
 
@@ -50,6 +51,8 @@ class MessageData(ServerData):
     run_id: Uuid | None
     # The ids of the members the text mentions (§8). Events stored before mentions existed lack it.
     mentions: list[int] = msgspec.field(default_factory=list)
+    # (extension) true once the message was deleted: its text is then "" (§4, message_deleted).
+    deleted: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class AgentStartedData(ServerData):
@@ -59,6 +62,8 @@ class AgentStartedData(ServerData):
     trigger_message_id: Uuid | None
     # Enqueue and claim may run on different hosts, so clock skew can make this slightly negative.
     queued_ms: int
+    # (extension) The earlier run on the same question this one answers again (`regenerate`).
+    regenerates: Uuid | msgspec.UnsetType = msgspec.UNSET
 
 
 class AgentThinkingData(ServerData):
@@ -287,6 +292,8 @@ DurableEvent = (
     | MemberJoinedEvent
     | MemberLeftEvent
     | MemberRoleChangedEvent
+    | MessageEditedEvent
+    | MessageDeletedEvent
 )
 
 
@@ -328,6 +335,8 @@ DURABLE_DATA: dict[str, type[ServerData]] = {
     "member_joined": MemberJoinedData,
     "member_left": MemberLeftData,
     "member_role_changed": MemberRoleChangedData,
+    "message_edited": MessageEditedData,
+    "message_deleted": MessageDeletedData,
 }
 
 EPHEMERAL_DATA: dict[str, type[ServerData]] = {
@@ -353,6 +362,8 @@ EVENT_FRAMES: dict[str, type[msgspec.Struct]] = {
     "member_joined": MemberJoinedEvent,
     "member_left": MemberLeftEvent,
     "member_role_changed": MemberRoleChangedEvent,
+    "message_edited": MessageEditedEvent,
+    "message_deleted": MessageDeletedEvent,
     "typing": TypingEvent,
     "read": ReadEvent,
     "presence": PresenceEvent,

@@ -67,11 +67,13 @@ class SendReply(ServerData, omit_defaults=True):
     run_id: Uuid | None = None
 
 
-class HistoryReply(ServerData):
+class HistoryReply(ServerData, omit_defaults=True):
     conversation: Uuid
     # Oldest first.
     events: list[DurableEvent]
     has_more: bool
+    # (extension) With has_more: the before_seq that asks for the next older page.
+    next_before_seq: EventSeq | None = None
 
 
 class ApproveReply(ServerData):
@@ -86,6 +88,30 @@ class CancelReply(ServerData):
     # cancelled: it was queued (agent_started and agent_cancelled are already stored);
     # cancelling: it is running and agent_cancelled follows.
     status: Literal["cancelled", "cancelling"]
+
+
+class EditReply(ServerData):
+    message_id: Uuid
+    # The seq of the message_edited event.
+    seq: EventSeq
+    edited_at: Timestamp
+
+
+class DeleteReply(ServerData):
+    message_id: Uuid
+    # The seq of the message_deleted event.
+    seq: EventSeq
+
+
+class FeedbackReply(ServerData):
+    message_id: Uuid
+    # The caller's rating as stored now; null: cleared.
+    rating: Literal["up", "down"] | None
+
+
+class RegenerateReply(ServerData):
+    # The new run (queued; its agent_started carries `regenerates`).
+    run_id: Uuid
 
 
 class Member(ServerData):
@@ -138,6 +164,10 @@ REPLIES: dict[str, type[ServerData]] = {
     "draft": DraftReply,
     "cancel": CancelReply,
     "approve": ApproveReply,
+    "edit": EditReply,
+    "delete": DeleteReply,
+    "feedback": FeedbackReply,
+    "regenerate": RegenerateReply,
     "presence": PresenceReply,
     "sync_notifications": SyncNotificationsReply,
     "auth": AuthReply,

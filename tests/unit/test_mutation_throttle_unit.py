@@ -11,7 +11,7 @@ from chat.errors import ProtocolError
 from chat.infra.rate_limiter import Decision, MemoryLimiter, Window
 from chat.realtime import throttle as throttle_module
 from chat.realtime.throttle import BadFrames, CommandThrottle, RateLimited, abuse_verdict
-from chat.tiers import limits_for
+from chat.tiers import Rate, limits_for
 
 
 class Clock:
@@ -37,7 +37,15 @@ class Scripted:
 def test_rate_limited_says_what_and_how_long() -> None:
     exc = RateLimited("agent_runs", 1500)
     assert (exc.code, exc.retry_after_ms, exc.rate_class) == ("rate_limited", 1500, "agent_runs")
-    assert exc.message == "too many agent runs; retry in 1500 ms"
+    assert exc.message == "agent-run quota reached; retry in 2 s"  # the wait for people, rounded up
+    assert exc.as_dict() == {
+        "code": "rate_limited",
+        "message": exc.message,
+        "retry_after_ms": 1500,
+        "limit": "agent_runs",
+    }
+    named = RateLimited("messages", 999, Rate(10, 10), "pro")
+    assert named.message == "sending too fast: 10 messages per 10 s; retry in 1 s"  # the tier only for a quota
 
 
 def test_throttle_defaults_to_the_limiters_clock() -> None:

@@ -32,7 +32,7 @@ import pytest
 
 from chat import wire
 from chat.wire import commands as wc
-from chat.wire import common, events, replies, session
+from chat.wire import common, events, message_events, replies, session
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
@@ -355,6 +355,37 @@ DURABLE = [
     _durable(events.MemberRoleChangedEvent, 12, events.MemberRoleChangedData(user=ALICE, role="viewer", by=None)),
     _durable(events.MemberLeftEvent, 13, events.MemberLeftData(user=ALICE, by=ALICE)),
 ]
+# (extension) A message's edit and deletion, a deleted message's scrubbed event, a regenerated run's start.
+DURABLE += [
+    _durable(
+        message_events.MessageEditedEvent,
+        14,
+        message_events.MessageEditedData(message_id=MSG, text="héllo again", edited_at=TS, by=ALICE),
+    ),
+    _durable(
+        message_events.MessageDeletedEvent,
+        15,
+        message_events.MessageDeletedData(message_id=MSG, deleted_at=TS, by=ALICE),
+    ),
+    _durable(
+        events.MessageEvent,
+        16,
+        events.MessageData(
+            id=MSG,
+            client_msg_id="k2",
+            author=events.Author(id=1, username="alice", kind="user"),
+            text="",
+            created_at=TS,
+            run_id=None,
+            deleted=True,
+        ),
+    ),
+    _durable(
+        events.AgentStartedEvent,
+        17,
+        events.AgentStartedData(run_id=RUN, agent="a", trigger_message_id=MSG, queued_ms=0, regenerates=RUN),
+    ),
+]
 RATE = session.Rate(limit=30, window_ms=60_000)
 LIMITS = session.Limits(
     tier="free",
@@ -424,12 +455,16 @@ COMMAND_SAMPLES: list[msgspec.Struct] = [
     wc.Subscribe(conversation=CONV, since_seq=0),
     wc.Unsubscribe(conversation=CONV),
     wc.Send(conversation=CONV, client_msg_id="k1", text="hi"),
-    wc.History(conversation=CONV, before_seq=10, limit=100),
+    wc.History(conversation=CONV, before_seq=10, limit=100, unit="messages"),
     wc.Typing(conversation=CONV, state="stop"),
     wc.Read(conversation=CONV, seq=0),
     wc.Draft(conversation=CONV, text=""),
     wc.Cancel(run_id=RUN),
     wc.Approve(run_id=RUN, call_id="call_1", decision="approve", arguments={"username": "bob", "role": "viewer"}),
+    wc.Edit(conversation=CONV, message_id=MSG, text="fixed"),
+    wc.Delete(conversation=CONV, message_id=MSG),
+    wc.Feedback(conversation=CONV, message_id=MSG, rating="down", comment="wrong year"),
+    wc.Regenerate(conversation=CONV, run_id=RUN),
     wc.Presence(conversation=CONV),
     wc.SyncNotifications(since_seq=3),
     wc.Auth(token="eyJ.x.y"),
@@ -446,12 +481,16 @@ REPLY_SAMPLES: dict[str, msgspec.Struct] = {
     ),
     "unsubscribe": replies.UnsubscribeReply(conversation=CONV),
     "send": replies.SendReply(conversation=CONV, message=replies.MessageRef(id=MSG, seq=1), duplicate=True, run_id=RUN),
-    "history": replies.HistoryReply(conversation=CONV, events=DURABLE, has_more=False),
+    "history": replies.HistoryReply(conversation=CONV, events=DURABLE, has_more=True, next_before_seq=1),
     "typing": replies.EmptyReply(),
     "read": replies.EmptyReply(),
     "draft": replies.DraftReply(conversation=CONV, updated_at=TS),
     "cancel": replies.CancelReply(run_id=RUN, status="cancelling"),
     "approve": replies.ApproveReply(run_id=RUN, call_id="call_1", decision="reject"),
+    "edit": replies.EditReply(message_id=MSG, seq=14, edited_at=TS),
+    "delete": replies.DeleteReply(message_id=MSG, seq=15),
+    "feedback": replies.FeedbackReply(message_id=MSG, rating=None),
+    "regenerate": replies.RegenerateReply(run_id=RUN),
     "presence": replies.PresenceReply(
         conversation=CONV, members=[replies.Member(user=ALICE, online=False, last_seen=TS, last_read_seq=3)]
     ),

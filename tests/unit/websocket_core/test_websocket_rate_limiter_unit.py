@@ -16,7 +16,7 @@ import pytest
 from chat.infra import rate_limiter
 from chat.infra.rate_limiter import ConnectionSlots, MemoryLimiter, RedisLimiter, Window
 from chat.infra.redis_client import redis_client
-from chat.realtime.throttle import CommandThrottle, RateLimited
+from chat.realtime.throttle import CommandThrottle, RateLimited, wait_text
 from chat.tiers import Rate, TierLimits, limits_for, validate_table
 
 
@@ -179,11 +179,11 @@ async def test_typing_spam_cannot_starve_messages() -> None:
     clock = FakeClock()
     throttle = throttle_for(tier(typing=(5, 60), messages=(3, 60)), clock)
     for _ in range(5):
-        await throttle.admit("typing")
-    with pytest.raises(RateLimited) as refused:
-        await throttle.admit("typing")
-    assert refused.value.code == "rate_limited"
-    assert refused.value.rate_class == "typing"
+        assert await throttle.admit("typing") is True
+    # Over its limit a typing is dropped, never refused (best effort), and is no hammering.
+    for _ in range(30):
+        assert await throttle.admit("typing") is False
+    assert throttle.hammering == 0
     for _ in range(3):
         await throttle.admit_send(starts_run=False)  # messages have their own budget
     with pytest.raises(RateLimited) as no_more:
@@ -202,6 +202,43 @@ async def test_send_that_starts_a_run_names_the_agent_runs_budget() -> None:
     assert refused.value.retry_after_ms == 3_600_000
     assert refused.value.as_dict()["retry_after_ms"] == 3_600_000
     await throttle.admit_send(starts_run=False)  # a conversation without an agent still works
+
+
+async def test_a_refusal_names_the_limit_its_numbers_and_the_real_wait() -> None:
+    clock = FakeClock()
+    throttle = throttle_for(tier(messages=(10, 10), agent_runs=(20, 3600), commands=(3, 60)), clock)
+    for _ in range(20):
+        await throttle.admit_run()
+    clock.advance_ms((3600 - 170) * 1000)  # the runs leave the hour's window in 170 s
+    with pytest.raises(RateLimited) as quota:
+        await throttle.admit_run()
+    assert quota.value.as_dict() == {
+        "code": "rate_limited",
+        "message": "agent-run quota reached: 20 runs per hour on the free tier; retry in 3 min",
+        "retry_after_ms": 170_000,
+        "limit": "agent_runs",
+    }
+    for _ in range(10):
+        await throttle.admit_send(starts_run=False)
+    clock.advance_ms(8000)
+    with pytest.raises(RateLimited) as sending:
+        await throttle.admit_send(starts_run=False)
+    assert (sending.value.retry_after_ms, sending.value.message) == (
+        2000,
+        "sending too fast: 10 messages per 10 s; retry in 2 s",
+    )
+    assert sending.value.as_dict()["limit"] == "messages"
+    for _ in range(3):
+        await throttle.admit("ping")
+    with pytest.raises(RateLimited) as commands:
+        await throttle.admit("ping")
+    assert commands.value.message == "too many commands: 3 commands per minute; retry in 1 min"
+
+
+def test_waits_are_rounded_up_for_people() -> None:
+    waits = (1, 999, 1000, 1001, 59_000, 59_001, 60_000, 3_600_000, 7_500_000)
+    expected = ["1 s", "1 s", "1 s", "2 s", "59 s", "1 min", "1 min", "1 h", "2 h 5 min"]
+    assert [wait_text(ms) for ms in waits] == expected
 
 
 async def test_budget_is_per_user_not_per_socket() -> None:
