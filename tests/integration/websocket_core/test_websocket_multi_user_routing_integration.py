@@ -60,6 +60,7 @@ from chat.services.conversations import (
 from chat.services.messages import message_send
 from chat.services.notification_prefs import settings_update
 from chat.services.push import subscription_save
+from enterprise.models import WebhookDelivery, WebhookEndpoint
 from tests.support import factories
 from tests.support.push_endpoint import Browser
 from tests.support.ws import Client, access_token
@@ -84,6 +85,9 @@ class World:
     message_id: str
     workspace: str
     own_conv: str
+    webhook: str = ""  # the victim workspace's webhook endpoint, and one of its deliveries
+    delivery: str = ""
+    own_workspace: str = ""  # the attacker's personal workspace
     secrets: list[str] = field(default_factory=list)
 
     def ids(self) -> dict[str, object]:
@@ -138,6 +142,19 @@ def build_world(make_user: Any) -> World:
     subscription_save(user_id=alice.id, body=push_subscription_json(endpoint), now=timezone.now())
     own = str(conversation_create(creator=mallory, title="mallory's own", agent="").conversation.id)
     world = World(alice, bob, mallory, conv, sent.run_id, sent.message_id, str(workspace.id), own)
+    # A webhook of the victim's workspace, written directly: the victim's tier need not allow creating one
+    # for the attacker's reach to be tested.
+    hook = WebhookEndpoint.objects.create(
+        workspace=workspace,
+        url=f"https://hooks.example.com/victim-{mark}",
+        events=["message.created"],
+        secret=f"whsec_victimsecret{mark}",
+    )
+    delivery = WebhookDelivery.objects.create(
+        endpoint=hook, message_id=f"msg_victim{mark}", event_type="message.created", payload={"mark": mark}
+    )
+    world.webhook, world.delivery = str(hook.id), str(delivery.id)
+    world.own_workspace = str(Conversation.objects.get(id=own).workspace_id)
     world.secrets = [
         f"victim-title-{mark}",
         f"victim-text-{mark}",
@@ -151,6 +168,10 @@ def build_world(make_user: Any) -> World:
         sent.message_id,
         str(workspace.id),
         endpoint,
+        hook.url,
+        hook.secret,
+        world.webhook,
+        world.delivery,
     ]
     return world
 
@@ -187,6 +208,12 @@ def victim_state(w: World) -> dict[str, list[str]]:
             "conversation_id", "role", "last_read_seq"
         ),
         "attacker_workspaces": WorkspaceMember.objects.filter(user=w.mallory).values_list("workspace_id", "role"),
+        "webhooks": WebhookEndpoint.objects.filter(workspace_id=w.workspace).values_list(
+            "id", "url", "events", "secret", "previous_secret", "enabled"
+        ),
+        "deliveries": WebhookDelivery.objects.filter(endpoint__workspace_id=w.workspace).values_list(
+            "id", "status", "attempts", "next_attempt_at"
+        ),
     }
     return {name: sorted(map(repr, rows)) for name, rows in tables.items()}
 
@@ -520,6 +547,73 @@ def rest_workspace_members_post(r: Rest) -> None:
     )
 
 
+def as_enterprise(r: Rest) -> Any:
+    """The attacker on the tier that has webhooks, so that a refusal cannot come from her tier alone."""
+    User.objects.filter(id=r.world.mallory.id).update(tier="enterprise")
+    return r
+
+
+def webhook_routes(r: Rest, method: str, tail: str, body: dict[str, Any] | None = None) -> None:
+    """The victim's webhook (and delivery) under the victim's workspace answer like a random workspace; and
+    under the attacker's own workspace, on the enterprise tier, the victim's ids answer like random ones."""
+    w = r.world
+    hook_tail = tail.replace("<hook>", w.webhook).replace("<delivery>", w.delivery)
+    same_as_missing(r, method, "/api/workspaces/{id}/webhooks/" + hook_tail, body)
+    as_enterprise(r)
+    if "<hook>" in tail:
+        own = "/api/workspaces/" + w.own_workspace + "/webhooks/"
+        same_as_missing(r, method, own + tail.replace("<hook>", "{id}").replace("<delivery>", w.delivery), body)
+    if "<delivery>" in tail:
+        own = "/api/workspaces/" + w.own_workspace + "/webhooks/"
+        # Her own endpoint, with the victim's delivery id.
+        mine = WebhookEndpoint.objects.create(
+            workspace_id=w.own_workspace,
+            url="https://hooks.example.com/mine",
+            events=["message.created"],
+            secret="whsec_x",
+        )
+        same_as_missing(r, method, own + tail.replace("<hook>", str(mine.id)).replace("<delivery>", "{id}"), body)
+
+
+def rest_webhooks_get(r: Rest) -> None:
+    webhook_routes(r, "GET", "")
+
+
+def rest_webhooks_post(r: Rest) -> None:
+    webhook_routes(r, "POST", "", {"url": "https://hooks.example.com/attacker", "events": ["message.created"]})
+
+
+def rest_webhook_get(r: Rest) -> None:
+    webhook_routes(r, "GET", "<hook>/")
+
+
+def rest_webhook_patch(r: Rest) -> None:
+    webhook_routes(r, "PATCH", "<hook>/", {"url": "https://hooks.example.com/attacker"})
+
+
+def rest_webhook_delete(r: Rest) -> None:
+    webhook_routes(r, "DELETE", "<hook>/")
+
+
+def rest_webhook_rotate(r: Rest) -> None:
+    webhook_routes(r, "POST", "<hook>/rotate-secret/")
+
+
+def rest_webhook_deliveries(r: Rest) -> None:
+    webhook_routes(r, "GET", "<hook>/deliveries/")
+
+
+def rest_webhook_redeliver(r: Rest) -> None:
+    webhook_routes(r, "POST", "<hook>/deliveries/<delivery>/redeliver/")
+
+
+def rest_workspace_audit(r: Rest) -> None:
+    same_as_missing(r, "GET", "/api/workspaces/{id}/audit/")
+    status, content, _ = r.call("GET", f"/api/workspaces/{r.world.own_workspace}/audit/")
+    assert status == 200  # her own workspace's log: nothing of the victims' in it
+    assert_nothing_of_theirs(r.world, content.decode())
+
+
 def rest_conversation_page(r: Rest) -> None:
     same_as_missing(r, "GET", "/c/{id}/")
 
@@ -725,7 +819,10 @@ def rest_me_get(r: Rest) -> None:
 def rest_me_patch(r: Rest) -> None:
     """The body names no user: whatever it carries, only the caller's own zone can change."""
     w = r.world
-    for body in ({"time_zone": "Asia/Tokyo", "id": w.alice.id}, {"time_zone": "Asia/Tokyo", "username": w.alice.username}):
+    for body in (
+        {"time_zone": "Asia/Tokyo", "id": w.alice.id},
+        {"time_zone": "Asia/Tokyo", "username": w.alice.username},
+    ):
         status, content, _ = r.call("PATCH", "/api/me/", body)
         assert status in (200, 400), content
     status, _, _ = r.call("PATCH", "/api/me/", {"time_zone": "Europe/Paris"})
@@ -812,6 +909,18 @@ REST_CASES: dict[tuple[str, str], Callable[[Rest], None]] = {
     ("api/workspaces/", "POST"): rest_workspace_create,
     ("api/workspaces/<str:workspace_id>/members/", "GET"): rest_workspace_members_get,
     ("api/workspaces/<str:workspace_id>/members/", "POST"): rest_workspace_members_post,
+    ("api/workspaces/<str:workspace_id>/audit/", "GET"): rest_workspace_audit,
+    ("api/workspaces/<str:workspace_id>/webhooks/", "GET"): rest_webhooks_get,
+    ("api/workspaces/<str:workspace_id>/webhooks/", "POST"): rest_webhooks_post,
+    ("api/workspaces/<str:workspace_id>/webhooks/<str:webhook_id>/", "GET"): rest_webhook_get,
+    ("api/workspaces/<str:workspace_id>/webhooks/<str:webhook_id>/", "PATCH"): rest_webhook_patch,
+    ("api/workspaces/<str:workspace_id>/webhooks/<str:webhook_id>/", "DELETE"): rest_webhook_delete,
+    ("api/workspaces/<str:workspace_id>/webhooks/<str:webhook_id>/rotate-secret/", "POST"): rest_webhook_rotate,
+    ("api/workspaces/<str:workspace_id>/webhooks/<str:webhook_id>/deliveries/", "GET"): rest_webhook_deliveries,
+    (
+        "api/workspaces/<str:workspace_id>/webhooks/<str:webhook_id>/deliveries/<str:delivery_id>/redeliver/",
+        "POST",
+    ): rest_webhook_redeliver,
     ("livez", "*"): rest_health,
     ("healthz", "*"): rest_health,
     ("readyz", "*"): rest_health,
