@@ -24,7 +24,6 @@ from chat.models import ConversationMember
 from chat.serializers import (
     ConversationCreateSerializer,
     ConversationUpdateSerializer,
-    EventsQuerySerializer,
     MemberAddSerializer,
     MemberRoleSerializer,
     OpenQuerySerializer,
@@ -32,7 +31,6 @@ from chat.serializers import (
 )
 from chat.services import conversation_admin
 from chat.services import conversations as conversation_services
-from chat.tiers import limits_for
 from chat.wire.frames import rfc3339
 
 ERROR_STATUS = {"bad_request": 400, "forbidden": 403, "not_found": 404, "conflict": 409, "too_large": 413}
@@ -257,19 +255,6 @@ class ConversationJoin(APIView):
         except NotFound as exc:
             raise DRFNotFound("conversation not found") from exc
         return Response(conversation_json(access))
-
-
-class ConversationEvents(APIView):
-    def get(self, request: Request, conversation_id: str) -> Response:
-        access = member_access(uid(request), conversation_id)
-        query = valid(EventsQuerySerializer(data=request.query_params))
-        events, has_more = selectors.events_before(
-            conversation_id=access.conversation_id,
-            before_seq=query.get("before_seq"),
-            limit=query["limit"],
-            retention_days=limits_for(request.user.tier).history_retention_days,  # type: ignore[union-attr]
-        )
-        return Response({"events": [e.frame() for e in events], "has_more": has_more})
 
 
 class WorkspaceConversations(APIView):
