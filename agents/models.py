@@ -47,6 +47,12 @@ class AgentRun(models.Model):
     # reader gets a consistent (text, seq) pair without a second query.
     partial_seq = models.BigIntegerField(default=0)
     usage = models.JSONField(default=dict, blank=True)
+    # The model that answered (the backend's: "offline" for the built-in agent), set when the run completes;
+    # analytics price its usage by it (settings.AGENT_PRICES).
+    model = models.CharField(max_length=100, blank=True, default="")
+    # agent_started → the first agent_delta committed, in ms, stored with that delta (analytics' time to first
+    # token: a measurement kept with the run, not recomputed from an event log that may be compacted).
+    first_token_ms = models.IntegerField(null=True, blank=True)
     # Tracing (monitoring/tracing.py): the W3C traceparent a client's `send` carried (the run's trace
     # continues the caller's), the run's trace id once a traced leg ran, and that leg's root span as
     # a traceparent: a leg resumed after an approval, on any worker, is its child in the same trace.
@@ -58,6 +64,8 @@ class AgentRun(models.Model):
         indexes = [
             models.Index(fields=["status", "created_at"]),
             models.Index(fields=["conversation", "status"]),
+            # Workspace analytics read a workspace's conversations' runs by creation time.
+            models.Index(fields=["conversation", "created_at"], name="agents_run_conv_created"),
         ]
         ordering = ["-created_at"]
 

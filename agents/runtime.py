@@ -260,6 +260,8 @@ async def _execute(run: ClaimedRun, emitter: Emitter, backend: Backend, tools: T
                 conversation_id=run.conversation_id,
                 text=emitter.answer,
                 usage=usage,
+                # The OpenAI-compatible backend names its model; the built-in one is its own ("offline").
+                model=str(getattr(backend, "model", backend.name)),
             )
 
         # Shielded: a cancel landing while the answer commits must not skip its doorbell (the

@@ -147,7 +147,10 @@ def run_emit(*, run_id: str, conversation_id: str, type: str, data: dict[str, An
     event = append_event(conversation_id=conversation_id, type=type, run_id=run_id, data={"run_id": run_id, **data})
     if type == "agent_delta":
         run.partial_text += data["text"]
-        AgentRun.objects.filter(id=run.id).update(partial_text=run.partial_text, partial_seq=event.seq)
+        fields: dict[str, Any] = {"partial_text": run.partial_text, "partial_seq": event.seq}
+        if run.first_token_ms is None and run.started_at is not None:  # the first answer text: analytics' TTFT
+            fields["first_token_ms"] = max(0, int((timezone.now() - run.started_at).total_seconds() * 1000))
+        AgentRun.objects.filter(id=run.id).update(**fields)
     return event
 
 
@@ -199,8 +202,11 @@ def tool_call_finish(*, run_id: str, conversation_id: str, call_id: str, ok: boo
 
 
 @transaction.atomic
-def run_complete(*, run_id: str, conversation_id: str, text: str, usage: dict[str, Any]) -> StoredEvent:
-    """End a run with its answer: the agent message and agent_completed, in one transaction."""
+def run_complete(
+    *, run_id: str, conversation_id: str, text: str, usage: dict[str, Any], model: str = ""
+) -> StoredEvent:
+    """End a run with its answer: the agent message and agent_completed, in one transaction. `model`: the
+    backend's model that answered, kept with the run's usage (analytics price it)."""
     run = _require_running(run_id)
     now = timezone.now()
     message = Message.objects.create(
@@ -210,7 +216,8 @@ def run_complete(*, run_id: str, conversation_id: str, text: str, usage: dict[st
     run.finished_at = now
     run.partial_text = text
     run.usage = usage
-    run.save(update_fields=["status", "finished_at", "partial_text", "usage"])
+    run.model = model[:100]
+    run.save(update_fields=["status", "finished_at", "partial_text", "usage", "model"])
     event = append_event(
         conversation_id=conversation_id,
         type="agent_completed",

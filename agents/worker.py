@@ -28,6 +28,7 @@ from chat.errors import ErrorClass
 from chat.infra.doorbells import AGENT_RUNS_CHANNEL
 from chat.infra.error_recovery import backoff_delay, classify
 from chat.services.conversation_admin import purge_deleted_when_due
+from enterprise.sla import sample_availability
 from monitoring.config import option
 from monitoring.event_monitor import sweep
 from monitoring.metrics import metrics
@@ -97,6 +98,9 @@ async def monitoring_loop() -> None:
         while True:
             await asyncio.sleep(float(option("sweep_interval_s")))
             try:
+                # This minute's availability sample for the SLA reports (enterprise/sla.py): first, so that a
+                # sweep that fails for another reason does not count the minute as down.
+                await database_sync_to_async(sample_availability, thread_sensitive=False)()
                 await database_sync_to_async(sweep, thread_sensitive=False)()
                 # Deleted conversations past their retention: at most once an hour per worker.
                 await database_sync_to_async(purge_deleted_when_due, thread_sensitive=False)()

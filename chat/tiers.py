@@ -35,6 +35,10 @@ class Rate:
 # the conversation has an agent; everything not listed is "commands".
 COMMAND_CLASSES: dict[str, str] = {"send": "messages", "typing": "typing"}
 RATE_CLASSES = ("messages", "agent_runs", "typing", "commands")
+# What a workspace's analytics (GET /api/workspaces/{id}/analytics/, enterprise/analytics.py) show, by section:
+# counts (messages, active users, runs by status), usage (tokens and cost by model), latency (time to first
+# token p50/p95), tool_errors (failed tool calls by tool), csv (the same as CSV, ?format=csv).
+ANALYTICS_SECTIONS = ("counts", "usage", "latency", "tool_errors", "csv")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,11 @@ class TierLimits:
     # Capabilities (on or off per tier). webhooks: owners of the user's workspaces may send signed events
     # to their own URLs (enterprise/, docs/operations.md "Webhooks"). Absent from a row: off.
     webhooks: bool = False
+    # analytics: the sections of ANALYTICS_SECTIONS a workspace of this tier's owner sees (none: no analytics).
+    # sla_reports: monthly SLA reports for the workspace (enterprise/sla.py, docs/operations.md "SLA objectives").
+    # A workspace's tier is its best owner's (enterprise/analytics.py `workspace_tier`).
+    analytics: frozenset[str] = frozenset()
+    sla_reports: bool = False
 
     def rate(self, rate_class: str) -> Rate:
         return self.rates[rate_class]
@@ -88,6 +97,8 @@ def _parse(name: str, raw: dict[str, Any]) -> TierLimits:
         buffer_max_age_s=float(raw["buffer_max_age_s"]),
         history_retention_days=None if raw["history_retention_days"] is None else int(raw["history_retention_days"]),
         webhooks=bool(raw.get("webhooks", False)),
+        analytics=frozenset(str(section) for section in raw.get("analytics", ())),
+        sla_reports=bool(raw.get("sla_reports", False)),
     )
 
 
@@ -120,6 +131,11 @@ def validate_table(table: dict[str, Any]) -> None:
             raise ValueError(f"CHAT_TIERS[{name!r}] is malformed: {exc!r}") from exc
         if limits.connections < 1 or any(r.limit < 1 or r.window_s <= 0 for r in limits.rates.values()):
             raise ValueError(f"CHAT_TIERS[{name!r}]: connections and every rate must be positive")
+        unknown = sorted(limits.analytics - set(ANALYTICS_SECTIONS))
+        if unknown:
+            raise ValueError(
+                f"CHAT_TIERS[{name!r}].analytics: unknown section(s) {unknown}; known: {ANALYTICS_SECTIONS}"
+            )
         if limits.max_frame_bytes > settings.CHAT_MAX_FRAME_BYTES:
             raise ValueError(
                 f"CHAT_TIERS[{name!r}].max_frame_bytes exceeds CHAT_MAX_FRAME_BYTES "

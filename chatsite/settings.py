@@ -193,6 +193,7 @@ AGENT_TOOL_SANDBOX_CALLS_PER_WORKER = env_int("AGENT_TOOL_SANDBOX_CALLS_PER_WORK
 AGENT_TOOL_SEARCH_TIMEOUT_MS = env_int("AGENT_TOOL_SEARCH_TIMEOUT_MS", 3000)
 
 # Realtime limits, tiers, breakers, handshakes; then login guard, HTTPS and headers: one module each.
+from chatsite.config.analytics import *  # noqa: E402,F403
 from chatsite.config.limits import *  # noqa: E402,F403
 from chatsite.config.security import *  # noqa: E402,F403
 

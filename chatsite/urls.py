@@ -6,7 +6,8 @@ from django.views.generic import RedirectView
 
 from chat import api, api_conversations, api_me, api_messages, views
 from enterprise import api as webhooks_api
-from enterprise import api_audit
+from enterprise import api_analytics, api_audit
+from enterprise import views as enterprise_views
 from monitoring import views as monitoring_views
 
 urlpatterns = [
@@ -42,6 +43,10 @@ urlpatterns = [
     path("api/workspaces/<str:workspace_id>/members/", api.WorkspaceMembers.as_view()),
     path("api/workspaces/<str:workspace_id>/conversations/", api_conversations.WorkspaceConversations.as_view()),
     path("api/workspaces/<str:workspace_id>/audit/", api_audit.WorkspaceAudit.as_view()),
+    # Owners' analytics and SLA reports (enterprise/api_analytics.py, docs/protocol.md §7), and the page.
+    path("api/workspaces/<str:workspace_id>/analytics/", api_analytics.WorkspaceAnalytics.as_view()),
+    path("api/workspaces/<str:workspace_id>/sla/", api_analytics.WorkspaceSla.as_view()),
+    path("w/<str:workspace_id>/analytics/", enterprise_views.workspace_analytics, name="workspace-analytics"),
     # A workspace's signed webhooks (enterprise/api.py, docs/operations.md "Webhooks"): owners only.
     path("api/workspaces/<str:workspace_id>/webhooks/", webhooks_api.WebhookList.as_view()),
     path("api/workspaces/<str:workspace_id>/webhooks/<str:webhook_id>/", webhooks_api.WebhookDetail.as_view()),

@@ -8,12 +8,13 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
 from chat.errors import NotFound, ServiceError
-from enterprise import webhook_endpoints
-from enterprise.models import AuditEntry, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from enterprise import sla, webhook_endpoints
+from enterprise.analytics import workspace_tier
+from enterprise.models import AuditEntry, SlaMeasurement, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 # --- webhooks -------------------------------------------------------------------------------------------------
 
@@ -151,3 +152,45 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+# --- SLA measurements -----------------------------------------------------------------------------------------
+
+
+@admin.register(SlaMeasurement)
+class SlaMeasurementAdmin(admin.ModelAdmin):
+    """The stored SLA measurements, read-only (they are the record reports are made from), and above them the
+    month's report of every enterprise workspace (enterprise/sla.py), ?month=YYYY-MM or this month."""
+
+    change_list_template = "admin/enterprise/slameasurement/change_list.html"
+    list_display = ("day", "objective", "workspace_id", "tier", "good", "total", "updated_at")
+    list_filter = ("objective", "tier")
+    date_hierarchy = "day"
+    search_fields = ("workspace_id",)
+    readonly_fields = ("workspace_id", "tier", "day", "objective", "good", "total", "created_at", "updated_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        # `month` is the summary's, not a field to filter on: taken off the query before the changelist sees it.
+        query = request.GET.copy()
+        raw = query.pop("month", [""])[-1]
+        request.GET = query
+        try:
+            month = sla.parse_month(raw, today=timezone.now().date())
+        except ServiceError as exc:
+            messages.warning(request, exc.message)
+            month = timezone.now().date().replace(day=1)
+        reports = [
+            {"workspace": ws, **sla.report(workspace_id=ws.id, tier=workspace_tier(ws.id), month=month)}
+            for ws in sla.enterprise_workspaces()
+        ]
+        context = {**(extra_context or {}), "sla_month": month.strftime("%Y-%m"), "sla_reports": reports}
+        return super().changelist_view(request, extra_context=context)

@@ -132,3 +132,38 @@ class AuditEntry(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise AppendOnlyError("audit entries are append-only: delete refused (the retention purge deletes)")
+
+
+class SlaMeasurement(models.Model):
+    """Good and total samples of one SLA objective for one UTC day (enterprise/sla.py), kept for the monthly
+    reports: recorded as they happen, never recomputed from logs that may have been compacted since.
+
+    Per workspace (`workspace_id` set): run_success and first_event, added at each run's end. Platform-wide
+    (`workspace_id` null): availability, one sample per minute in which the database answered."""
+
+    workspace_id = models.UUIDField(null=True, blank=True)
+    # The workspace's tier when the sample was taken (blank for platform-wide rows).
+    tier = models.CharField(max_length=16, blank=True, default="")
+    day = models.DateField()
+    objective = models.CharField(max_length=32)
+    good = models.BigIntegerField(default=0)
+    total = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField()
+    # The last sample: a platform-wide row takes one per minute, however many processes sample.
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workspace_id", "day", "objective"],
+                condition=models.Q(workspace_id__isnull=False),
+                name="uniq_sla_workspace_day",
+            ),
+            models.UniqueConstraint(
+                fields=["day", "objective"], condition=models.Q(workspace_id__isnull=True), name="uniq_sla_platform_day"
+            ),
+        ]
+        ordering = ["-day", "objective"]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.objective} {self.good}/{self.total} ({self.workspace_id or 'platform'})"

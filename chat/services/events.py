@@ -12,6 +12,7 @@ from chat.models import Conversation, Event
 from chat.publishing import events_committed
 from chat.services.notifications import RUN_ENDS, run_ended
 from chat.wire.frames import StoredEvent, rfc3339
+from enterprise.sla import record_run_end
 from enterprise.webhooks import enqueue_for_event
 
 
@@ -53,6 +54,8 @@ def append_event(
     enqueue_for_event(workspace_id=row[1], conversation_id=str(conversation_id), seq=seq, type=type, data=data, at=now)
     if run_id is not None and type in RUN_ENDS:  # its requester may be told, if they were away
         run_ended(run_id=str(run_id), conversation_id=str(conversation_id), seq=seq, type=type, data=data)
+        # The workspace's SLA measurements (enterprise/sla.py) count the run's end with it.
+        record_run_end(workspace_id=row[1], run_id=str(run_id), type=type, at=now)
     event = StoredEvent(str(conversation_id), seq, type, rfc3339(now), data)
     events_committed([event])  # every durable event is published once it commits, by whoever wrote it
     return event

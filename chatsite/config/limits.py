@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from chatsite.config.env import env_int, env_list
+from chatsite.config.env import env_bool, env_int, env_list
 
 # --- Realtime limits (docs/protocol.md §2/§3): server-wide caps; per-tier values are in CHAT_TIERS below ------
 CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 64 * 1024)
@@ -25,6 +25,11 @@ CHAT_MAX_SUBSCRIPTIONS = env_int("CHAT_MAX_SUBSCRIPTIONS", 100)
 # minutes covers a laptop lid closed over a meeting. Older replays read the log.
 CHAT_BUFFER_MAX_EVENTS = env_int("CHAT_BUFFER_MAX_EVENTS", 1000)
 CHAT_BUFFER_MAX_AGE_S = float(os.environ.get("CHAT_BUFFER_MAX_AGE_S", "900"))
+# The chat.v1.deflate extension (chat/realtime/compression_handler.py, docs/operations.md "Compression"): a
+# socket that asks for it gets server frames of at least CHAT_COMPRESSION_MIN_BYTES as zlib-compressed binary
+# frames (smaller ones gain little and cost a DecompressionStream each in the browser). Off: nobody is offered it.
+CHAT_COMPRESSION = env_bool("CHAT_COMPRESSION", True)
+CHAT_COMPRESSION_MIN_BYTES = env_int("CHAT_COMPRESSION_MIN_BYTES", 512)
 
 # Soft-deleted conversations (DELETE /api/conversations/{id}/) are hidden at once and purged, with their
 # events, messages and runs, this many days later (docs/operations.md "Deleted conversations"): the window
@@ -46,6 +51,7 @@ CHAT_TIERS: dict[str, dict[str, object]] = {
         "buffer_max_events": 500,
         "buffer_max_age_s": 15 * 60,
         "history_retention_days": 30,
+        "analytics": ["counts"],  # capability: workspace analytics, these sections (chat/tiers.py ANALYTICS_SECTIONS)
     },
     "pro": {
         "connections": 20,
@@ -57,6 +63,7 @@ CHAT_TIERS: dict[str, dict[str, object]] = {
         "buffer_max_events": 1000,
         "buffer_max_age_s": 60 * 60,
         "history_retention_days": 365,
+        "analytics": ["counts", "usage", "latency"],
     },
     "enterprise": {
         "connections": 100,
@@ -69,6 +76,8 @@ CHAT_TIERS: dict[str, dict[str, object]] = {
         "buffer_max_age_s": 24 * 60 * 60,
         "history_retention_days": None,
         "webhooks": True,  # capability: signed outgoing webhooks for the workspaces this user owns
+        "analytics": ["counts", "usage", "latency", "tool_errors", "csv"],
+        "sla_reports": True,  # capability: monthly SLA reports (enterprise/sla.py) for the workspaces it owns
     },
 }
 # A deployment (or a load test) overrides parts of the table without a code change, e.g.
