@@ -27,7 +27,7 @@ from agents.runner import get_supervisor
 from chat.errors import AuthFailed, CircuitOpen, CommandError, ProtocolError
 from chat.infra import handshake_guard, rate_limiter
 from chat.infra.breakers import CircuitBreaker, breaker
-from chat.realtime import ephemeral, telemetry
+from chat.realtime import compression_handler, ephemeral, telemetry
 from chat.realtime.auth import Identity, identity_from_token, revoked_close_code
 from chat.realtime.broadcast_manager import Hub, get_hub
 from chat.realtime.commands import HANDLERS
@@ -73,10 +73,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self._closing = False
         self._slot_held = False
         self._unauthenticated_from: str | None = None  # counted in handshake_guard.unauthenticated
-        if PROTOCOL not in self.scope.get("subprotocols", []):
-            await self.close()  # refuse the handshake: we only speak chat.v1
+        self.wire_protocol = compression_handler.negotiate(self.scope.get("subprotocols", []))
+        if self.wire_protocol is None:
+            await self.close()  # refuse the handshake: we only speak chat.v1 (plain, or chat.v1.deflate)
             return
-        await self.accept(PROTOCOL)
+        await self.accept(self.wire_protocol)
         metrics.inc("connections_opened")
         if not self.scope.get("origin_ok", True):
             await self._close(4403)
@@ -132,7 +133,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.hub = get_hub()
         self.outbox = Outbox(
             hub=self.hub,
-            send_text=self._send_text,
+            send_text=lambda text: self.send(text_data=text),
+            send_bytes=lambda data: self.send(bytes_data=data),
+            compress_min_bytes=compression_handler.min_bytes(self.wire_protocol),  # None: all text (chat.v1)
             maxsize=settings.CHAT_OUTBOUND_QUEUE,
             user_id=identity.user_id,
             session_id=self.session_id,
@@ -219,9 +222,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     def _spawn(self, coro: Any) -> None:
         self._tasks.append(asyncio.create_task(coro))
-
-    async def _send_text(self, text: str) -> None:
-        await self.send(text_data=text)
 
     async def _close(self, code: int) -> None:
         if self._closing:

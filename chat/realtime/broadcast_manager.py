@@ -3,6 +3,8 @@
 Fan-out cost must not grow with receivers on the channel layer: a conversation with 200 local
 sockets costs one `group_add` and one pub/sub delivery per event in this process, then 200 cheap
 in-memory queue puts of the same pre-encoded text. Each socket's `Outbox` orders and gap-fills.
+That text is a compression_handler.Frame: the sockets that negotiated compression share its one
+compressed form, so compression too costs once per broadcast, not once per receiver.
 
 Redis failing never fails a subscription: a group the hub cannot join now is joined in the
 background once Redis answers again, and meanwhile (and once after any Redis trouble) the resync
@@ -29,6 +31,7 @@ from chat.infra.message_buffer import Buffer, conversation_stream, get_buffer
 from chat.infra.per_loop import PerLoop
 from chat.infra.redis_client import redis_call
 from chat.realtime import telemetry
+from chat.realtime.compression_handler import shared
 from chat.realtime.groups import GroupMembership
 from chat.realtime.reconnection_handler import load_events, log_heads
 from monitoring.metrics import metrics
@@ -140,16 +143,17 @@ class Hub(GroupMembership):
     def dispatch(self, message: Mapping[str, Any]) -> None:
         kind = message.get("type")
         if kind == "conv.event":
-            conversation_id, seq, text = message["conversation"], int(message["seq"]), message.get("frame")
+            conversation_id, seq, text = message["conversation"], int(message["seq"]), shared(message.get("frame"))
             if text is not None and conversation_id in self.conversations:
                 self.remember(conversation_id, seq, text)
             self.arrive(conversation_id, seq, text)
             metrics.inc("hub_events")
         elif kind == "conv.ephemeral":
             exclude = message.get("exclude_session")
+            frame = shared(message["frame"])
             for sink in tuple(self.conversations.get(message["conversation"], ())):
                 if getattr(sink, "session_id", None) != exclude:
-                    sink.send_frame(message["frame"])
+                    sink.send_frame(frame)
         elif kind == "user.event":
             for sink in tuple(self.users.get(int(message["user"]), ())):
                 sink.deliver_user(message)
@@ -205,8 +209,7 @@ class Hub(GroupMembership):
                 rows = []
             for seq, text in rows:
                 if seq >= self.next_seq.get(conversation_id, seq + 1):
-                    self.remember(conversation_id, seq, text)
-                    self._fan_out(conversation_id, seq, text)
+                    self._fan_out(conversation_id, seq, self.remember(conversation_id, seq, text))
             if conversation_id in self.next_seq:
                 # Whatever the log lacks below the early doorbell was compacted: skip past it.
                 self.next_seq[conversation_id] = max(self.next_seq[conversation_id], first_early)
@@ -292,12 +295,13 @@ class Hub(GroupMembership):
                 continue  # up to date, or a gap fill is already under way
             metrics.inc("hub_resyncs")
             for seq, text in await self._load(conversation_id, delivered, head):
-                self.remember(conversation_id, seq, text)
-                self.arrive(conversation_id, seq, text)
+                self.arrive(conversation_id, seq, self.remember(conversation_id, seq, text))
                 found += 1
         return found
 
-    def remember(self, conversation_id: str, seq: int, text: str) -> None:
+    def remember(self, conversation_id: str, seq: int, text: str) -> str:
+        """Keep `text` as the recent copy of `seq`; returns it as the shared Frame to fan out."""
+        text = shared(text)
         if text.startswith(SCRUBS_EARLIER):
             # An earlier event's data was rewritten (a deleted message's text): the copies kept here
             # must not be replayed; sockets catching up read the log instead.
@@ -306,6 +310,7 @@ class Hub(GroupMembership):
         recent[seq] = text
         while len(recent) > RECENT_PER_CONVERSATION:
             recent.popitem(last=False)
+        return text
 
     def recent_text(self, conversation_id: str, seq: int) -> str | None:
         recent = self.recent.get(conversation_id)

@@ -23,6 +23,7 @@ from typing import Any
 
 from chat.errors import ErrorClass
 from chat.infra.error_recovery import backoff_delay, classify
+from chat.realtime import compression_handler
 from chat.realtime.broadcast_manager import Hub
 from chat.realtime.reconnection_handler import load_events
 from monitoring.metrics import metrics
@@ -35,6 +36,7 @@ FILL_RETRY_BASE_S = 0.25
 FILL_RETRY_MAX_S = 3.0
 
 SendText = Callable[[str], Awaitable[None]]
+SendBytes = Callable[[bytes], Awaitable[None]]
 
 
 class _ReadFailed(Exception):
@@ -52,11 +54,17 @@ class Outbox:
         session_id: str,
         on_overflow: Callable[[], None],
         on_user_message: Callable[[Mapping[str, Any]], None],
+        send_bytes: SendBytes | None = None,
+        compress_min_bytes: int | None = None,
     ) -> None:
         self.hub = hub
         self.user_id = user_id
         self.session_id = session_id
         self._send_text = send_text
+        # Set when the socket negotiated chat.v1.deflate: frames of compress_min_bytes or more go
+        # out compressed, as binary (chat/realtime/compression_handler.py); None: every frame is text.
+        self._send_bytes = send_bytes
+        self._compress_min_bytes = compress_min_bytes
         self._queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue(maxsize=maxsize)
         self._on_overflow = on_overflow
         self._on_user_message = on_user_message
@@ -196,14 +204,22 @@ class Outbox:
         else:
             self._fill_failures = 0
 
-    async def _send(self, text: str) -> None:
+    async def _write(self, text: str) -> None:
+        if self._compress_min_bytes is not None and self._send_bytes is not None:
+            data = compression_handler.compressed_form(text, self._compress_min_bytes)
+            if data is not None:
+                await self._send_bytes(data)
+                return
         await self._send_text(text)
+
+    async def _send(self, text: str) -> None:
+        await self._write(text)
         self.sent_frames += 1
         meter.frame(text)  # chat_frames_sent_total, chat_bytes_sent_total (batched: O(1), no I/O)
 
     async def _send_live(self, text: str) -> None:
         """A live event: also its delivery lag (commit → written), which a replay would distort."""
-        await self._send_text(text)
+        await self._write(text)
         self.sent_frames += 1
         meter.delivered(text, time.time())
 

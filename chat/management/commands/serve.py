@@ -63,6 +63,10 @@ def server_argv(server: str, host: str, port: int) -> list[str]:
             "off",
             "--ws-max-size",
             str(settings.CHAT_MAX_FRAME_BYTES + 1024),
+            # No permessage-deflate: it keeps zlib state per socket and compresses every frame once per
+            # receiver; chat.v1.deflate compresses once per broadcast (chat/realtime/compression_handler.py).
+            "--ws-per-message-deflate",
+            "false",
         ]
     if server == "daphne":
         return [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "chatsite.asgi:application"]
