@@ -127,17 +127,34 @@ def test_install_log_redaction_is_idempotent() -> None:
         logger.removeHandler(handler)
 
 
-async def _scope_after(headers: list[tuple[bytes, bytes]], query: bytes = b"", kind: str = "websocket") -> Any:
+async def _receive() -> Any:
+    return {}
+
+
+async def _send(message: Any) -> None:
+    return None
+
+
+async def _scope_after(headers: list[tuple[bytes, bytes]], query: bytes | None = b"", kind: str = "websocket") -> Any:
     seen: dict[str, Any] = {}
 
     async def app(scope: Any, receive: Any, send: Any) -> str:
+        assert (receive, send) == (_receive, _send)  # the server's own callables, never wrapped
         seen.update(scope)
         return "app result"
 
     middleware = ChatAuthMiddleware(app)
-    result = await middleware({"type": kind, "headers": headers, "query_string": query}, None, None)
+    scope: dict[str, Any] = {"type": kind, "headers": headers}
+    if query is not None:
+        scope["query_string"] = query
+    result = await middleware(scope, _receive, _send)
     assert result == "app result"
     return seen
+
+
+async def test_a_scope_without_a_query_string_carries_no_token() -> None:
+    seen = await _scope_after([], query=None)
+    assert (seen["identity"], seen["auth_error"], seen["origin_ok"]) == (None, None, True)
 
 
 async def test_middleware_leaves_http_scopes_alone() -> None:
@@ -150,7 +167,9 @@ async def test_middleware_refuses_query_tokens_and_checks_the_origin() -> None:
     seen = await _scope_after([(b"origin", b"http://evillocalhost:8000")], query=b"token=x")
     assert seen["origin_ok"] is False
     assert seen["identity"] is None
-    assert "query string" in seen["auth_error"]
+    assert seen["auth_error"] == (
+        "tokens in the query string are refused; use the Authorization header or an auth frame"
+    )
 
 
 async def test_middleware_wants_a_bearer_scheme() -> None:
@@ -316,5 +335,7 @@ async def test_a_handshake_the_database_cannot_answer_is_unavailable_not_refused
 
     await ChatAuthMiddleware(app)(original, None, None)
     assert (seen["identity"], seen["auth_error"], seen["auth_unavailable"]) == (None, None, True)
-    assert "handshake: cannot authenticate, database unavailable (OperationalError)" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == [
+        "handshake: cannot authenticate, database unavailable (OperationalError)"
+    ]
     assert set(original) == {"type", "headers", "query_string"}  # the server's scope is not changed
