@@ -23,11 +23,11 @@ ANALYTICS_MAX_DAYS = 366
 ANALYTICS_DEFAULT_DAYS = 30
 
 # --- SLA objectives (enterprise/sla.py) ---------------------------------------------------------------------------
-# Per tier, per objective: the target share of good samples in a calendar month (UTC).
-#   availability: minutes of the tier's socket availability SLI (monitoring.slo "availability": sockets the server
-#                 did not fail) whose good share met the tier's target ... measured as good/total sockets;
-#   first_event:  runs whose first agent event came within `first_event_s` seconds of when they could start;
-#   run_success:  ended runs that did not fail (agent_failed).
+# Per tier, per objective: the target share of good samples in a calendar month (UTC); first_event_s is the
+# first_event objective's threshold (95 % within it is "p95 <= first_event_s"). What each measures:
+#   availability: minutes in which the database answered (sampled by the agent worker; unsampled minutes count down);
+#   first_event:  runs whose first agent event came within `first_event_s` of when they could start;
+#   run_success:  runs that ended completed, out of those that ended completed or failed.
 # Override with SLA_OBJECTIVES_JSON (whole tiers replaced).
 SLA_OBJECTIVES: dict[str, dict[str, float]] = {
     "free": {"availability": 0.99, "first_event": 0.95, "first_event_s": 10.0, "run_success": 0.95},
