@@ -28,6 +28,7 @@ from chat.errors import ErrorClass
 from chat.infra.doorbells import AGENT_RUNS_CHANNEL
 from chat.infra.error_recovery import backoff_delay, classify
 from chat.services.conversation_admin import purge_deleted_when_due
+from chat.services.retention import purge_expired_when_due
 from enterprise.sla import sample_availability
 from monitoring.config import option
 from monitoring.event_monitor import sweep
@@ -104,6 +105,8 @@ async def monitoring_loop() -> None:
                 await database_sync_to_async(sweep, thread_sensitive=False)()
                 # Deleted conversations past their retention: at most once an hour per worker.
                 await database_sync_to_async(purge_deleted_when_due, thread_sensitive=False)()
+                # History past its tier's retention: a pass at most once an hour, 20 s of work per sweep.
+                await database_sync_to_async(purge_expired_when_due, thread_sensitive=False)()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

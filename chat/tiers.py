@@ -56,6 +56,8 @@ class TierLimits:
     # Capabilities (on or off per tier). webhooks: owners of the user's workspaces may send signed events
     # to their own URLs (enterprise/, docs/operations.md "Webhooks"). Absent from a row: off.
     webhooks: bool = False
+    # export: owners of the user's workspaces may download a workspace's archive (enterprise/export.py).
+    export: bool = False
     # analytics: the sections of ANALYTICS_SECTIONS a workspace of this tier's owner sees (none: no analytics).
     # sla_reports: monthly SLA reports for the workspace (enterprise/sla.py, docs/operations.md "SLA objectives").
     # A workspace's tier is its best owner's (enterprise/analytics.py `workspace_tier`).
@@ -97,6 +99,7 @@ def _parse(name: str, raw: dict[str, Any]) -> TierLimits:
         buffer_max_age_s=float(raw["buffer_max_age_s"]),
         history_retention_days=None if raw["history_retention_days"] is None else int(raw["history_retention_days"]),
         webhooks=bool(raw.get("webhooks", False)),
+        export=bool(raw.get("export", False)),
         analytics=frozenset(str(section) for section in raw.get("analytics", ())),
         sla_reports=bool(raw.get("sla_reports", False)),
     )

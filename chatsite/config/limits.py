@@ -35,6 +35,15 @@ CHAT_COMPRESSION_MIN_BYTES = env_int("CHAT_COMPRESSION_MIN_BYTES", 512)
 # events, messages and runs, this many days later (docs/operations.md "Deleted conversations"): the window
 # in which staff can still restore one (the admin's "Restore" action on conversations).
 CONVERSATION_DELETE_RETENTION_DAYS = env_int("CONVERSATION_DELETE_RETENTION_DAYS", 30)
+# History past its tier's `history_retention_days` is purged (chat/services/retention.py, docs/operations.md
+# "Retention"): "delete", or "archive" = first written as JSONL.gz under HISTORY_ARCHIVE_DIR, then deleted.
+HISTORY_RETENTION_MODE = os.environ.get("HISTORY_RETENTION_MODE", "delete")
+HISTORY_ARCHIVE_DIR = os.environ.get("HISTORY_ARCHIVE_DIR", "")
+# Workspace exports (GET /api/workspaces/{id}/export/, enterprise/export.py, docs/protocol.md §12): per
+# workspace, one at a time (a lease renewed while it streams, freed at its end or WORKSPACE_EXPORT_LEASE_S after
+# its process died) and WORKSPACE_EXPORT_PER_HOUR started in any hour.
+WORKSPACE_EXPORT_PER_HOUR = env_int("WORKSPACE_EXPORT_PER_HOUR", 3)
+WORKSPACE_EXPORT_LEASE_S = float(os.environ.get("WORKSPACE_EXPORT_LEASE_S", "60"))
 
 # --- Tiers, rate limits and abuse (chat/tiers.py, chat/infra/rate_limiter.py, docs/protocol.md §12) ---------
 # Rates are [limit, window seconds], sliding windows per user, shared by every server process
@@ -63,6 +72,7 @@ CHAT_TIERS: dict[str, dict[str, object]] = {
         "buffer_max_events": 1000,
         "buffer_max_age_s": 60 * 60,
         "history_retention_days": 365,
+        "export": True,
         "analytics": ["counts", "usage", "latency"],
     },
     "enterprise": {
@@ -76,6 +86,7 @@ CHAT_TIERS: dict[str, dict[str, object]] = {
         "buffer_max_age_s": 24 * 60 * 60,
         "history_retention_days": None,
         "webhooks": True,  # capability: signed outgoing webhooks for the workspaces this user owns
+        "export": True,  # capability: a streamed JSON archive of the workspaces this user owns
         "analytics": ["counts", "usage", "latency", "tool_errors", "csv"],
         "sla_reports": True,  # capability: monthly SLA reports (enterprise/sla.py) for the workspaces it owns
     },
