@@ -182,7 +182,7 @@ class SlaMeasurementAdmin(admin.ModelAdmin):
         # `month` is the summary's, not a field to filter on: taken off the query before the changelist sees it.
         query = request.GET.copy()
         raw = query.pop("month", [""])[-1]
-        request.GET = query
+        request.GET = query  # type: ignore[assignment]  # a mutable copy where Django types the immutable one
         try:
             month = sla.parse_month(raw, today=timezone.now().date())
         except ServiceError as exc:
