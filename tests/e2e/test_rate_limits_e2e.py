@@ -115,7 +115,9 @@ async def test_agent_run_limit_is_exact_across_processes(stack: Stack) -> None:
         refused = await send(peer, with_agent, "what is 9 + 9?")
         assert refused["ok"] is False
         assert refused["error"]["code"] == "rate_limited"
-        assert "agent runs" in refused["error"]["message"]
+        # The refusal names the limit that refused, with its numbers and the tier.
+        quota = f"agent-run quota reached: {RUNS} runs per minute on the pro tier"
+        assert refused["error"]["message"].startswith(quota)
     # The message budget was not spent by the refusals: people-only chat still works.
     assert (await send(on1, people_only, "still here"))["ok"] is True
     assert stored_texts(stack, alice, with_agent)[: RUNS + 1] == [f"what is {i} + 1?" for i in range(RUNS)]

@@ -614,6 +614,32 @@ def rest_workspace_audit(r: Rest) -> None:
     assert_nothing_of_theirs(r.world, content.decode())
 
 
+def owner_report(r: Rest, template: str) -> None:
+    """A workspace report (analytics, SLA, the analytics page): the victim's workspace answers like a random
+    one, on the attacker's tier and on the enterprise tier (every section and report), and her own workspace's
+    report has nothing of theirs, as JSON and as CSV."""
+    same_as_missing(r, "GET", template)
+    as_enterprise(r)
+    same_as_missing(r, "GET", template)
+    own = template.format(id=r.world.own_workspace)
+    for path in (own, own + "?format=csv") if own.startswith("/api/") and "analytics" in own else (own,):
+        status, content, _ = r.call("GET", path)
+        assert status == 200, (path, content)
+        assert_nothing_of_theirs(r.world, content.decode())
+
+
+def rest_workspace_analytics(r: Rest) -> None:
+    owner_report(r, "/api/workspaces/{id}/analytics/")
+
+
+def rest_workspace_sla(r: Rest) -> None:
+    owner_report(r, "/api/workspaces/{id}/sla/")
+
+
+def rest_workspace_analytics_page(r: Rest) -> None:
+    owner_report(r, "/w/{id}/analytics/")
+
+
 def rest_conversation_page(r: Rest) -> None:
     same_as_missing(r, "GET", "/c/{id}/")
 
@@ -936,6 +962,9 @@ REST_CASES: dict[tuple[str, str], Callable[[Rest], None]] = {
     ("api/me/push-subscriptions/", "DELETE"): rest_me_push_delete,
     ("settings/notifications/", "*"): rest_notification_settings_page,
     ("sw.js", "*"): rest_service_worker,
+    ("api/workspaces/<str:workspace_id>/analytics/", "GET"): rest_workspace_analytics,
+    ("api/workspaces/<str:workspace_id>/sla/", "GET"): rest_workspace_sla,
+    ("w/<str:workspace_id>/analytics/", "*"): rest_workspace_analytics_page,
     ("staff/dashboard/", "*"): rest_dashboard,
     ("staff/dashboard/data", "*"): rest_dashboard_data,
 }
