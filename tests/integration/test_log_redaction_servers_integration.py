@@ -15,8 +15,6 @@ import contextlib
 import os
 import re
 import subprocess
-import sys
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ import httpx
 import pytest
 
 from chat.management.commands.serve import server_argv
-from tests.support.servers import REDIS_URL, ROOT, create_database, drop_database, free_port
+from tests.support.servers import ROOT, drop_database, free_port, prepared_database, stack_env
 from tests.support.waiting import consistently, eventually
 
 pytestmark = [pytest.mark.e2e]
@@ -46,12 +44,6 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
-def _manage(env: dict[str, str], *args: str) -> None:
-    subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True, timeout=120
-    )
-
-
 async def _healthy(server: Server) -> bool:
     assert server.proc.poll() is None, f"{server.name} exited:\n{server.log()[-3000:]}"
     try:
@@ -63,15 +55,10 @@ async def _healthy(server: Server) -> bool:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
-    database = create_database()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    database = prepared_database(seed=True)
+    env = stack_env(f"postgres://postgres@127.0.0.1:5432/{database}")
     env.update(
         {
-            "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
-            "REDIS_URL": REDIS_URL,
-            "CHANNEL_PREFIX": f"logs{uuid.uuid4().hex[:8]}",
-            "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-            "SECRET_KEY": "logs-" + uuid.uuid4().hex,
             "AGENT_RUNNER": "worker",  # no run is started here; no worker is needed
             "LOG_LEVEL": "DEBUG",
             "PYTHONUNBUFFERED": "1",
@@ -81,8 +68,6 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
     started: dict[str, Server] = {}
     logs = tmp_path_factory.mktemp("server-logs")
     try:
-        _manage(env, "migrate", "--noinput")
-        _manage(env, "seed_demo")
         for name in SERVERS:
             port = free_port()
             log_path = logs / f"{name}.log"

@@ -120,43 +120,52 @@ def create_database(template: str | None = None) -> str:
     return name
 
 
+def stack_env(database_url: str) -> dict[str, str]:
+    """The environment of a stack's processes (and of the commands that prepare its database): the test
+    process's own, less pytest's variables, with a private database, channel prefix and secret."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.update(
+        {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": REDIS_URL,
+            "CHANNEL_PREFIX": f"e2e{uuid.uuid4().hex[:8]}",
+            "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+            "SECRET_KEY": "e2e-" + uuid.uuid4().hex,
+        }
+    )
+    return env
+
+
 # One migrated (and one migrated and seeded) database per test process, which every stack's database is
 # copied from: a copy takes well under a second, where `migrate` and `seed_demo` in a fresh process take
 # 10 to 15 s of a two-core machine, for each of the suite's twenty-odd stacks. Built on first use, with the
-# code under test, so a copy is exactly what migrate and seed_demo would have made; dropped when the
-# process exits.
+# code under test, so a copy is exactly what migrate and seed_demo would have made; the seeded one is a
+# copy of the migrated one, so the migrations run once per process. Dropped when the process exits.
 _templates: dict[bool, str] = {}
 _templates_lock = threading.Lock()
 
 
 def prepared_database(*, seed: bool) -> str:
     with _templates_lock:
-        template = _templates.get(seed)
-        if template is None:
-            template = create_database()
-            atexit.register(drop_database, template)
-            env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-            env.update(
-                {
-                    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{template}",
-                    "REDIS_URL": REDIS_URL,
-                    "CHANNEL_PREFIX": f"e2e{uuid.uuid4().hex[:8]}",
-                    "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-                    "SECRET_KEY": "e2e-" + uuid.uuid4().hex,
-                    "DB_POOL_MIN": "0",
-                }
-            )
-            for command in (["migrate", "--noinput"], ["seed_demo"])[: 2 if seed else 1]:
-                subprocess.run(
-                    [sys.executable, "manage.py", *command],
-                    cwd=ROOT,
-                    env=env,
-                    check=True,
-                    capture_output=True,
-                    timeout=180,
-                )
-            _templates[seed] = template
-    return create_database(template)
+        _prepare_template(seed)
+        return create_database(_templates[seed])
+
+
+def _prepare_template(seed: bool) -> None:
+    """Called with the lock held."""
+    if seed in _templates:
+        return
+    if seed:
+        _prepare_template(False)
+    name = create_database(_templates.get(False) if seed else None)
+    atexit.register(drop_database, name)
+    builder = Stack("127.0.0.1", [], stack_env(f"postgres://postgres@127.0.0.1:5432/{name}"), name)
+    builder.env["DB_POOL_MIN"] = "0"
+    if seed:
+        builder.manage("seed_demo")
+    else:
+        builder.manage("migrate", "--noinput")
+    _templates[seed] = name
 
 
 def drop_database(name: str) -> None:
@@ -177,18 +186,8 @@ def start_stack(
     """`database_address` ("host:port") is where the stack reaches PostgreSQL: another address than
     the server's own lets a test put a fault-injecting proxy (tests/support/faults.py) in between."""
     database = prepared_database(seed=seed)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env.update(
-        {
-            "DATABASE_URL": f"postgres://postgres@{database_address}/{database}",
-            "REDIS_URL": REDIS_URL,
-            "CHANNEL_PREFIX": f"e2e{uuid.uuid4().hex[:8]}",
-            "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-            "SECRET_KEY": "e2e-" + uuid.uuid4().hex,
-            "AGENT_RUNNER": "worker",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
+    env = stack_env(f"postgres://postgres@{database_address}/{database}")
+    env.update({"AGENT_RUNNER": "worker", "PYTHONUNBUFFERED": "1"})
     env.update(env_overrides or {})
     port = free_port_block(processes)
     stack = Stack("127.0.0.1", [port + i for i in range(processes)], env, database)
