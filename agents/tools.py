@@ -28,7 +28,7 @@ import asyncio
 import functools
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -39,6 +39,7 @@ from agents.approvals import member_invite
 from agents.backends.base import ToolOutcome
 from agents.calculator import MAX_EXPRESSION_CHARS, calculate
 from agents.sandbox import Sandbox, SandboxLimits, ToolError
+from agents.tool_context import ToolContext, ToolFn
 from agents.tools_conversation import (
     MAX_QUERY_CHARS,
     MAX_SEARCH_RESULTS,
@@ -67,19 +68,6 @@ logger = logging.getLogger(__name__)
 # The longest error text a tool call reports: the model reads it, and so does every member of the
 # conversation (it is the tool_completed event's result).
 MAX_ERROR_CHARS = 200
-
-
-@dataclass(frozen=True)
-class ToolContext:
-    user_id: int | None
-    conversation_id: str
-    # Who approved this call, for a tool that needs approval (None for every other tool).
-    approved_by: int | None = None
-    # The run calling: its trigger message is the question, never one of search_history's answers.
-    run_id: str | None = None
-
-
-ToolFn = Callable[[ToolContext, dict[str, Any]], Awaitable[Any]]
 
 
 @dataclass(frozen=True)

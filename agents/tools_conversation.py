@@ -16,17 +16,15 @@ import unicodedata
 import zoneinfo
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
 
 from agents.sandbox import ToolError
+from agents.tool_context import ToolContext
 from chat.selectors import search_messages, user_time_zone
-
-if TYPE_CHECKING:  # agents.tools imports this module to register its tools: only the type from there
-    from agents.tools import ToolContext
 
 MAX_QUERY_CHARS = 200
 MAX_SEARCH_RESULTS = 20

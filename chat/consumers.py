@@ -30,13 +30,13 @@ from chat.infra.breakers import CircuitBreaker, breaker
 from chat.realtime import compression_handler, ephemeral, telemetry
 from chat.realtime.auth import Identity, identity_from_token, revoked_close_code
 from chat.realtime.broadcast_manager import Hub, get_hub
-from chat.realtime.commands import HANDLERS
 from chat.realtime.degraded import (
     DEPENDENCY_ERRORS,
     database_breaker,
     database_failure,
     degraded_access,
 )
+from chat.realtime.handlers import HANDLERS
 from chat.realtime.outbox import Outbox
 from chat.realtime.protocol import PROTOCOL, encode, parse_frame, reply_error, reply_ok
 from chat.realtime.throttle import BadFrames, CommandThrottle, abuse_verdict

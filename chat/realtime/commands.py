@@ -4,8 +4,7 @@ socket only through `Session`; what a command changes, a service changes (and pu
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -16,66 +15,18 @@ from agents import selectors as run_selectors
 from agents import services as run_services
 from agents.tools import shared_registry as tool_registry
 from chat import selectors
-from chat.errors import NotFound, ProtocolError, ServiceError
+from chat.errors import NotFound, ProtocolError
 from chat.history import history_page
 from chat.infra.message_buffer import buffered_or_none, user_stream
-from chat.publishing import run_service
 from chat.realtime import ephemeral
-from chat.realtime.protocol import command_fields
 from chat.realtime.reconnection_handler import resume_from
+from chat.realtime.registry import NOT_FOUND, access_for, call, command
 from chat.realtime.session import Session
-from chat.selectors import Access
 from chat.services import conversations as conversation_services
 from chat.services import messages as message_services
 from chat.wire import commands as wire
-from chat.wire.common import CommandFields
 from chat.wire.frames import notification_frame, rfc3339
 from monitoring.metrics import metrics
-
-Result = dict[str, Any] | None
-Handler = Callable[[Session, dict[str, Any]], Awaitable[Result]]
-HANDLERS: dict[str, Handler] = {}
-F = TypeVar("F", bound=CommandFields)
-
-
-def command(name: str, schema: type[F]) -> Callable[[Callable[[Session, F], Awaitable[Result]]], Handler]:
-    """Register a handler for command `name`. The consumer hands it the frame's raw fields; they
-    are decoded through the command's wire schema here, so a handler only ever sees typed,
-    validated fields and the schema in chat/wire/commands.py is what the server enforces."""
-    if wire.COMMANDS.get(name) is not schema:
-        raise TypeError(f"{name!r} is declared with {wire.COMMANDS.get(name)!r} in chat.wire.commands")
-
-    def register(fn: Callable[[Session, F], Awaitable[Result]]) -> Handler:
-        async def handler(session: Session, fields: dict[str, Any]) -> Result:
-            return await fn(session, cast(F, command_fields(name, fields)))
-
-        handler.__name__ = handler.__qualname__ = fn.__name__
-        handler.__doc__ = fn.__doc__
-        HANDLERS[name] = handler
-        return handler
-
-    return register
-
-
-NOT_FOUND = ProtocolError("not_found", "conversation not found")
-
-
-async def access_for(session: Session, conversation_id: str) -> Access:
-    """The membership check every conversation command starts with."""
-    try:
-        return await database_sync_to_async(selectors.conversation_for_member)(
-            user_id=session.identity.user_id, conversation_id=conversation_id
-        )
-    except NotFound as exc:
-        raise NOT_FOUND from exc
-
-
-async def call(fn: Callable[..., Any], **kwargs: Any) -> Any:
-    """A service through the publish road, its refusals as the protocol's errors."""
-    try:
-        return await run_service(fn, **kwargs)
-    except ServiceError as exc:
-        raise ProtocolError(exc.code, exc.message) from exc
 
 
 @command("ping", wire.Ping)
@@ -359,8 +310,3 @@ def _notification_frames(user_id: int, since_seq: int) -> list[tuple[int, str]]:
 @command("auth", wire.Auth)
 async def auth(session: Session, fields: wire.Auth) -> dict[str, Any]:
     return await session.refresh_auth(fields.token)
-
-
-# Last, once `command`, `access_for` and `call` exist: the message and run actions register their
-# handlers through them, so HANDLERS is whole wherever this module is imported.
-from chat.realtime import message_actions  # noqa: E402, F401

@@ -1,6 +1,6 @@
 """(extension) Socket commands on one message or run after it was sent (docs/protocol.md §3): `edit`,
 `delete`, `feedback`, `regenerate`. Registered with `@command` like the commands of
-chat.realtime.commands (which imports this module, so its HANDLERS always hold these too).
+chat.realtime.commands; chat.realtime.handlers gathers both.
 
 Each starts with the membership check (`access_for`): a conversation the caller cannot see is
 `not_found` before the message or run id is looked at, and an id that is not one of that
@@ -12,7 +12,7 @@ from typing import Any
 
 from agents import regenerate as run_regenerate
 from chat.errors import NotFound, ProtocolError
-from chat.realtime.commands import access_for, call, command
+from chat.realtime.registry import access_for, call, command
 from chat.realtime.session import Session
 from chat.services import message_actions
 from chat.wire import commands as wire

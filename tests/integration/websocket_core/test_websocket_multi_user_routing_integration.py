@@ -49,7 +49,7 @@ from chat.models import (
     WorkspaceMember,
 )
 from chat.realtime import ephemeral
-from chat.realtime.commands import HANDLERS
+from chat.realtime.handlers import HANDLERS
 from chat.services.conversations import (
     conversation_create,
     conversation_member_add,
