@@ -1,9 +1,8 @@
 """Every write of a run's life: enqueue, claim, emit events, finish, cancel, heartbeat, reap.
 
 Runs are a durable queue in the database. The channel layer only wakes the runner; a runner that
-missed the doorbell finds queued runs on its next poll. One run at a time per conversation: a run
-is claimed only while no other run of its conversation is `running`, checked under the
-conversation's row lock.
+missed the doorbell finds queued runs on its next poll. One run at a time per conversation, checked
+under the conversation's row lock, which every run service takes before the run's (`_lock_run`).
 """
 
 from __future__ import annotations
@@ -25,8 +24,7 @@ from chat.publishing import RunnerRung, after_commit
 from chat.services.events import append_event
 from chat.wire.frames import StoredEvent
 
-# Tool results travel inside events; keep them bounded. 4,000 characters is a
-# screenful, enough for the calculator, the clock and five search hits.
+# Tool results travel inside events; keep them bounded: a screenful, enough for five search hits.
 MAX_TOOL_RESULT_CHARS = 4000
 
 
@@ -133,9 +131,15 @@ def run_trace_note(*, run_id: str, trace_id: str, trace_context: str) -> None:
     AgentRun.objects.filter(id=run_id, trace_id="").update(trace_id=trace_id, trace_context=trace_context)
 
 
-def _require_running(run_id: str | uuid.UUID) -> AgentRun:
-    run = AgentRun.objects.select_for_update().get(id=run_id)
-    if run.status != RunStatus.RUNNING:
+def _lock_run(run_id: str | uuid.UUID, conversation_id: str) -> AgentRun:
+    """Lock a run to write its events: conversation first, then run, the order of every run service
+    (claim, cancel and approvals need the conversation first); run-then-conversation deadlocked."""
+    Conversation.objects.select_for_update().filter(id=conversation_id).values_list("id", flat=True).first()
+    return AgentRun.objects.select_for_update().get(id=run_id)
+
+
+def _require_running(run_id: str | uuid.UUID, conversation_id: str) -> AgentRun:
+    if (run := _lock_run(run_id, conversation_id)).status != RunStatus.RUNNING:
         raise ServiceError("conflict", f"run {run_id} is {run.status}")
     return run
 
@@ -143,7 +147,7 @@ def _require_running(run_id: str | uuid.UUID) -> AgentRun:
 @transaction.atomic
 def run_emit(*, run_id: str, conversation_id: str, type: str, data: dict[str, Any]) -> StoredEvent:
     """Append a non-terminal agent event (agent_thinking, agent_delta) to a running run."""
-    run = _require_running(run_id)
+    run = _require_running(run_id, conversation_id)
     event = append_event(conversation_id=conversation_id, type=type, run_id=run_id, data={"run_id": run_id, **data})
     if type == "agent_delta":
         run.partial_text += data["text"]
@@ -158,7 +162,7 @@ def run_emit(*, run_id: str, conversation_id: str, type: str, data: dict[str, An
 def tool_call_start(
     *, run_id: str, conversation_id: str, call_id: str, tool: str, arguments: dict[str, Any]
 ) -> StoredEvent:
-    _require_running(run_id)
+    _require_running(run_id, conversation_id)
     ToolCall.objects.create(run_id=run_id, call_id=call_id, tool=tool, arguments=arguments, started_at=timezone.now())
     return append_event(
         conversation_id=conversation_id,
@@ -178,7 +182,7 @@ def bound_result(result: Any) -> Any:
 
 @transaction.atomic
 def tool_call_finish(*, run_id: str, conversation_id: str, call_id: str, ok: bool, result: Any) -> StoredEvent:
-    _require_running(run_id)
+    _require_running(run_id, conversation_id)
     call = ToolCall.objects.select_for_update().get(run_id=uuid.UUID(run_id), call_id=call_id)
     now = timezone.now()
     call.finished_at = now
@@ -207,7 +211,7 @@ def run_complete(
 ) -> StoredEvent:
     """End a run with its answer: the agent message and agent_completed, in one transaction. `model`: the
     backend's model that answered, kept with the run's usage (analytics price it)."""
-    run = _require_running(run_id)
+    run = _require_running(run_id, conversation_id)
     now = timezone.now()
     message = Message.objects.create(
         conversation_id=conversation_id, author_kind=AuthorKind.AGENT, text=text or "(no answer)", run_id=run.id
@@ -247,7 +251,7 @@ def run_fail(
     """End a run with agent_failed. Returns None if it had already ended (exactly one terminal),
     or, for the reaper, if its heartbeat came back since the reaper looked (checked under lock).
     `retry_after_ms` (a dependency is down) tells clients when asking again may work."""
-    run = AgentRun.objects.select_for_update().get(id=run_id)
+    run = _lock_run(run_id, conversation_id)
     if run.status in TERMINAL_STATUSES:
         return None
     if only_if_stale_before is not None and (run.heartbeat_at is None or run.heartbeat_at >= only_if_stale_before):
@@ -302,10 +306,8 @@ def run_request_cancel(*, run_id: str, by_user_id: int, by_username: str, role: 
     holds it); a running one is flagged and its runner stops it promptly.
     A member (`role` from `run_for_member`) may stop a run they started, an owner any: others are
     `forbidden`. No role: staff (the admin's action), who may stop any run."""
-    # Lock order conversation -> run, as the claim does, so the two cannot deadlock.
     conversation_id = AgentRun.objects.filter(id=run_id).values_list("conversation_id", flat=True).get()
-    Conversation.objects.select_for_update().filter(id=conversation_id).first()
-    run = AgentRun.objects.select_for_update().get(id=run_id)
+    run = _lock_run(run_id, str(conversation_id))
     if role is not None and role != Role.OWNER and run.requested_by_id != by_user_id:
         raise ServiceError("forbidden", "only who started this run or a conversation owner may stop it")
     if run.status in TERMINAL_STATUSES:
@@ -348,7 +350,7 @@ def run_request_cancel(*, run_id: str, by_user_id: int, by_username: str, role: 
 @transaction.atomic
 def run_finish_cancelled(*, run_id: str, conversation_id: str) -> StoredEvent | None:
     """The runner stopped a running run on request: agent_cancelled with the answer so far."""
-    run = AgentRun.objects.select_for_update(of=("self",)).select_related("cancelled_by").get(id=run_id)
+    run = _lock_run(run_id, conversation_id)
     if run.status in TERMINAL_STATUSES:
         return None
     by = {"id": run.cancelled_by_id, "username": run.cancelled_by.username if run.cancelled_by else None}
