@@ -29,8 +29,12 @@ promtool:
 		echo "installing Debian's prometheus for promtool"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
+# Two pytest-xdist workers, a file at a time each (a module's server stack stays with its tests): most of
+# the suite waits on sockets, servers and browsers, so two workers on two cores nearly halve its time.
+# Each worker has its own test database and channel prefix (tests/support/worker_env.py).
+TEST_WORKERS ?= 2
 test: install browser promtool
-	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not chaos"
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not chaos" -p tests.support.worker_env -n $(TEST_WORKERS) --dist loadfile
 
 # The short chaos run (tests/e2e/test_chaos_e2e.py, ~80 s, so not in `make test`): faults against the
 # stack's own private redis-server, never the machine's Redis. CHAOS_SEED=N replays a fault plan. The

@@ -34,6 +34,13 @@ def pytest_configure(config: pytest.Config) -> None:
     # The hard stop's stack dump must reach the terminal: during a test, fd 2 is pytest's capture file,
     # which is lost when the process ends. (Capture is suspended while plugins are configured.)
     config.stash[_HARD_STOP_FD] = os.dup(sys.stderr.fileno())
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and not settings.CHANNEL_PREFIX.endswith(worker):
+        # Workers sharing one Redis keyspace clear each other's rate-limit windows (see worker_env).
+        raise pytest.UsageError(
+            "pytest-xdist workers need their own CHANNEL_PREFIX: add `-p tests.support.worker_env` "
+            "(as `make test` does)"
+        )
     engine = settings.DATABASES["default"]["ENGINE"]
     if engine != "django.db.backends.postgresql":
         raise pytest.UsageError(

@@ -4,12 +4,11 @@ them scheduled them; the admin's cancel stops a running run as promptly as the s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
-from django.db.backends.signals import connection_created
+from django.db.backends.utils import CursorWrapper
 from django.test import Client as HttpClient
 
 from tests.support import factories
@@ -20,37 +19,29 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 
 class Statements:
     """Every SQL statement any database connection runs while recording, with whether it ran
-    inside a transaction (atomic block). Connections are opened per database call under ASGI, so
-    the recorder is installed on each new one."""
+    inside a transaction (atomic block)."""
 
     def __init__(self) -> None:
         self.rows: list[tuple[str, bool]] = []
         self.recording = False
 
-    def wrapper(self, connection: Any) -> Callable[..., Any]:
-        def record(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
-            if self.recording:
-                self.rows.append((sql, connection.in_atomic_block))
-            return execute(sql, params, many, context)
-
-        return record
-
-    def on_connection(self, sender: Any, connection: Any, **kwargs: Any) -> None:
-        # The wrapper list belongs to the thread's connection handler, which outlives each
-        # database connection it opens: install once per handler.
-        if getattr(connection, "_statements_recorder", None) is not self:
-            connection._statements_recorder = self
-            connection.execute_wrappers.append(self.wrapper(connection))
-
 
 @pytest.fixture
-def statements() -> Iterator[Statements]:
+def statements(monkeypatch: pytest.MonkeyPatch) -> Statements:
+    # Recorded where every cursor of every thread executes, not with a per-connection execute
+    # wrapper: a wrapper is installed when a connection is created, and the database thread's
+    # connection may already exist when this test starts (whether it does depends on which tests
+    # ran before in this process), so a wrapper silently recorded nothing.
     recorder = Statements()
-    connection_created.connect(recorder.on_connection)
-    try:
-        yield recorder
-    finally:
-        connection_created.disconnect(recorder.on_connection)
+    original = CursorWrapper._execute_with_wrappers
+
+    def recording(self: CursorWrapper, sql: str, params: Any, many: bool, executor: Any) -> Any:
+        if recorder.recording:
+            recorder.rows.append((sql, self.db.in_atomic_block))
+        return original(self, sql, params, many, executor)
+
+    monkeypatch.setattr(CursorWrapper, "_execute_with_wrappers", recording)
+    return recorder
 
 
 def _send_statements(rows: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
@@ -74,7 +65,7 @@ async def test_a_send_is_one_check_one_lookup_one_transaction(make_user: Any, st
         rows = _send_statements(statements.rows)
         reads = [sql for sql, atomic in rows if sql.startswith("SELECT") and not atomic]
         writes = [(sql.split()[0], atomic) for sql, atomic in rows if not sql.startswith("SELECT")]
-        assert len(reads) == 2, "\n".join(r[:150] for r in reads)
+        assert len(reads) == 2, "\n".join(sql[:150] for sql, _ in statements.rows)
         assert "chat_conversationmember" in reads[0]  # the membership check
         assert "client_msg_id" in reads[1]
         assert "agents_agentrun" in reads[1]
