@@ -365,14 +365,9 @@ class Faults:
 
         await wait_for(any_cuttable, RECOVERY_TIMEOUT_S, "a connected client")
         client = rng.choice([c for c in self.traffic.clients if cuttable(c)])
-        ws = client._ws
         # Abort, not close: an abrupt drop without a close handshake, like a lost network.
-        transport = getattr(ws, "transport", None)
-        if transport is not None:
-            transport.abort()
-        else:
-            await ws.close()
-        self.report.forced_disconnects += 1
+        if client.drop():
+            self.report.forced_disconnects += 1
 
     async def server_kill(self, rng: random.Random) -> None:
         if not self.config.cut_mid_resubscribe:

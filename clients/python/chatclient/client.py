@@ -93,6 +93,18 @@ class ChatClient:
             with contextlib.suppress(BaseException):
                 await self._task
 
+    def drop(self) -> bool:
+        """Cut the socket abruptly, without a close handshake, as a lost network does (chaos and
+        reliability tests): the client reconnects and resumes by itself. False if not connected."""
+        ws = self._ws
+        if ws is None:
+            return False
+        transport = getattr(ws, "transport", None)
+        if transport is None:
+            return False
+        transport.abort()
+        return True
+
     async def _token_value(self) -> str:
         return self._token if isinstance(self._token, str) else await self._token()
 
