@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
@@ -12,6 +13,7 @@ from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from mozilla_django_oidc import views as oidc_views
 
 from chat import selectors
 from chat.infra import rate_limiter
@@ -51,6 +53,33 @@ class LoginView(auth_views.LoginView):
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         _window(request, "login")
         return _answer_refusal(request, super().post(request, *args, **kwargs))
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        # "Sign in with SSO" only when SSO is configured; `?sso=refused` is where a refused SSO login lands.
+        context: dict[str, Any] = super().get_context_data(**kwargs)
+        context["sso_enabled"] = settings.OIDC_ENABLED
+        context["sso_refused"] = settings.OIDC_ENABLED and self.request.GET.get("sso") == "refused"
+        return context
+
+
+class SsoStart(oidc_views.OIDCAuthenticationRequestView):  # type: ignore[misc]  # the library has no hints
+    """/oidc/authenticate/: off (404) unless SSO is configured; on, off to the provider (enterprise/sso.py)."""
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not settings.OIDC_ENABLED:
+            raise Http404("single sign-on is not configured")
+        response: HttpResponse = super().dispatch(request, *args, **kwargs)
+        return response
+
+
+class SsoCallback(oidc_views.OIDCAuthenticationCallbackView):  # type: ignore[misc]
+    """/oidc/callback/: where the provider sends the browser back; 404 unless SSO is configured."""
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not settings.OIDC_ENABLED:
+            raise Http404("single sign-on is not configured")
+        response: HttpResponse = super().dispatch(request, *args, **kwargs)
+        return response
 
 
 def admin_login(request: HttpRequest) -> HttpResponse:

@@ -196,6 +196,12 @@ AGENT_TOOL_SEARCH_TIMEOUT_MS = env_int("AGENT_TOOL_SEARCH_TIMEOUT_MS", 3000)
 from chatsite.config.analytics import *  # noqa: E402,F403
 from chatsite.config.limits import *  # noqa: E402,F403
 from chatsite.config.security import *  # noqa: E402,F403
+from chatsite.config.sso import *  # noqa: E402,F403
+
+# Single sign-on's backend is listed only when it is on (OIDC_RP_CLIENT_ID), so with SSO off no request can
+# reach it; sessions it opened end if SSO is turned off again.
+if OIDC_ENABLED:  # noqa: F405
+    AUTHENTICATION_BACKENDS = [*AUTHENTICATION_BACKENDS, "enterprise.sso.SsoBackend"]  # noqa: F405
 
 # --- Monitoring and alerts (defaults in monitoring/config.py; docs/operations.md "Monitoring and alerts") ---
 # Overrides merged key by key, e.g. MONITORING_JSON='{"stuck_after_s": 300, "first_event_s": {"free": 20}}'.

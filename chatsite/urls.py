@@ -17,6 +17,10 @@ urlpatterns = [
     path("c/<str:conversation_id>/", views.conversation, name="conversation"),
     path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # Single sign-on (enterprise/sso.py): both answer 404 unless OIDC_RP_CLIENT_ID is configured. The names
+    # are the ones mozilla-django-oidc reverses.
+    path("oidc/authenticate/", views.SsoStart.as_view(), name="oidc_authentication_init"),
+    path("oidc/callback/", views.SsoCallback.as_view(), name="oidc_authentication_callback"),
     # Before the admin's own routes: its login page behind the per-address window and the guard's 429.
     path("admin/login/", views.admin_login),
     path("admin/", admin.site.urls),

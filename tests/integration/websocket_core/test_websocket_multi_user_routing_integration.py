@@ -29,6 +29,7 @@ from urllib.parse import unquote
 import pytest
 from channels.db import database_sync_to_async
 from django.test import Client as HttpClient
+from django.test import override_settings
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -709,6 +710,44 @@ def rest_login(r: Rest) -> None:
     assert "_auth_user_id" not in anonymous.session
 
 
+# SSO on against a provider that is not there (nothing listens on port 9): every exchange with it fails.
+SSO_ON = {
+    "OIDC_ENABLED": True,
+    "OIDC_RP_CLIENT_ID": "isolation-client",
+    "OIDC_RP_CLIENT_SECRET": "isolation-secret",
+    **{
+        f"OIDC_OP_{name}": f"http://127.0.0.1:9/{name.lower()}"
+        for name in ("AUTHORIZATION_ENDPOINT", "TOKEN_ENDPOINT", "USER_ENDPOINT", "JWKS_ENDPOINT", "ISSUER")
+    },
+}
+
+
+def rest_sso(r: Rest) -> None:
+    """SSO off: both routes are missing. On: the start names nothing of anyone's, and a callback the attacker
+    makes up (her own state with a forged code, or a state she never got) logs nobody in as anyone else."""
+    w = r.world
+    anonymous = HttpClient()
+    for client in (r.pages, anonymous):
+        assert client.get("/oidc/authenticate/").status_code == 404
+        assert client.get("/oidc/callback/?code=x&state=y").status_code == 404
+    backends = ["chat.services.login_guard.GuardedModelBackend", "enterprise.sso.SsoBackend"]
+    with override_settings(**SSO_ON, AUTHENTICATION_BACKENDS=backends):
+        for client in (r.pages, anonymous):
+            start = client.get("/oidc/authenticate/")
+            assert start.status_code == 302
+            assert start["Location"].startswith("http://127.0.0.1:9/")
+            assert_nothing_of_theirs(w, unquote(start["Location"]))
+            state = re.search(r"state=([^&]+)", start["Location"])
+            assert state is not None
+            forged = client.get(f"/oidc/callback/?code=forged&state={state.group(1)}")
+            assert forged.status_code == 302
+            assert forged["Location"] == "/login/?sso=refused"
+            unknown = client.get("/oidc/callback/?code=forged&state=never-issued")
+            assert unknown.status_code in (302, 400)
+        assert r.pages.get("/").wsgi_request.user == w.mallory
+        assert "_auth_user_id" not in anonymous.session
+
+
 def rest_logout(r: Rest) -> None:
     """The attacker logging out ends her session only: the victim's browser session still works."""
     w = r.world
@@ -910,6 +949,8 @@ REST_CASES: dict[tuple[str, str], Callable[[Rest], None]] = {
     ("login/", "*"): rest_login,
     ("favicon.ico", "*"): rest_favicon,
     ("logout/", "*"): rest_logout,
+    ("oidc/authenticate/", "*"): rest_sso,
+    ("oidc/callback/", "*"): rest_sso,
     ("admin/login/", "*"): rest_admin_login,
     ("admin/", "*"): rest_admin,
     ("api/auth/token/", "POST"): rest_token,
