@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import uuid
+import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
+from asgiref.testing import ApplicationCommunicator
+from django.core.asgi import get_asgi_application
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -23,6 +26,7 @@ from chat.services.conversations import conversation_create, workspace_create, w
 from enterprise import export
 from enterprise.models import AuditEntry
 from tests.support import factories
+from tests.support.ws import access_token
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_password_hashing")]
 
@@ -187,7 +191,8 @@ def test_the_export_is_audited_with_who_and_counts(world: dict[str, Any]) -> Non
     }
 
 
-def test_a_large_export_is_read_and_sent_page_by_page(make_user: Any, monkeypatch: Any) -> None:
+def big_workspace(make_user: Any) -> tuple[Any, Workspace, int]:
+    """An enterprise owner's workspace with one conversation of two full pages of events and a part page."""
     owner = make_user(tier="enterprise")
     ws = Workspace.objects.create(name="big")
     ws.memberships.create(user=owner, role="owner")
@@ -199,6 +204,11 @@ def test_a_large_export_is_read_and_sent_page_by_page(make_user: Any, monkeypatc
         for n in range(1, total + 1)
     )
     Conversation.objects.filter(id=conv).update(last_seq=total)
+    return owner, ws, total
+
+
+def test_a_large_export_is_read_and_sent_page_by_page(make_user: Any, monkeypatch: Any) -> None:
+    owner, ws, total = big_workspace(make_user)
     reads: list[int] = []
     real_page = export.events_page
 
@@ -236,3 +246,48 @@ def test_a_download_cut_short_frees_the_lease_and_is_audited_as_incomplete(world
     entry = AuditEntry.objects.get(action="workspace.exported")
     assert entry.data == {"members": 0, "conversations": 0, "events": 0, "complete": False}
     body_of(api_for(owner).get(url(ws.id)))  # the lease is free at once, not after its time to live
+
+
+def test_through_django_asgi_the_body_goes_out_in_chunks(make_user: Any) -> None:
+    """The server's own path (the ASGI handler, the middleware, Bearer authentication): one body message per
+    chunk, not the whole document at once, and no "must consume asynchronous iterators" warning (which is what
+    a sync iterator, buffered whole, would cause)."""
+    owner, ws, total = big_workspace(make_user)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": url(ws.id),
+        "raw_path": url(ws.id).encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {access_token(owner)}".encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+
+    async def serve() -> tuple[dict[str, Any], list[bytes]]:
+        app = ApplicationCommunicator(get_asgi_application(), scope)
+        await app.send_input({"type": "http.request", "body": b"", "more_body": False})
+        start = await app.receive_output(timeout=20)
+        bodies = []
+        while True:
+            message = await app.receive_output(timeout=20)
+            bodies.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        await app.wait(timeout=5)
+        return start, bodies
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        start, bodies = async_to_sync(serve)()
+    assert start["status"] == 200
+    assert dict(start["headers"])[b"Content-Type"] == b"application/json"
+    assert len([b for b in bodies if b]) >= 3 + 3  # at least the three event pages, the head and the ends
+    assert max(len(b) for b in bodies) < len(b"".join(bodies)) / 2
+    doc = json.loads(b"".join(bodies))
+    assert len(doc["conversations"][0]["events"]) == total
+    assert not [w for w in caught if "iterator" in str(w.message)]
