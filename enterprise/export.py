@@ -80,7 +80,7 @@ class Counts:
 
 
 def export_access(*, user_id: int, workspace_id: object) -> Access:
-    access = owner_access(user_id=user_id, workspace_id=workspace_id, what="export")
+    access = owner_access(user_id=user_id, workspace_id=workspace_id, what="archive")
     if not access.limits.export:
         raise ServiceError(
             "forbidden", f"workspace export is not part of this workspace's tier ({access.tier}); pro and enterprise"
@@ -262,6 +262,7 @@ async def export_stream(ticket: Ticket, counts: Counts | None = None) -> AsyncIt
                 async for chunk in _events(conv["id"], conv["head_seq"], since, counts, lease):
                     yield chunk
                 yield b"]}"
+            await lease.keep()  # also between pages of conversations with few or no events
             if len(page) < PAGE_CONVERSATIONS:
                 break
             after = uuid.UUID(page[-1]["id"])

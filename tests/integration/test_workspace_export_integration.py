@@ -129,7 +129,7 @@ def test_who_may_export(world: dict[str, Any], make_user: Any) -> None:
     ws = world["ws"]
     refused = api_for(world["member"]).get(url(ws.id))
     assert refused.status_code == 403
-    assert refused.json()["error"]["code"] == "forbidden"
+    assert refused.json()["error"] == {"code": "forbidden", "message": "only a workspace owner may read its archive"}
     outsider = api_for(world["stranger"])  # enterprise, an owner elsewhere: still nobody here
     missing = outsider.get(url(uuid.uuid4()))
     assert missing.status_code == 404
