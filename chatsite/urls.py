@@ -6,7 +6,7 @@ from django.views.generic import RedirectView
 
 from chat import api, api_conversations, api_me, api_messages, views
 from enterprise import api as webhooks_api
-from enterprise import api_analytics, api_audit
+from enterprise import api_analytics, api_audit, api_export
 from enterprise import views as enterprise_views
 from monitoring import views as monitoring_views
 
@@ -50,6 +50,8 @@ urlpatterns = [
     # Owners' analytics and SLA reports (enterprise/api_analytics.py, docs/protocol.md §7), and the page.
     path("api/workspaces/<str:workspace_id>/analytics/", api_analytics.WorkspaceAnalytics.as_view()),
     path("api/workspaces/<str:workspace_id>/sla/", api_analytics.WorkspaceSla.as_view()),
+    # Owners' streamed archive of the workspace (enterprise/api_export.py, docs/operations.md "Workspace export").
+    path("api/workspaces/<str:workspace_id>/export/", api_export.WorkspaceExport.as_view()),
     path("w/<str:workspace_id>/analytics/", enterprise_views.workspace_analytics, name="workspace-analytics"),
     # A workspace's signed webhooks (enterprise/api.py, docs/operations.md "Webhooks"): owners only.
     path("api/workspaces/<str:workspace_id>/webhooks/", webhooks_api.WebhookList.as_view()),

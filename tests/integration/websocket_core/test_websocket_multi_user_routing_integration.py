@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from django.test import Client as HttpClient
 from django.test import override_settings
@@ -641,6 +642,21 @@ def rest_workspace_analytics_page(r: Rest) -> None:
     owner_report(r, "/w/{id}/analytics/")
 
 
+async def _drain(response: Any) -> bytes:
+    return b"".join([chunk async for chunk in response.streaming_content])
+
+
+def rest_workspace_export(r: Rest) -> None:
+    """The victim's workspace answers like a random one on the attacker's tier and on the tier that has export;
+    her own workspace's archive (streamed) carries nothing of theirs."""
+    same_as_missing(r, "GET", "/api/workspaces/{id}/export/")
+    as_enterprise(r)
+    same_as_missing(r, "GET", "/api/workspaces/{id}/export/")
+    response = r.api.get(f"/api/workspaces/{r.world.own_workspace}/export/")
+    assert response.status_code == 200
+    assert_nothing_of_theirs(r.world, async_to_sync(_drain)(response).decode())
+
+
 def rest_conversation_page(r: Rest) -> None:
     same_as_missing(r, "GET", "/c/{id}/")
 
@@ -1005,6 +1021,7 @@ REST_CASES: dict[tuple[str, str], Callable[[Rest], None]] = {
     ("sw.js", "*"): rest_service_worker,
     ("api/workspaces/<str:workspace_id>/analytics/", "GET"): rest_workspace_analytics,
     ("api/workspaces/<str:workspace_id>/sla/", "GET"): rest_workspace_sla,
+    ("api/workspaces/<str:workspace_id>/export/", "GET"): rest_workspace_export,
     ("w/<str:workspace_id>/analytics/", "*"): rest_workspace_analytics_page,
     ("staff/dashboard/", "*"): rest_dashboard,
     ("staff/dashboard/data", "*"): rest_dashboard_data,
