@@ -4,6 +4,7 @@ member, against PostgreSQL and Redis. The model server is the fake one (tests/su
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +14,8 @@ from channels.db import database_sync_to_async
 from agents import runner
 from agents.backends.openai import OpenAIBackend
 from tests.support import factories
-from tests.support.fake_llm import FakeLLM, refusing_port, tool_call
+from tests.support.fake_llm import FakeLLM, answer, refusing_port, stalled, tool_call
+from tests.support.waiting import eventually
 from tests.support.ws import subscribed_client
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -115,3 +117,27 @@ async def test_an_unreachable_model_fails_the_run_once_and_keeps_the_message(mak
     run = await database_sync_to_async(AgentRun.objects.get)(id=reply["run_id"])
     assert run.status == "failed"
     assert run.error_code == "llm_unavailable"
+
+
+async def test_a_cancel_hangs_up_on_the_model_server_at_once(make_user: Any, fake_llm: FakeLLM) -> None:
+    """Stop pressed mid-answer: the run's HTTP stream to the model server is closed within 100 ms of
+    the cancel's reply (the model stops generating, and paying for, an answer nobody reads), and the
+    run ends cancelled with what it had streamed."""
+    fake_llm.script(stalled(answer("one two three four five six", pieces=6), after=2, seconds=30))
+    user = await database_sync_to_async(make_user)()
+    conv = await factories.conversation(user, agent="assistant")
+    async with subscribed_client(user, conv) as client:
+        reply = await client.command("send", conversation=conv, client_msg_id="m1", text="tell me a story")
+        await client.until(lambda f: f.get("type") == "agent_delta", timeout=15)
+        cancelled = await client.command("cancel", run_id=reply["run_id"])
+        replied_at = time.monotonic()
+        assert cancelled["ok"] is True
+        await eventually(lambda: fake_llm.hangups, timeout=5, what="the backend hanging up on the model server")
+        ended = await client.until(lambda f: f.get("type") in ("agent_completed", "agent_cancelled"), timeout=10)
+
+    assert fake_llm.hangups[0] - replied_at < 0.1, f"hung up {fake_llm.hangups[0] - replied_at:.3f} s after the cancel"
+    assert ended["type"] == "agent_cancelled"
+    assert ended["data"]["partial_text"] == "".join(
+        e["data"]["text"] for e in client.events(conv) if e["type"] == "agent_delta"
+    )
+    assert len(fake_llm.requests) == 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import socket
 import sys
 import threading
@@ -234,7 +235,7 @@ class _Handler(BaseHTTPRequestHandler):
             if reply.drop_after is not None and sent == reply.drop_after:
                 self._drop()
                 return
-            if reply.stall_after is not None and sent == reply.stall_after and fake._stall(reply.stall_s):
+            if reply.stall_after is not None and sent == reply.stall_after and self._stall_watching(reply.stall_s):
                 self._drop()
                 return
             payload = f"data: {data}\n\n".encode()
@@ -242,6 +243,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+
+    def _stall_watching(self, seconds: float) -> bool:
+        """Go quiet mid-stream, watching the socket: True (abandon the reply) at shutdown or once the
+        client hangs up, which is recorded in `fake.hangups` (when, by the monotonic clock)."""
+        fake = self.server.fake
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if fake._closing.is_set():
+                return True
+            readable, _, _ = select.select([self.connection], [], [], 0.005)
+            if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                fake.hangups.append(time.monotonic())
+                return True
+        return False
 
     def _drop(self) -> None:
         self.wfile.flush()
@@ -259,6 +274,9 @@ class FakeLLM:
         """`port`: 0 picks a free one; a given port restarts a stopped fake where clients expect it."""
         self.rule = rule
         self.requests: list[RecordedRequest] = []
+        # When clients hung up on a reply stalled mid-stream (time.monotonic()): how fast a cancel
+        # reaches the model server.
+        self.hangups: list[float] = []
         self._queue: deque[Script] = deque()
         self._lock = threading.Lock()
         self._closing = threading.Event()  # releases stalled replies at shutdown
