@@ -14,6 +14,7 @@ from django.utils.safestring import SafeString
 
 from agents.models import AgentRun, Approval, RunStatus, ToolCall, ToolCallStatus
 from agents.services import run_request_cancel
+from agents.tool_results import bound_result
 from chat.admin_display import ms, ms_between, snippet, timeline
 
 
@@ -50,7 +51,7 @@ class ToolCallInline(ReadOnlyInline):
         result = obj.result
         if obj.status == ToolCallStatus.ERROR and isinstance(result, dict) and "error" in result:
             return format_html('<span class="admin-error">{}</span>', snippet(result["error"]))
-        return _json(result)
+        return _json(bound_result(result))  # a screenful in the inline, as the event carries it
 
     @admin.display(description="Duration", ordering="duration_ms")
     def duration(self, obj: ToolCall) -> str:

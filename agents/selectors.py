@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from agents.models import AgentRun, Approval, ApprovalStatus, RunStatus
+from django.utils import timezone
+
+from agents.models import AgentRun, Approval, ApprovalStatus, RunStatus, ToolCall, ToolCallStatus
 from chat.errors import NotFound
 from chat.selectors import Access, conversation_for_member, parse_uuid
 from chat.wire.frames import rfc3339
@@ -91,4 +94,28 @@ def _requested(approval: Approval) -> dict[str, Any]:
         "reason": approval.reason,
         "approver_role": approval.approver_role,
         "expires_at": rfc3339(approval.expires_at),
+    }
+
+
+def tool_call_result(
+    *, conversation_id: str, run_id: object, call_id: str, retention_days: int | None
+) -> dict[str, Any]:
+    """A finished tool call of a run of `conversation_id` (resolved through the caller's membership
+    check first) with its whole stored result, or NotFound: another conversation's run, an unknown or
+    unfinished call and one older than the reader's retention all answer the same."""
+    calls = ToolCall.objects.filter(
+        run_id=parse_uuid(run_id), run__conversation_id=conversation_id, call_id=call_id, finished_at__isnull=False
+    )
+    if retention_days is not None:
+        calls = calls.filter(started_at__gte=timezone.now() - timedelta(days=retention_days))
+    call = calls.values("run_id", "call_id", "tool", "status", "result", "duration_ms").first()
+    if call is None:
+        raise NotFound()
+    return {
+        "run_id": str(call["run_id"]),
+        "call_id": call["call_id"],
+        "tool": call["tool"],
+        "ok": call["status"] == ToolCallStatus.OK,
+        "result": call["result"],
+        "duration_ms": call["duration_ms"],
     }

@@ -7,7 +7,6 @@ under the conversation's row lock, which every run service takes before the run'
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,14 +17,12 @@ from django.utils import timezone
 
 from agents import priority
 from agents.models import TERMINAL_STATUSES, AgentRun, ApprovalStatus, RunStatus, ToolCall, ToolCallStatus
+from agents.tool_results import MAX_STORED_RESULT_CHARS, bound_result, result_href
 from chat.errors import ServiceError
 from chat.models import AuthorKind, Conversation, Message, Role
 from chat.publishing import RunnerRung, after_commit
 from chat.services.events import append_event
 from chat.wire.frames import StoredEvent
-
-# Tool results travel inside events; keep them bounded: a screenful, enough for five search hits.
-MAX_TOOL_RESULT_CHARS = 4000
 
 
 def run_enqueue(
@@ -172,14 +169,6 @@ def tool_call_start(
     )
 
 
-def bound_result(result: Any) -> Any:
-    """Keep a tool result inside MAX_TOOL_RESULT_CHARS; larger ones are cut and flagged."""
-    encoded = json.dumps(result, default=str)
-    if len(encoded) <= MAX_TOOL_RESULT_CHARS:
-        return result
-    return {"truncated": True, "preview": encoded[:MAX_TOOL_RESULT_CHARS], "size": len(encoded)}
-
-
 @transaction.atomic
 def tool_call_finish(*, run_id: str, conversation_id: str, call_id: str, ok: bool, result: Any) -> StoredEvent:
     _require_running(run_id, conversation_id)
@@ -188,8 +177,9 @@ def tool_call_finish(*, run_id: str, conversation_id: str, call_id: str, ok: boo
     call.finished_at = now
     call.duration_ms = int((now - call.started_at).total_seconds() * 1000)
     call.status = ToolCallStatus.OK if ok else ToolCallStatus.ERROR
-    call.result = bound_result(result)
+    call.result = bound_result(result, limit=MAX_STORED_RESULT_CHARS)
     call.save(update_fields=["finished_at", "duration_ms", "status", "result"])
+    href = result_href(conversation_id=conversation_id, run_id=run_id, call_id=call_id)
     return append_event(
         conversation_id=conversation_id,
         type="tool_completed",
@@ -199,7 +189,7 @@ def tool_call_finish(*, run_id: str, conversation_id: str, call_id: str, ok: boo
             "call_id": call_id,
             "tool": call.tool,
             "ok": ok,
-            "result": call.result,
+            "result": bound_result(result, href=href),
             "duration_ms": call.duration_ms,
         },
     )

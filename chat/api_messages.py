@@ -1,5 +1,6 @@
 """(extension) REST on the messages of a conversation (docs/protocol.md §7): the events page, by events
-or by messages; edit and delete one message; the caller's feedback on answers. Thin views over the
+or by messages; edit and delete one message; the caller's feedback on answers; a tool call's whole
+result (the `href` of a truncated `tool_completed.result`). Thin views over the
 same selectors and services as the socket's `history`, `edit`, `delete` and `feedback`.
 
 Every view resolves the conversation through the membership check first: a conversation the caller
@@ -17,6 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from agents import selectors as run_selectors
 from chat import selectors
 from chat.errors import NotFound, ServiceError
 from chat.history import history_page
@@ -164,3 +166,21 @@ class ConversationFeedback(APIView):
         access = _access(request, conversation_id)
         ratings = message_actions.feedback_of(conversation_id=access.conversation_id, user_id=_uid(request))
         return Response({"ratings": ratings})
+
+
+class ToolCallResult(APIView):
+    """`GET`: a finished tool call of one of the conversation's runs with its whole result, which the
+    `tool_completed` event carries only up to its bound (then with this address as `href`)."""
+
+    def get(self, request: Request, conversation_id: str, run_id: str, call_id: str) -> Response:
+        access = _access(request, conversation_id)
+        try:
+            call = run_selectors.tool_call_result(
+                conversation_id=access.conversation_id,
+                run_id=run_id,
+                call_id=call_id,
+                retention_days=limits_for(request.user.tier).history_retention_days,  # type: ignore[union-attr]
+            )
+        except NotFound as exc:
+            raise DRFNotFound("tool call not found") from exc
+        return Response(call)

@@ -38,6 +38,10 @@ urlpatterns = [
     # By events, or by messages (unit=messages): chat/api_messages.py serves both.
     path("api/conversations/<str:conversation_id>/events/", api_messages.ConversationEvents.as_view()),
     path("api/conversations/<str:conversation_id>/feedback/", api_messages.ConversationFeedback.as_view()),
+    path(
+        "api/conversations/<str:conversation_id>/runs/<str:run_id>/tool-calls/<str:call_id>/result/",
+        api_messages.ToolCallResult.as_view(),
+    ),
     path("api/conversations/<str:conversation_id>/messages/<str:message_id>/", api_messages.MessageDetail.as_view()),
     path(
         "api/conversations/<str:conversation_id>/messages/<str:message_id>/feedback/",

@@ -82,8 +82,10 @@ class TruncatedResult(ServerData):
     """What `tool_completed.result` becomes when the tool's result is too long to carry whole."""
 
     truncated: Literal[True]
-    preview: str
+    preview: str  # the start of the result's JSON encoding; the whole form fits the bound
     size: NonNegative
+    # Where a member reads the whole result over REST (absent only in results stored before it existed).
+    href: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class ToolCompletedData(ServerData):

@@ -22,10 +22,8 @@ from django.utils import timezone
 
 from agents.models import AgentRun, RunStatus, ToolCall, ToolCallStatus
 from agents.services import (
-    MAX_TOOL_RESULT_CHARS,
     CancelResult,
     ClaimedRun,
-    bound_result,
     run_claim_next,
     run_complete,
     run_emit,
@@ -38,6 +36,7 @@ from agents.services import (
     tool_call_finish,
     tool_call_start,
 )
+from agents.tool_results import MAX_TOOL_RESULT_CHARS, bound_result, result_href
 from chat.errors import ServiceError
 from chat.infra.message_buffer import conversation_stream
 from chat.models import AuthorKind, Conversation, Event, Message, Role, User
@@ -467,29 +466,47 @@ def test_bound_result_keeps_a_result_of_at_most_the_limit(result: Any, encoded_s
     assert bound_result(result) is result
 
 
+def assert_cut(result: Any, cut: Any, href: str | None = None) -> None:
+    """`cut` is `result`'s truncated form: at most the bound when encoded, with the longest preview of
+    the result's encoding that fits, its full size and (if given) where to read it whole."""
+    encoded = json.dumps(result, default=str)
+    assert len(encoded) > MAX_TOOL_RESULT_CHARS
+    assert cut == {
+        "truncated": True,
+        "preview": cut["preview"],
+        "size": len(encoded),
+        **({"href": href} if href else {}),
+    }
+    assert encoded.startswith(cut["preview"])
+    assert len(json.dumps(cut)) <= MAX_TOOL_RESULT_CHARS
+    longer = {**cut, "preview": encoded[: len(cut["preview"]) + 1]}
+    assert len(json.dumps(longer)) > MAX_TOOL_RESULT_CHARS  # nothing more would have fitted
+    assert len(cut["preview"]) > MAX_TOOL_RESULT_CHARS // 3  # a preview worth reading, even of quote-heavy JSON
+
+
 @pytest.mark.parametrize(
     "result",
-    ["x" * (MAX_TOOL_RESULT_CHARS - 1), "é" * 667, {"matches": [{"text": "y" * 300}] * 20}],
+    [
+        "x" * (MAX_TOOL_RESULT_CHARS - 1),
+        "é" * 667,
+        {"matches": [{"text": "y" * 300}] * 20},
+        ['"q"'] * 2000,  # every character of the encoding escaped again inside the preview
+    ],
 )
-def test_bound_result_cuts_a_longer_result_and_says_so(result: Any) -> None:
-    encoded = json.dumps(result)
-    assert len(encoded) > MAX_TOOL_RESULT_CHARS
-    assert bound_result(result) == {
-        "truncated": True,
-        "preview": encoded[:MAX_TOOL_RESULT_CHARS],
-        "size": len(encoded),
-    }
+def test_bound_result_cuts_a_longer_result_to_the_bound_and_says_so(result: Any) -> None:
+    assert_cut(result, bound_result(result))
+    href = "/api/conversations/c/runs/r/tool-calls/call_1/result/"
+    assert_cut(result, bound_result(result, href=href), href)
 
 
 def test_bound_result_measures_what_json_cannot_encode_by_its_text() -> None:
     when = timezone.now()
     assert bound_result({"at": when}) == {"at": when}
     huge = [when] * 200
-    encoded = json.dumps(huge, default=str)
-    assert bound_result(huge) == {"truncated": True, "preview": encoded[:MAX_TOOL_RESULT_CHARS], "size": len(encoded)}
+    assert_cut(huge, bound_result(huge))
 
 
-def test_a_long_tool_result_is_stored_and_sent_bounded(make_user: Any) -> None:
+def test_a_long_tool_result_is_stored_whole_and_sent_bounded_with_where_to_read_it(make_user: Any) -> None:
     owner = make_user()
     conv, run_id = running_run(owner)
     tool_call_start(run_id=run_id, conversation_id=conv, call_id="c1", tool="search_history", arguments={})
@@ -497,11 +514,11 @@ def test_a_long_tool_result_is_stored_and_sent_bounded(make_user: Any) -> None:
 
     completed = tool_call_finish(run_id=run_id, conversation_id=conv, call_id="c1", ok=True, result=result)
 
-    bounded = {"truncated": True, "preview": json.dumps(result)[:MAX_TOOL_RESULT_CHARS], "size": 5000 + 17}
-    assert bounded["size"] == len(json.dumps(result))
-    assert completed.data["result"] == bounded
-    assert ToolCall.objects.values_list("result", flat=True).get() == bounded
-    assert log(conv)[-1].data["result"] == bounded
+    href = result_href(conversation_id=conv, run_id=run_id, call_id="c1")
+    assert href == f"/api/conversations/{conv}/runs/{run_id}/tool-calls/c1/result/"
+    assert_cut(result, completed.data["result"], href)
+    assert ToolCall.objects.values_list("result", flat=True).get() == result
+    assert log(conv)[-1].data["result"] == completed.data["result"]
 
 
 def test_tool_calls_are_refused_on_a_run_that_is_not_running(make_user: Any) -> None:

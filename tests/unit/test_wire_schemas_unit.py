@@ -46,7 +46,7 @@ SHORTHAND: dict[str, type[msgspec.Struct]] = {
     '{"run_id","call_id","decision":"approve"|"reject","arguments"}': wc.Approve,
     '{"run_id","call_id","tool","arguments","reason","approver_role","expires_at"}': events.ApprovalRequestedData,
     '{"run_id","call_id","decision","by","arguments"}': events.ApprovalResolvedData,
-    '{"truncated": true, "preview": "…", "size": N}': events.TruncatedResult,
+    '{"truncated": true, "preview": "…", "size": N, "href": "…"}': events.TruncatedResult,
     '{"user":{"id","username"},"state","expires_ms":6000}': events.TypingData,
     '{"joined":[{"id","username"}],"left":[…]}': events.PresenceData,
     '{"user":{"id","username"},"seq"}': events.ReadData,
@@ -698,11 +698,13 @@ def test_errors_and_replies_as_the_protocol_module_builds_them() -> None:
 
 
 def test_a_large_tool_result_becomes_the_truncated_shape() -> None:
-    from agents.services import bound_result
+    from agents.tool_results import bound_result
 
     small = {"value": 2}
     assert bound_result(small) is small
     msgspec.convert(bound_result({"rows": ["x" * 100] * 100}), events.TruncatedResult)
+    cut = msgspec.convert(bound_result({"rows": ["x" * 100] * 100}, href="/api/x/"), events.TruncatedResult)
+    assert cut.href == "/api/x/"
 
 
 # --- the layer rule -------------------------------------------------------------------------------

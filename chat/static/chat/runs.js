@@ -5,6 +5,7 @@
 import { el, avatar } from './dom.js';
 import { pretty, preview } from './util.js';
 import { renderInto } from './markdown.js';
+import { api } from './restapi.js';
 
 // Build a run's block. `onCancel(run)` is the Stop button's action.
 export function buildRun(runId, { onCancel }) {
@@ -91,11 +92,40 @@ export function toolCompleted(run, data) {
   call.node.dataset.status = ok ? 'ok' : 'error';
   call.statusEl.textContent = ok ? '✓' : '✕';
   call.statusEl.title = ok ? 'succeeded' : 'failed';
-  call.resultEl.textContent = pretty(data.result);
-  call.resultPreviewEl.textContent = `→ ${preview(data.result, 60)}`;
+  showResult(call, data.result);
   call.resultWrap.hidden = false;
   if (data.duration_ms !== undefined) call.durationEl.textContent = `${data.duration_ms} ms`;
   if (run.status === 'running' && !run.text) run.statusEl.textContent = 'Thinking…';
+}
+
+// A result too long for its event arrives cut, with where to read it whole (docs/protocol.md §4):
+// the preview is shown as the start of the result, and a button fetches the rest on demand.
+function showResult(call, result) {
+  const cut = result && typeof result === 'object' && result.truncated === true;
+  if (!cut) {
+    call.resultEl.textContent = pretty(result);
+    call.resultPreviewEl.textContent = `→ ${preview(result, 60)}`;
+    return;
+  }
+  call.resultEl.textContent = `${result.preview}…`;
+  call.resultPreviewEl.textContent = `→ ${preview(result.preview, 60)}`;
+  if (!result.href || call.resultWrap.querySelector('[data-testid="tool-result-whole"]')) return;
+  const more = el('button', {
+    type: 'button', class: 'btn btn-ghost btn-xs', testid: 'tool-result-whole',
+    text: `Show the whole result (${result.size.toLocaleString()} characters)`,
+  });
+  more.addEventListener('click', async () => {
+    more.disabled = true;
+    const answer = await api('GET', result.href);
+    if (answer.ok) {
+      call.resultEl.textContent = pretty(answer.body.result);
+      more.remove();
+    } else {
+      more.disabled = false;
+      more.textContent = answer.error;
+    }
+  });
+  call.resultWrap.append(more);
 }
 
 // The answer's markdown, rendered at most once per animation frame while it streams: a burst of

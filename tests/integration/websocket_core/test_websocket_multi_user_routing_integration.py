@@ -36,7 +36,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 from rest_framework.views import APIView
 
-from agents.models import AgentRun
+from agents.models import AgentRun, ToolCall, ToolCallStatus
 from chat.models import (
     Conversation,
     ConversationMember,
@@ -156,6 +156,17 @@ def build_world(make_user: Any) -> World:
         endpoint=hook, message_id=f"msg_victim{mark}", event_type="message.created", payload={"mark": mark}
     )
     world.webhook, world.delivery = str(hook.id), str(delivery.id)
+    # A finished tool call of the victim's run, its whole result behind the REST route of truncated results.
+    ToolCall.objects.create(
+        run_id=sent.run_id,
+        call_id=VICTIM_CALL,
+        tool="search_history",
+        arguments={},
+        started_at=timezone.now(),
+        finished_at=timezone.now(),
+        status=ToolCallStatus.OK,
+        result={"matches": [f"victim-text-{mark}"]},
+    )
     world.own_workspace = str(Conversation.objects.get(id=own).workspace_id)
     world.secrets = [
         f"victim-title-{mark}",
@@ -537,6 +548,16 @@ def rest_message_delete(r: Rest) -> None:
 
 def rest_message_feedback_put(r: Rest) -> None:
     same_as_missing(r, "PUT", f"/api/conversations/{{id}}/messages/{r.world.message_id}/feedback/", {"rating": "down"})
+
+
+VICTIM_CALL = "call_victim"
+
+
+def rest_tool_call_result_get(r: Rest) -> None:
+    w = r.world
+    # Their run's call through any spelling of their conversation, and through the attacker's own.
+    same_as_missing(r, "GET", f"/api/conversations/{{id}}/runs/{w.run_id}/tool-calls/{VICTIM_CALL}/result/")
+    same_as_missing(r, "GET", f"/api/conversations/{w.own_conv}/runs/{{id}}/tool-calls/{VICTIM_CALL}/result/")
 
 
 def rest_workspace_members_get(r: Rest) -> None:
@@ -985,6 +1006,10 @@ REST_CASES: dict[tuple[str, str], Callable[[Rest], None]] = {
     ("api/conversations/<str:conversation_id>/members/", "POST"): rest_conversation_members_post,
     ("api/conversations/<str:conversation_id>/events/", "GET"): rest_conversation_events_get,
     ("api/conversations/<str:conversation_id>/feedback/", "GET"): rest_conversation_feedback_get,
+    (
+        "api/conversations/<str:conversation_id>/runs/<str:run_id>/tool-calls/<str:call_id>/result/",
+        "GET",
+    ): rest_tool_call_result_get,
     ("api/conversations/<str:conversation_id>/messages/<str:message_id>/", "PATCH"): rest_message_patch,
     ("api/conversations/<str:conversation_id>/messages/<str:message_id>/", "DELETE"): rest_message_delete,
     ("api/conversations/<str:conversation_id>/messages/<str:message_id>/feedback/", "PUT"): rest_message_feedback_put,
