@@ -40,8 +40,6 @@ logger = logging.getLogger(__name__)
 
 # Queued runs are also looked for this often, in case a wake-up doorbell was lost.
 POLL_INTERVAL_S = 1.0
-# Runs one runner executes at once; more wait in the queue. Runs are I/O-bound (model, database).
-MAX_CONCURRENT_RUNS = 50
 # Approvals past their expiry are resolved this often (one indexed query when none are due).
 APPROVAL_SWEEP_S = 1.0
 
@@ -118,9 +116,10 @@ class RunSupervisor:
 
     async def claim_available(self) -> int:
         claimed_count = 0
-        while len(self.tasks) < MAX_CONCURRENT_RUNS:
+        # settings.AGENT_MAX_CONCURRENT_RUNS: runs this runner executes at once; more wait in the queue.
+        while len(self.tasks) < settings.AGENT_MAX_CONCURRENT_RUNS:
             # The last free slots may be reserved for the higher tiers (agents/priority.py).
-            tiers = priority.claimable_tiers(MAX_CONCURRENT_RUNS - len(self.tasks))
+            tiers = priority.claimable_tiers(settings.AGENT_MAX_CONCURRENT_RUNS - len(self.tasks))
             claimed = None
             if tiers is None:  # runs whose approval was decided first: people are waiting on them already
                 claimed = await run_service(approvals.run_resume_next, worker_id=self.worker_id)

@@ -296,10 +296,19 @@ def run_request_cancel(*, run_id: str, by_user_id: int, by_username: str, role: 
     holds it); a running one is flagged and its runner stops it promptly.
     A member (`role` from `run_for_member`) may stop a run they started, an owner any: others are
     `forbidden`. No role: staff (the admin's action), who may stop any run."""
-    conversation_id = AgentRun.objects.filter(id=run_id).values_list("conversation_id", flat=True).get()
-    run = _lock_run(run_id, str(conversation_id))
-    if role is not None and role != Role.OWNER and run.requested_by_id != by_user_id:
+    conversation_id, requested_by_id = (
+        AgentRun.objects.filter(id=run_id).values_list("conversation_id", "requested_by_id").get()
+    )
+    if role is not None and role != Role.OWNER and requested_by_id != by_user_id:
         raise ServiceError("forbidden", "only who started this run or a conversation owner may stop it")
+    # A running run is only flagged, by one UPDATE of its row: Stop never waits for the conversation
+    # its answer is streaming into.
+    if AgentRun.objects.filter(id=run_id, status=RunStatus.RUNNING).update(
+        cancel_requested=True, cancelled_by_id=by_user_id
+    ):
+        after_commit(RunnerRung(str(run_id)))  # whichever runner holds it stops it now
+        return CancelResult(str(run_id), "cancelling", [], str(conversation_id))
+    run = _lock_run(run_id, str(conversation_id))
     if run.status in TERMINAL_STATUSES:
         raise ServiceError("conflict", f"run already {run.status}")
     if run.status == RunStatus.QUEUED:

@@ -43,9 +43,13 @@ def _answer(call: Callable[[], Any], ok_status: int = status.HTTP_200_OK) -> Res
     return Response(status=ok_status) if ok_status == status.HTTP_204_NO_CONTENT else Response(result, status=ok_status)
 
 
+def _user_id(request: Request) -> int:
+    return int(request.user.pk)  # type: ignore[arg-type]
+
+
 def _access(request: Request, workspace_id: str) -> hooks.Access:
     try:
-        return hooks.webhook_access(user_id=int(request.user.pk), workspace_id=workspace_id)  # type: ignore[arg-type]
+        return hooks.webhook_access(user_id=_user_id(request), workspace_id=workspace_id)
     except NotFound:
         raise ServiceError("not_found", "workspace not found") from None
 
@@ -74,12 +78,16 @@ class WebhookDetail(APIView):
 
     def patch(self, request: Request, workspace_id: str, webhook_id: str) -> Response:
         return _answer(
-            lambda: hooks.endpoint_update(endpoint=_endpoint(request, workspace_id, webhook_id), body=request.data)
+            lambda: hooks.endpoint_update(
+                endpoint=_endpoint(request, workspace_id, webhook_id), body=request.data, actor_id=_user_id(request)
+            )
         )
 
     def delete(self, request: Request, workspace_id: str, webhook_id: str) -> Response:
         return _answer(
-            lambda: hooks.endpoint_delete(endpoint=_endpoint(request, workspace_id, webhook_id)),
+            lambda: hooks.endpoint_delete(
+                endpoint=_endpoint(request, workspace_id, webhook_id), actor_id=_user_id(request)
+            ),
             status.HTTP_204_NO_CONTENT,
         )
 
@@ -87,7 +95,9 @@ class WebhookDetail(APIView):
 class WebhookRotateSecret(APIView):
     def post(self, request: Request, workspace_id: str, webhook_id: str) -> Response:
         return _answer(
-            lambda: hooks.secret_rotate(endpoint=_endpoint(request, workspace_id, webhook_id), now=timezone.now())
+            lambda: hooks.secret_rotate(
+                endpoint=_endpoint(request, workspace_id, webhook_id), now=timezone.now(), actor_id=_user_id(request)
+            )
         )
 
 

@@ -39,17 +39,9 @@ from enterprise.webhooks import endpoints_changed
 
 logger = logging.getLogger(__name__)
 
-# After the n-th failed attempt the next comes RETRY_SCHEDULE[n-1] later (the Standard Webhooks / Svix
-# schedule: about 28 hours in all); a failure after the last is final.
-RETRY_SCHEDULE: tuple[timedelta, ...] = (
-    timedelta(seconds=5),
-    timedelta(minutes=5),
-    timedelta(minutes=30),
-    timedelta(hours=2),
-    timedelta(hours=5),
-    timedelta(hours=10),
-    timedelta(hours=10),
-)
+# After the n-th failed attempt the next comes RETRY_SCHEDULE[n-1] later (settings.WEBHOOKS_RETRY_SCHEDULE_S; by
+# default the Standard Webhooks / Svix schedule, about 28 hours in all); a failure after the last is final.
+RETRY_SCHEDULE: tuple[timedelta, ...] = tuple(timedelta(seconds=s) for s in settings.WEBHOOKS_RETRY_SCHEDULE_S)
 MAX_ATTEMPTS = len(RETRY_SCHEDULE) + 1
 ERROR_MAX_CHARS = 500
 USER_AGENT = "chat-webhooks/1"

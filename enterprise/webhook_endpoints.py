@@ -4,6 +4,11 @@ Who may: the workspace's owners whose tier has the `webhooks` capability (chat/t
 default). Anyone else who is a member is refused (403, saying why); a non-member is told the workspace does
 not exist (404), as everywhere else. The secret (`whsec_…`, Standard Webhooks) is returned only by create and
 rotate; rotation keeps the previous one signing beside it for ROTATION_OVERLAP, so receivers can switch.
+
+Every change (create, update, enable/disable by staff, delete, rotate) is audited in its own transaction
+(enterprise/audit.py): `webhook.created`, `webhook.updated`, `webhook.deleted`, `webhook.secret_rotated`, with
+the URL as target and the endpoint's id; never a secret, which would then outlive its rotation in a log
+that cannot be edited.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from chat.selectors import parse_uuid
 from chat.tiers import limits_for
 from chat.wire.frames import rfc3339
 from enterprise import egress
+from enterprise.audit import audit_record
 from enterprise.models import WebhookDelivery, WebhookEndpoint
 from enterprise.webhooks import EVENT_TYPES, endpoints_changed
 
@@ -147,6 +153,16 @@ def delivery_json(delivery: WebhookDelivery) -> dict[str, Any]:
     }
 
 
+def _audit(action: str, endpoint: WebhookEndpoint, actor_id: int | None, **data: Any) -> None:
+    audit_record(
+        action,
+        actor_id,
+        workspace_id=endpoint.workspace_id,
+        target=endpoint.url,
+        data={"webhook_id": str(endpoint.id), **data},
+    )
+
+
 # --- the services -------------------------------------------------------------------------------------------
 
 
@@ -169,12 +185,13 @@ def endpoint_create(*, access: Access, body: object) -> dict[str, Any]:
     endpoint = WebhookEndpoint.objects.create(
         workspace=access.workspace, url=url, events=events, secret=secret, created_by_id=access.user_id
     )
+    _audit("webhook.created", endpoint, access.user_id, events=events)
     endpoints_changed()
     return endpoint_json(endpoint, secret=secret)
 
 
 @transaction.atomic
-def endpoint_update(*, endpoint: WebhookEndpoint, body: object) -> dict[str, Any]:
+def endpoint_update(*, endpoint: WebhookEndpoint, body: object, actor_id: int) -> dict[str, Any]:
     """PATCH: any of url, events, enabled. Enabling a disabled endpoint starts it afresh (no failure streak)."""
     body = checked_body(body, UPDATE_FIELDS)
     fields = ["updated_at"]
@@ -189,6 +206,8 @@ def endpoint_update(*, endpoint: WebhookEndpoint, body: object) -> dict[str, Any
             raise bad("enabled: expected true or false")
         endpoint_enable(endpoint, body["enabled"], fields)
     endpoint.save(update_fields=fields)
+    changed = {"url": endpoint.url, "events": list(endpoint.events), "enabled": endpoint.enabled}
+    _audit("webhook.updated", endpoint, actor_id, changed={key: changed[key] for key in body})
     endpoints_changed()
     return endpoint_json(endpoint)
 
@@ -205,7 +224,7 @@ def endpoint_enable(endpoint: WebhookEndpoint, enabled: bool, fields: list[str])
 
 
 @transaction.atomic
-def endpoint_set_enabled(*, endpoint_id: uuid.UUID, enabled: bool) -> None:
+def endpoint_set_enabled(*, endpoint_id: uuid.UUID, enabled: bool, actor_id: int) -> None:
     """Staff (the admin, which checked their permission) turn an endpoint on or off."""
     endpoint = WebhookEndpoint.objects.select_for_update().get(id=endpoint_id)
     fields = ["updated_at"]
@@ -213,17 +232,19 @@ def endpoint_set_enabled(*, endpoint_id: uuid.UUID, enabled: bool) -> None:
     if enabled is False:
         endpoint.disabled_reason = "disabled by staff"
     endpoint.save(update_fields=fields)
+    _audit("webhook.updated", endpoint, actor_id, changed={"enabled": enabled})
     endpoints_changed()
 
 
 @transaction.atomic
-def endpoint_delete(*, endpoint: WebhookEndpoint) -> None:
+def endpoint_delete(*, endpoint: WebhookEndpoint, actor_id: int) -> None:
+    _audit("webhook.deleted", endpoint, actor_id)  # before the delete: the row's id and URL are read from it
     endpoint.delete()  # its deliveries and their attempt log go with it
     endpoints_changed()
 
 
 @transaction.atomic
-def secret_rotate(*, endpoint: WebhookEndpoint, now: datetime) -> dict[str, Any]:
+def secret_rotate(*, endpoint: WebhookEndpoint, now: datetime, actor_id: int) -> dict[str, Any]:
     """A new secret; the current one keeps signing (a second signature) for ROTATION_OVERLAP."""
     endpoint = WebhookEndpoint.objects.select_for_update().get(id=endpoint.id)
     secret = new_secret()
@@ -232,6 +253,7 @@ def secret_rotate(*, endpoint: WebhookEndpoint, now: datetime) -> dict[str, Any]
     endpoint.save(update_fields=["secret", "previous_secret", "previous_secret_expires_at", "updated_at"])
     out = endpoint_json(endpoint, secret=secret)
     out["previous_secret_expires_at"] = rfc3339(now + ROTATION_OVERLAP)
+    _audit("webhook.secret_rotated", endpoint, actor_id, previous_secret_expires_at=out["previous_secret_expires_at"])
     return out
 
 

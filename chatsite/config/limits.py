@@ -161,6 +161,14 @@ WEBHOOKS_ENDPOINT_CACHE_S = float(os.environ.get("WEBHOOKS_ENDPOINT_CACHE_S", "5
 # row (one delivery's whole schedule), is disabled and the workspace's owners are notified.
 WEBHOOKS_DISABLE_AFTER_S = float(os.environ.get("WEBHOOKS_DISABLE_AFTER_S", str(5 * 24 * 3600)))
 WEBHOOKS_DISABLE_MIN_FAILURES = env_int("WEBHOOKS_DISABLE_MIN_FAILURES", 8)
+# After a delivery's n-th failed attempt the next comes the n-th of these seconds later; a failure after the last
+# is final. The default is the Standard Webhooks / Svix schedule (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h: 8
+# attempts over about 28 hours); tests shorten it to see a retry within a second.
+WEBHOOKS_RETRY_SCHEDULE_S: list[float] = [
+    float(s) for s in env_list("WEBHOOKS_RETRY_SCHEDULE_S", ["5", "300", "1800", "7200", "18000", "36000", "36000"])
+]
+if not WEBHOOKS_RETRY_SCHEDULE_S or any(s <= 0 for s in WEBHOOKS_RETRY_SCHEDULE_S):
+    raise ValueError("WEBHOOKS_RETRY_SCHEDULE_S: expected a non-empty comma-separated list of positive seconds")
 
 # --- Audit log (enterprise/audit.py, docs/operations.md "Audit log") -----------------------------------------------
 # Entries older than this are deleted by `manage.py purge_audit_log`, the only deletion the append-only log allows.
@@ -177,3 +185,12 @@ AGENT_PRIORITY_MAX_WAIT_S: dict[str, float] = json.loads(
 # Per runner: this many of its MAX_CONCURRENT_RUNS slots (agents/runner.py) are kept for a tier (and the tiers
 # above it); a lower tier's run is not claimed into them, e.g. {"enterprise": 1}: the last free slot is enterprise's.
 AGENT_RESERVED_SLOTS: dict[str, int] = json.loads(os.environ.get("AGENT_RESERVED_SLOTS_JSON", '{"enterprise": 1}'))
+# Runs one runner (agent worker process) executes at once; more wait in the queue, claimed in the priority order
+# above. Runs are I/O-bound (model, database), so the cap is about the model server's capacity, not the CPU's.
+AGENT_MAX_CONCURRENT_RUNS = env_int("AGENT_MAX_CONCURRENT_RUNS", 50)
+# Reserving every slot would leave the lowest tier none at all: its runs would wait forever.
+if sum(int(n) for n in AGENT_RESERVED_SLOTS.values()) >= AGENT_MAX_CONCURRENT_RUNS:
+    raise ValueError(
+        f"AGENT_RESERVED_SLOTS_JSON reserves {sum(int(n) for n in AGENT_RESERVED_SLOTS.values())} slot(s) of "
+        f"AGENT_MAX_CONCURRENT_RUNS ({AGENT_MAX_CONCURRENT_RUNS}): leave at least one for every tier"
+    )

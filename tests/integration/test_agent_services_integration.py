@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from agents.models import AgentRun, RunStatus, ToolCall, ToolCallStatus
@@ -770,6 +771,27 @@ def test_cancelling_a_running_run_flags_it_and_tells_its_runner(
     again = run_request_cancel(run_id=run_id, by_user_id=owner.id, by_username=owner.username)
     assert again == result
     assert runner.told == [("cancel", run_id), ("cancel", run_id)]
+
+
+def test_cancelling_a_running_run_does_not_wait_for_its_conversation(make_user: Any, runner: RecordingRunner) -> None:
+    """Stop on a running run is one UPDATE of the run's row: it never waits for the conversation that the
+    runner's writes lock (tests/integration/test_run_lock_order_integration.py has their order)."""
+    owner = make_user()
+    conv, run_id = running_run(owner)
+    runner.told.clear()
+    params = connection.settings_dict
+    with psycopg.connect(
+        host=params["HOST"], port=params["PORT"], user=params["USER"], password=params["PASSWORD"],
+        dbname=params["NAME"],
+    ) as holder:  # fmt: skip
+        holder.execute("SELECT 1 FROM chat_conversation WHERE id = %s FOR UPDATE", [conv])
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '2s'")  # before: blocked here, then this timeout
+            result = run_request_cancel(run_id=run_id, by_user_id=owner.id, by_username=owner.username)
+        holder.rollback()
+    assert result == CancelResult(run_id, "cancelling", [], conv)
+    assert run_row(run_id).cancel_requested is True
+    assert runner.told == [("cancel", run_id)]
 
 
 @pytest.mark.parametrize("ending", [RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED])

@@ -372,3 +372,76 @@ def test_members_are_refused_and_others_told_it_does_not_exist(make_user: Any) -
     assert api_for(stranger).get(f"/api/workspaces/{uuid.uuid4()}/audit/").status_code == 404
     assert api_for(stranger).get("/api/workspaces/not-a-uuid/audit/").status_code == 404
     assert APIClient().get(url).status_code in (401, 403)
+
+
+# --- webhooks --------------------------------------------------------------------------------------------------
+
+
+def test_webhook_endpoint_changes_are_recorded_without_their_secrets(make_user: Any, settings: Any) -> None:
+    settings.WEBHOOKS_ALLOW_PRIVATE = True  # a loopback URL: nothing is sent here
+    owner = make_user(tier="enterprise")
+    workspace = workspace_create(owner=owner, name="hooks")
+    api = api_for(owner)
+    base = f"/api/workspaces/{workspace.id}/webhooks/"
+    created = api.post(base, {"url": "http://127.0.0.1:9/a", "events": ["message.created"]}, format="json")
+    assert created.status_code == 201, created.content
+    hook = created.json()
+    detail = f"{base}{hook['id']}/"
+    patch = {"url": "http://127.0.0.1:9/b", "events": ["run.failed"], "enabled": False}
+    assert api.patch(detail, patch, format="json").status_code == 200
+    rotated = api.post(f"{detail}rotate-secret/")
+    assert rotated.status_code == 200
+    assert api.delete(detail).status_code == 204
+    # A refused change records nothing.
+    assert api.patch(detail, {"enabled": True}, format="json").status_code == 404
+    assert api.post(base, {"url": "ftp://x", "events": ["message.created"]}, format="json").status_code == 400
+
+    rows = [e for e in entries() if e.action.startswith("webhook.")]
+    assert [shape(e) for e in rows] == [
+        ("webhook.created", owner.id, owner.username, "http://127.0.0.1:9/a"),
+        ("webhook.updated", owner.id, owner.username, "http://127.0.0.1:9/b"),
+        ("webhook.secret_rotated", owner.id, owner.username, "http://127.0.0.1:9/b"),
+        ("webhook.deleted", owner.id, owner.username, "http://127.0.0.1:9/b"),
+    ]
+    assert {e.workspace_id for e in rows} == {workspace.id}
+    assert all(e.data["webhook_id"] == hook["id"] for e in rows)
+    assert rows[0].data["events"] == ["message.created"]
+    assert rows[1].data["changed"] == patch
+    assert rows[2].data["previous_secret_expires_at"] == rotated.json()["previous_secret_expires_at"]
+    secrets = (hook["secret"], rotated.json()["secret"])
+    assert not [e for e in rows if any(s in repr(e.data) + e.target for s in secrets)]
+    # The owners read them over REST like every other entry.
+    listed = api.get(f"/api/workspaces/{workspace.id}/audit/", {"action": "webhook.deleted"}).json()["entries"]
+    assert [e["data"]["webhook_id"] for e in listed] == [hook["id"]]
+
+
+def test_staff_webhook_actions_in_the_admin_are_recorded(make_user: Any, settings: Any) -> None:
+    settings.WEBHOOKS_ALLOW_PRIVATE = True
+    owner = make_user(tier="enterprise")
+    workspace = workspace_create(owner=owner, name="hooks")
+    hook = (
+        api_for(owner)
+        .post(
+            f"/api/workspaces/{workspace.id}/webhooks/",
+            {"url": "http://127.0.0.1:9/a", "events": ["message.created"]},
+            format="json",
+        )
+        .json()
+    )
+    admin_user = make_user(is_staff=True, is_superuser=True)
+    staff = HttpClient()
+    staff.force_login(admin_user)
+    listing = "/admin/enterprise/webhookendpoint/"
+    for action in ("disable", "enable"):
+        response = staff.post(listing, {"action": action, "_selected_action": [hook["id"]]})
+        assert response.status_code == 302, response.content
+    deleted = staff.post(f"{listing}{hook['id']}/delete/", {"post": "yes"})
+    assert deleted.status_code == 302, deleted.content
+
+    rows = [e for e in entries() if e.action.startswith("webhook.") and e.actor_id == admin_user.id]
+    assert [(e.action, e.data.get("changed")) for e in rows] == [
+        ("webhook.updated", {"enabled": False}),
+        ("webhook.updated", {"enabled": True}),
+        ("webhook.deleted", None),
+    ]
+    assert {e.workspace_id for e in rows} == {workspace.id}

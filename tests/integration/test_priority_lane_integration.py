@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 
-from agents import runner as runner_module
 from agents.models import AgentRun, RunStatus
 from agents.priority import claimable_tiers
 from agents.runner import RunSupervisor
@@ -168,8 +167,8 @@ def test_the_reserved_head_is_checked_under_the_lock(make_user: Any) -> None:
     assert status(free_first) == RunStatus.QUEUED
 
 
-async def test_a_runner_with_one_slot_left_claims_only_enterprise_runs(make_user: Any, monkeypatch: Any) -> None:
-    monkeypatch.setattr(runner_module, "MAX_CONCURRENT_RUNS", 2)
+async def test_a_runner_with_one_slot_left_claims_only_enterprise_runs(make_user: Any, settings: Any) -> None:
+    settings.AGENT_MAX_CONCURRENT_RUNS = 2
     supervisor = RunSupervisor()  # not started: claims only when told to, here
     busy = asyncio.get_running_loop().create_future()
     supervisor.tasks["busy"] = busy  # type: ignore[assignment]  # one slot taken
