@@ -333,6 +333,7 @@ def test_a_free_owner_is_refused_the_enterprise_features_and_sees_nothing_of_oth
         ("post", f"webhooks/{random_id}/deliveries/{random_id}/redeliver/", None),
         ("get", "sla/", None),
         ("get", "analytics/?format=csv", None),
+        ("get", "export/", None),  # pro and enterprise
     ]
     for method, path, body in enterprise_only:
         kwargs = {"json": body} if body is not None else {}
