@@ -23,7 +23,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat.errors import NotFound, ServiceError
-from enterprise import analytics, sla
+from enterprise import analytics, api_schema, sla
 
 ERROR_STATUS = {"bad_request": 400, "forbidden": 403, "not_found": 404}
 
@@ -47,6 +47,7 @@ def _user_id(request: Request) -> int:
     return int(request.user.pk)  # type: ignore[arg-type]
 
 
+@api_schema.workspace_analytics
 class WorkspaceAnalytics(APIView):
     renderer_classes = [JSONRenderer, CsvRenderer]
 
@@ -73,6 +74,7 @@ class WorkspaceAnalytics(APIView):
         return response
 
 
+@api_schema.workspace_sla
 class WorkspaceSla(APIView):
     def get(self, request: Request, workspace_id: str) -> Response | HttpResponse:
         try:
