@@ -17,7 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chat import api_schema, selectors
+from chat import api_messages_schema, selectors
 from chat.errors import NotFound, ServiceError
 from chat.history import history_page
 from chat.services import message_actions
@@ -59,7 +59,7 @@ class EventsQuery(serializers.Serializer):
     unit = serializers.ChoiceField(choices=["events", "messages"], required=False, default="events")
 
 
-@api_schema.conversation_events
+@api_messages_schema.conversation_events
 class ConversationEvents(APIView):
     """`GET /api/conversations/{id}/events/?before_seq=&limit=&unit=events|messages`."""
 
@@ -87,7 +87,7 @@ class MessageEdit(serializers.Serializer):
     text = serializers.CharField(allow_blank=True, trim_whitespace=False)
 
 
-@api_schema.message_detail
+@api_messages_schema.message_detail
 class MessageDetail(APIView):
     """`PATCH` {text}: edit one's own message; `DELETE`: the author their own, an owner anyone's."""
 
@@ -136,7 +136,7 @@ class FeedbackBody(serializers.Serializer):
     )
 
 
-@api_schema.message_feedback
+@api_messages_schema.message_feedback
 class MessageFeedback(APIView):
     """`PUT` {rating: "up"|"down"|null, comment?}: the caller's rating of an answer (viewers too)."""
 
@@ -160,7 +160,7 @@ class MessageFeedback(APIView):
         return Response({"message_id": result.message_id, "rating": result.rating}, status=status.HTTP_200_OK)
 
 
-@api_schema.conversation_feedback
+@api_messages_schema.conversation_feedback
 class ConversationFeedback(APIView):
     """`GET`: the caller's own ratings in the conversation, {message id: "up"|"down"}."""
 

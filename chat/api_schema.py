@@ -29,7 +29,6 @@ from chat.serializers import (
     SidebarQuerySerializer,
     WorkspaceCreateSerializer,
 )
-from chat.wire.common import HISTORY_PAGE_MAX, MAX_FEEDBACK_COMMENT_CHARS
 
 
 class RevocableJWTScheme(SimpleJWTScheme):
@@ -64,6 +63,7 @@ NOT_FOUND = OpenApiResponse(
 )
 FORBIDDEN = OpenApiResponse({"anyOf": [ERROR, DETAIL]}, description="visible, but the caller's role does not allow it")
 CONFLICT = OpenApiResponse(ERROR, description="conflicts with the current state")
+TOO_LARGE = OpenApiResponse(ERROR, description="over the caller's tier's size limit (the message says which)")
 UNAUTHENTICATED = OpenApiResponse(DETAIL, description="no credentials, or a bad, expired or revoked token")
 UNSUPPORTED = OpenApiResponse(DETAIL, description="the body is not JSON (Content-Type)")
 # Every authenticated route can answer these.
@@ -151,63 +151,6 @@ class OpenConversation(serializers.Serializer):
     agent = serializers.CharField(allow_null=True)
     members = serializers.IntegerField()
     last_activity_at = serializers.DateTimeField()
-
-
-class Event(serializers.Serializer):
-    """A durable conversation event exactly as the socket sends it (docs/protocol.md §4)."""
-
-    type = serializers.CharField()
-    conversation = serializers.UUIDField()
-    seq = serializers.IntegerField()
-    ts = serializers.DateTimeField()
-    data = serializers.DictField()  # type: ignore[assignment]  # a declared field: DRF pops it, .data stays
-
-
-class EventsPage(serializers.Serializer):
-    events = Event(many=True)
-    has_more = serializers.BooleanField()
-    next_before_seq = serializers.IntegerField(required=False, help_text="unit=messages: the next page's before_seq")
-
-
-class EventsQuery(serializers.Serializer):
-    before_seq = serializers.IntegerField(required=False, min_value=1)
-    limit = serializers.IntegerField(
-        required=False, min_value=1, max_value=HISTORY_PAGE_MAX, help_text="default 50 events, or 30 messages"
-    )
-    unit = serializers.ChoiceField(choices=["events", "messages"], required=False, default="events")
-
-
-class MessageEditBody(serializers.Serializer):
-    text = serializers.CharField(allow_blank=True)
-
-
-class MessageEdited(serializers.Serializer):
-    message_id = serializers.CharField()
-    seq = serializers.IntegerField()
-    edited_at = serializers.DateTimeField()
-
-
-class MessageDeleted(serializers.Serializer):
-    message_id = serializers.CharField()
-    seq = serializers.IntegerField()
-
-
-class FeedbackBody(serializers.Serializer):
-    rating = serializers.ChoiceField(choices=["up", "down"], allow_null=True)
-    comment = serializers.CharField(
-        required=False, allow_blank=True, allow_null=True, max_length=MAX_FEEDBACK_COMMENT_CHARS
-    )
-
-
-class FeedbackSet(serializers.Serializer):
-    message_id = serializers.CharField()
-    rating = serializers.ChoiceField(choices=["up", "down"], allow_null=True)
-
-
-class Ratings(serializers.Serializer):
-    ratings = serializers.DictField(
-        child=serializers.ChoiceField(choices=["up", "down"]), help_text="message id: rating"
-    )
 
 
 class TokenPairBody(serializers.Serializer):
@@ -386,45 +329,5 @@ workspace_conversations = extend_schema_view(
         tags=["workspaces"],
         parameters=[WORKSPACE_ID, OpenQuerySerializer],
         responses={200: OpenConversation(many=True), 400: BAD_REQUEST, **AUTH_ERRORS, 404: NOT_FOUND},
-    )
-)
-conversation_events = extend_schema_view(
-    get=extend_schema(
-        summary="A page of the event log (or of messages), oldest first",
-        tags=["messages"],
-        parameters=[CONVERSATION_ID, EventsQuery],
-        responses={200: EventsPage, 400: BAD_REQUEST, **AUTH_ERRORS, 404: NOT_FOUND},
-    )
-)
-conversation_feedback = extend_schema_view(
-    get=extend_schema(
-        summary="The caller's own ratings in the conversation",
-        tags=["messages"],
-        parameters=[CONVERSATION_ID],
-        responses={200: Ratings, **AUTH_ERRORS, 404: NOT_FOUND},
-    )
-)
-message_detail = extend_schema_view(
-    patch=extend_schema(
-        summary="Edit one's own message",
-        tags=["messages"],
-        parameters=[CONVERSATION_ID, MESSAGE_ID],
-        request=MessageEditBody,
-        responses={200: MessageEdited, **BODY_ERRORS, **AUTH_ERRORS, 404: NOT_FOUND, 409: CONFLICT},
-    ),
-    delete=extend_schema(
-        summary="Delete a message (its author, or an owner)",
-        tags=["messages"],
-        parameters=[CONVERSATION_ID, MESSAGE_ID],
-        responses={200: MessageDeleted, 400: BAD_REQUEST, **AUTH_ERRORS, 404: NOT_FOUND, 409: CONFLICT},
-    ),
-)
-message_feedback = extend_schema_view(
-    put=extend_schema(
-        summary="Rate an answer (null clears the rating)",
-        tags=["messages"],
-        parameters=[CONVERSATION_ID, MESSAGE_ID],
-        request=FeedbackBody,
-        responses={200: FeedbackSet, **BODY_ERRORS, **AUTH_ERRORS, 404: NOT_FOUND, 409: CONFLICT},
     )
 )
