@@ -116,7 +116,7 @@ class ConversationUpdated(Conversation):
 
 
 class LastMessageAuthor(UserRef):
-    id = serializers.IntegerField(allow_null=True)  # type: ignore[assignment]  # an agent's message has no user
+    id = serializers.IntegerField(allow_null=True)  # an agent's message has no user
     kind = serializers.CharField()
 
 
