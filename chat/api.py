@@ -17,7 +17,7 @@ from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, Toke
 from rest_framework_simplejwt.tokens import RefreshToken, Token
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
-from chat import selectors
+from chat import api_schema, selectors
 from chat.errors import NotFound, ServiceError
 from chat.infra import rate_limiter
 from chat.models import Workspace, WorkspaceMember
@@ -62,6 +62,7 @@ class TokenPairSerializer(TokenObtainPairSerializer):
         return accounts.stamp_token(super().get_token(user), user)  # type: ignore[no-any-return]
 
 
+@api_schema.token
 class TokenView(TokenObtainPairView):
     """The password is checked by the guarded backend (chat/services/login_guard.py) like every login."""
 
@@ -87,6 +88,7 @@ class RefreshSerializer(TokenRefreshSerializer):
         return {"access": str(refresh.access_token)}  # carries the refresh token's revocation claims
 
 
+@api_schema.token_refresh
 class TokenRefresh(TokenRefreshView):
     """A refresh token carries no password to guess, so the guard counts only forged or malformed
     ones, per address; an expired or revoked token is a client's ordinary state and is not counted."""
@@ -113,6 +115,7 @@ class TokenRefresh(TokenRefreshView):
         return Response(serializer.validated_data, status=status.HTTP_200_OK)
 
 
+@api_schema.logout_all
 class LogoutAll(APIView):
     """Log out everywhere: every token and session of the caller ends, every socket closes."""
 
@@ -130,6 +133,7 @@ def member_json(member: WorkspaceMember) -> dict[str, Any]:
     return {"user": {"id": member.user_id, "username": member.user.username}, "role": member.role}
 
 
+@api_schema.workspace_list
 class WorkspaceList(APIView):
     def get(self, request: Request) -> Response:
         rows = selectors.workspaces_for_user(user_id=uid(request))
@@ -150,6 +154,7 @@ class WorkspaceList(APIView):
         )
 
 
+@api_schema.workspace_members
 class WorkspaceMembers(APIView):
     def _workspace(self, request: Request, workspace_id: str) -> Workspace:
         try:

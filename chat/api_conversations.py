@@ -17,8 +17,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from chat import api_schema, selectors
 from chat import conversation_directory as directory
-from chat import selectors
 from chat.errors import NotFound, ServiceError
 from chat.models import ConversationMember
 from chat.serializers import (
@@ -114,6 +114,7 @@ def path_user_id(raw: str) -> int:
     return int(raw)
 
 
+@api_schema.conversation_list
 class ConversationList(APIView):
     def get(self, request: Request) -> Response:
         query = valid(SidebarQuerySerializer(data=request.query_params))
@@ -144,6 +145,7 @@ class ConversationList(APIView):
         return Response(conversation_json(access), status=status.HTTP_201_CREATED)
 
 
+@api_schema.conversation_detail
 class ConversationDetail(APIView):
     def get(self, request: Request, conversation_id: str) -> Response:
         return Response(conversation_json(member_access(uid(request), conversation_id)))
@@ -193,6 +195,7 @@ class ConversationDetail(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+@api_schema.conversation_members
 class ConversationMembers(APIView):
     def get(self, request: Request, conversation_id: str) -> Response:
         access = member_access(uid(request), conversation_id)
@@ -214,6 +217,7 @@ class ConversationMembers(APIView):
         return Response(member_json(member), status=status.HTTP_201_CREATED)
 
 
+@api_schema.conversation_member
 class ConversationMemberDetail(APIView):
     """One member: change their role (owner), remove them (owner) or leave (oneself)."""
 
@@ -245,6 +249,7 @@ class ConversationMemberDetail(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+@api_schema.conversation_join
 class ConversationJoin(APIView):
     def post(self, request: Request, conversation_id: str) -> Response:
         """Join an open conversation of one of the caller's workspaces; 404 for anything else."""
@@ -257,6 +262,7 @@ class ConversationJoin(APIView):
         return Response(conversation_json(access))
 
 
+@api_schema.workspace_conversations
 class WorkspaceConversations(APIView):
     def get(self, request: Request, workspace_id: str) -> Response:
         """The open conversations of the workspace the caller can join (not those they are in)."""

@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from chat import api_me_schema
 from chat.errors import ServiceError
 from chat.models import User
 from chat.services import notification_inbox, notification_prefs, push
@@ -54,6 +55,7 @@ def _me(user: User) -> dict[str, Any]:
     return {"id": user.id, "username": user.username, "tier": user.tier, "time_zone": user.time_zone}
 
 
+@api_me_schema.me
 class Me(APIView):
     """GET: who the caller is. PATCH {"time_zone": "Europe/Paris"}: the zone the page reports."""
 
@@ -64,6 +66,7 @@ class Me(APIView):
         return _answer(lambda: _me(time_zone_set(user_id=uid(request), body=request.data)))
 
 
+@api_me_schema.notification_settings
 class NotificationSettingsView(APIView):
     def get(self, request: Request) -> Response:
         return Response(notification_prefs.settings_get(user_id=uid(request)))
@@ -72,6 +75,7 @@ class NotificationSettingsView(APIView):
         return _answer(lambda: notification_prefs.settings_update(user_id=uid(request), body=request.data))
 
 
+@api_me_schema.notification_list
 class NotificationList(APIView):
     def get(self, request: Request) -> Response:
         def page() -> dict[str, Any]:
@@ -88,12 +92,14 @@ class NotificationList(APIView):
         return _answer(page)
 
 
+@api_me_schema.notifications_read
 class NotificationsRead(APIView):
     def post(self, request: Request) -> Response:
         body = request.data if isinstance(request.data, dict) else {}
         return _answer(lambda: notification_inbox.mark_read(user_id=uid(request), up_to_seq=body.get("up_to_seq")))
 
 
+@api_me_schema.notification_test
 class NotificationTest(APIView):
     """(extension) The settings page's "test push": 409 while this server has no Web Push configured."""
 
@@ -108,6 +114,7 @@ class NotificationTest(APIView):
         return _answer(send, status.HTTP_202_ACCEPTED)
 
 
+@api_me_schema.push_subscriptions
 class PushSubscriptions(APIView):
     def post(self, request: Request) -> Response:
         def save() -> dict[str, Any]:

@@ -19,7 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents import selectors as run_selectors
-from chat import selectors
+from chat import api_messages_schema, selectors
 from chat.errors import NotFound, ServiceError
 from chat.history import history_page
 from chat.services import message_actions
@@ -61,6 +61,7 @@ class EventsQuery(serializers.Serializer):
     unit = serializers.ChoiceField(choices=["events", "messages"], required=False, default="events")
 
 
+@api_messages_schema.conversation_events
 class ConversationEvents(APIView):
     """`GET /api/conversations/{id}/events/?before_seq=&limit=&unit=events|messages`."""
 
@@ -88,6 +89,7 @@ class MessageEdit(serializers.Serializer):
     text = serializers.CharField(allow_blank=True, trim_whitespace=False)
 
 
+@api_messages_schema.message_detail
 class MessageDetail(APIView):
     """`PATCH` {text}: edit one's own message; `DELETE`: the author their own, an owner anyone's."""
 
@@ -136,6 +138,7 @@ class FeedbackBody(serializers.Serializer):
     )
 
 
+@api_messages_schema.message_feedback
 class MessageFeedback(APIView):
     """`PUT` {rating: "up"|"down"|null, comment?}: the caller's rating of an answer (viewers too)."""
 
@@ -159,6 +162,7 @@ class MessageFeedback(APIView):
         return Response({"message_id": result.message_id, "rating": result.rating}, status=status.HTTP_200_OK)
 
 
+@api_messages_schema.conversation_feedback
 class ConversationFeedback(APIView):
     """`GET`: the caller's own ratings in the conversation, {message id: "up"|"down"}."""
 

@@ -36,6 +36,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",  # the OpenAPI schema at /api/schema/ (chatsite/config/api_docs.py)
+    "drf_spectacular_sidecar",  # Swagger UI's assets from /static/: the CSP allows no CDN
     "chat",
     "agents",  # before `channels`: its `runworker` adds the run supervisor to channels' worker
     "monitoring",
@@ -147,6 +149,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(seconds=env_int("JWT_ACCESS_LIFETIME_S", 15 * 60)),
@@ -194,6 +197,7 @@ AGENT_TOOL_SEARCH_TIMEOUT_MS = env_int("AGENT_TOOL_SEARCH_TIMEOUT_MS", 3000)
 
 # Realtime limits, tiers, breakers, handshakes; then login guard, HTTPS and headers: one module each.
 from chatsite.config.analytics import *  # noqa: E402,F403
+from chatsite.config.api_docs import *  # noqa: E402,F403
 from chatsite.config.limits import *  # noqa: E402,F403
 from chatsite.config.security import *  # noqa: E402,F403
 from chatsite.config.sso import *  # noqa: E402,F403

@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.templatetags.static import static
 from django.urls import path
 from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from chat import api, api_conversations, api_me, api_messages, views
 from enterprise import api as webhooks_api
@@ -24,6 +25,10 @@ urlpatterns = [
     # Before the admin's own routes: its login page behind the per-address window and the guard's 429.
     path("admin/login/", views.admin_login),
     path("admin/", admin.site.urls),
+    # The OpenAPI schema of every /api/ route and its Swagger UI (chatsite/config/api_docs.py): signed-in
+    # callers only. The split view serves the UI's init script as its own request: the CSP allows no inline one.
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(template_name="chat/api_docs.html"), name="api-docs"),
     path("api/auth/token/", api.TokenView.as_view(), name="token"),
     path("api/auth/token/refresh/", api.TokenRefresh.as_view(), name="token-refresh"),
     path("api/auth/logout-all/", api.LogoutAll.as_view(), name="logout-all"),

@@ -22,6 +22,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat.errors import NotFound, ServiceError
+from enterprise import api_schema
 from enterprise import webhook_endpoints as hooks
 from enterprise.models import WebhookEndpoint
 
@@ -61,6 +62,7 @@ def _endpoint(request: Request, workspace_id: str, webhook_id: str) -> WebhookEn
         raise ServiceError("not_found", "webhook not found") from None
 
 
+@api_schema.webhook_list
 class WebhookList(APIView):
     def get(self, request: Request, workspace_id: str) -> Response:
         return _answer(lambda: hooks.endpoint_list(access=_access(request, workspace_id)))
@@ -72,6 +74,7 @@ class WebhookList(APIView):
         )
 
 
+@api_schema.webhook_detail
 class WebhookDetail(APIView):
     def get(self, request: Request, workspace_id: str, webhook_id: str) -> Response:
         return _answer(lambda: hooks.endpoint_json(_endpoint(request, workspace_id, webhook_id)))
@@ -92,6 +95,7 @@ class WebhookDetail(APIView):
         )
 
 
+@api_schema.webhook_rotate
 class WebhookRotateSecret(APIView):
     def post(self, request: Request, workspace_id: str, webhook_id: str) -> Response:
         return _answer(
@@ -101,6 +105,7 @@ class WebhookRotateSecret(APIView):
         )
 
 
+@api_schema.webhook_deliveries
 class WebhookDeliveries(APIView):
     def get(self, request: Request, workspace_id: str, webhook_id: str) -> Response:
         params = request.query_params
@@ -113,6 +118,7 @@ class WebhookDeliveries(APIView):
         )
 
 
+@api_schema.webhook_redeliver
 class WebhookRedeliver(APIView):
     def post(self, request: Request, workspace_id: str, webhook_id: str, delivery_id: str) -> Response:
         def redeliver() -> dict[str, Any]:

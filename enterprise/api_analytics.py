@@ -23,9 +23,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat.errors import NotFound, ServiceError
-from enterprise import analytics, sla
+from enterprise import analytics, api_schema, sla
 
 ERROR_STATUS = {"bad_request": 400, "forbidden": 403, "not_found": 404}
+FORMATS = ("json", "csv")
 
 
 class CsvRenderer(BaseRenderer):
@@ -47,14 +48,22 @@ def _user_id(request: Request) -> int:
     return int(request.user.pk)  # type: ignore[arg-type]
 
 
+@api_schema.workspace_analytics
 class WorkspaceAnalytics(APIView):
     renderer_classes = [JSONRenderer, CsvRenderer]
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        # DRF answers an unknown ?format= with a bare 404 before the view runs; forced, it falls back to JSON
+        # and get() refuses the value as a 400 after the membership check, like any other bad query field.
+        return super().perform_content_negotiation(request, force=True)
 
     def get(self, request: Request, workspace_id: str) -> Response | HttpResponse:
         params = request.query_params
         as_csv = params.get("format") == "csv"
         try:
             access = analytics.analytics_access(user_id=_user_id(request), workspace_id=workspace_id)
+            if params.get("format") not in (None, "", *FORMATS):
+                raise ServiceError("bad_request", f"format: expected json or csv, got {params['format'][:20]!r}")
             if as_csv and "csv" not in access.limits.analytics:
                 raise ServiceError("forbidden", f"CSV export is not part of this workspace's tier ({access.tier})")
             span = analytics.parse_range(params, today=timezone.now().date())
@@ -73,6 +82,7 @@ class WorkspaceAnalytics(APIView):
         return response
 
 
+@api_schema.workspace_sla
 class WorkspaceSla(APIView):
     def get(self, request: Request, workspace_id: str) -> Response | HttpResponse:
         try:

@@ -18,6 +18,7 @@ from rest_framework.views import APIView
 
 from chat.errors import NotFound, ServiceError
 from chat.wire.frames import rfc3339
+from enterprise import api_schema
 from enterprise.audit import PAGE_DEFAULT, PAGE_MAX, audit_page, audit_workspace_for_owner
 from enterprise.models import AuditEntry
 
@@ -49,6 +50,7 @@ def entry_json(entry: AuditEntry) -> dict[str, Any]:
     }
 
 
+@api_schema.workspace_audit
 class WorkspaceAudit(APIView):
     def get(self, request: Request, workspace_id: str) -> Response:
         try:

@@ -980,7 +980,29 @@ def rest_service_worker(r: Rest) -> None:
     assert_nothing_of_theirs(r.world, content.decode())
 
 
+def rest_api_schema(r: Rest) -> None:
+    """The schema describes the API, never anyone's data: the same document for every signed-in caller;
+    nothing at all for an anonymous one."""
+    status, content, _ = r.call("GET", "/api/schema/")
+    assert status == 200
+    assert b"/api/conversations/{conversation_id}/" in content
+    assert_nothing_of_theirs(r.world, content.decode())
+    assert APIClient().get("/api/schema/").status_code == 401
+
+
+def rest_api_docs(r: Rest) -> None:
+    for client in (r.api, r.pages):  # a Bearer token or the browser's session
+        page = client.get("/api/docs/")
+        assert page.status_code == 200
+        script = client.get("/api/docs/?script=")
+        assert script.status_code == 200
+        assert_nothing_of_theirs(r.world, page.content.decode() + script.content.decode())
+    assert APIClient().get("/api/docs/").status_code in (401, 403)
+
+
 REST_CASES: dict[tuple[str, str], Callable[[Rest], None]] = {
+    ("api/schema/", "GET"): rest_api_schema,
+    ("api/docs/", "GET"): rest_api_docs,
     ("", "*"): rest_index_page,
     ("c/<str:conversation_id>/", "*"): rest_conversation_page,
     ("login/", "*"): rest_login,
