@@ -172,6 +172,7 @@ class ConversationFeedback(APIView):
         return Response({"ratings": ratings})
 
 
+@api_messages_schema.tool_call_result
 class ToolCallResult(APIView):
     """`GET`: a finished tool call of one of the conversation's runs with its whole result, which the
     `tool_completed` event carries only up to its bound (then with this address as `href`)."""

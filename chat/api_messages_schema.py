@@ -1,10 +1,11 @@
 """The OpenAPI description of the message views (chat/api_messages.py, docs/protocol.md §7): the events page,
-editing and deleting a message, feedback. One decorator per view, as in chat/api_schema.py, whose error bodies
-and path parameters it shares; the shapes are documentation only."""
+editing and deleting a message, feedback, a tool call's whole result. One decorator per view, as in
+chat/api_schema.py, whose error bodies and path parameters it shares; the shapes are documentation only."""
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema, extend_schema_view
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import serializers
 
 from chat.api_schema import (
@@ -16,6 +17,7 @@ from chat.api_schema import (
     MESSAGE_ID,
     NOT_FOUND,
     TOO_LARGE,
+    uuid_path,
 )
 from chat.wire.common import HISTORY_PAGE_MAX, MAX_FEEDBACK_COMMENT_CHARS
 
@@ -115,5 +117,28 @@ message_feedback = extend_schema_view(
         parameters=[CONVERSATION_ID, MESSAGE_ID],
         request=FeedbackBody,
         responses={200: FeedbackSet, **BODY_ERRORS, **AUTH_ERRORS, 404: NOT_FOUND, 409: CONFLICT},
+    )
+)
+
+
+class ToolCallWhole(serializers.Serializer):
+    run_id = serializers.UUIDField()
+    call_id = serializers.CharField()
+    tool = serializers.CharField()
+    ok = serializers.BooleanField()
+    result = serializers.JSONField(help_text="the tool's JSON, whole (stored up to 1,000,000 characters)")
+    duration_ms = serializers.IntegerField(allow_null=True)
+
+
+tool_call_result = extend_schema_view(
+    get=extend_schema(
+        summary="A tool call's whole result (the href of a truncated tool_completed result)",
+        tags=["messages"],
+        parameters=[
+            CONVERSATION_ID,
+            uuid_path("run_id", "run"),
+            OpenApiParameter("call_id", OpenApiTypes.STR, OpenApiParameter.PATH, description="the tool call's id"),
+        ],
+        responses={200: ToolCallWhole, **AUTH_ERRORS, 404: NOT_FOUND},
     )
 )

@@ -19,7 +19,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from chat.errors import NotFound, ServiceError
-from enterprise import export
+from enterprise import api_schema, export
 
 ERROR_STATUS = {"forbidden": 403, "not_found": 404, "conflict": 409, "rate_limited": 429, "unavailable": 503}
 
@@ -31,6 +31,7 @@ def _refusal(exc: ServiceError) -> JsonResponse:
     return response
 
 
+@api_schema.workspace_export
 class WorkspaceExport(APIView):
     def get(self, request: Request, workspace_id: str) -> HttpResponse | StreamingHttpResponse:
         try:

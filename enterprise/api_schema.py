@@ -1,4 +1,5 @@
-"""The OpenAPI description of the enterprise REST views (enterprise/api.py, api_analytics.py, api_audit.py;
+"""The OpenAPI description of the enterprise REST views (enterprise/api.py, api_analytics.py, api_audit.py,
+api_export.py;
 docs/protocol.md §7, docs/operations.md "Webhooks"): one decorator per view, as in chat/api_schema.py, whose
 error bodies it shares. Documentation shapes only: the services validate the bodies themselves."""
 
@@ -250,5 +251,25 @@ workspace_audit = extend_schema_view(
             OpenApiParameter("limit", int, description=f"1-{PAGE_MAX}, default {PAGE_DEFAULT}"),
         ],
         responses={200: AuditPage, 400: BAD_REQUEST, **OWNER_ERRORS, 404: NOT_FOUND},
+    )
+)
+
+workspace_export = extend_schema_view(
+    get=extend_schema(
+        summary="The workspace's archive as one streamed JSON document (owners; pro and enterprise)",
+        tags=["export"],
+        parameters=[WORKSPACE_ID],
+        description=(
+            "`chat-export/1`: the workspace, its members and the conversations the caller may see with their"
+            ' members and events (docs/operations.md "Workspace export"). One export per workspace at a time'
+            " (409) and a budget per hour (429), both with Retry-After."
+        ),
+        responses={
+            (200, "application/json"): OpenApiResponse(OpenApiTypes.OBJECT, description="sent as an attachment"),
+            **OWNER_ERRORS,
+            409: OpenApiResponse(ERROR, description="another export of this workspace is running"),
+            429: OpenApiResponse(ERROR, description="the workspace's exports per hour are spent"),
+            503: OpenApiResponse(ERROR, description="the limits cannot be checked (Redis unreachable): refused"),
+        },
     )
 )
