@@ -10,6 +10,7 @@ run as chat.v1 events, and the export of the finished run is what was streamed."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -250,3 +251,94 @@ async def test_the_sockets_rate_windows_apply(make_user: Any, settings: Any) -> 
     assert refused.json()["error"]["limit"] == "agent_runs"
     assert int(refused.headers["Retry-After"]) >= 1
     assert await database_sync_to_async(Message.objects.filter(conversation_id=conv, author=alice).count)() == 1
+
+
+async def test_a_run_waiting_for_approval_ends_the_stream_with_an_interrupt(make_user: Any) -> None:
+    """docs/protocol.md §11 as AG-UI: the stream ends with RUN_FINISHED and an interrupt outcome naming the
+    tool call; the owner decides over the socket, the run goes on, and its export shows the approval as
+    CUSTOM events between the same tool-call events a run without approval has."""
+    alice = await database_sync_to_async(make_user)()
+    carol = await database_sync_to_async(make_user)()
+    conv = await factories.conversation(alice)
+    async with subscribed_client(alice, conv) as owner:
+        async with await client(alice) as http:
+            response = await http.post("/api/ag-ui/", json=run_input(conv, f"@assistant invite @{carol.username}"))
+        events = parse_sse(response.text)
+        check_sequence(events)
+        run_id, finished = events[0].run_id, events[-1]  # type: ignore[attr-defined]
+        assert finished.type == EventType.RUN_FINISHED
+        assert finished.outcome.type == "interrupt"  # type: ignore[attr-defined]
+        (interrupt,) = finished.outcome.interrupts  # type: ignore[attr-defined]
+        assert interrupt.reason == "tool_approval"
+        assert interrupt.tool_call_id == f"{run_id}.call_1"
+        assert interrupt.metadata["tool"] == "invite_member"
+        assert interrupt.metadata["arguments"] == {"username": carol.username, "role": "member"}
+        assert events[-2].type == EventType.CUSTOM
+        assert events[-2].name == "approval_requested"  # type: ignore[attr-defined]
+
+        decided = await owner.command(
+            "approve", run_id=run_id, call_id=interrupt.metadata["call_id"], decision="approve"
+        )
+        assert decided["ok"] is True, decided
+        await owner.seen_or_until(lambda f: f.get("type") == "agent_completed" and f["data"]["run_id"] == run_id)
+    async with await client(alice) as http:
+        exported = (await http.get(f"/api/runs/{run_id}/ag-ui/")).json()["events"]
+    parsed = [EVENT.validate_python(e) for e in exported]
+    check_sequence(parsed)
+    names = [
+        (e.type, getattr(e, "name", None)) for e in parsed if e.type in (EventType.CUSTOM, EventType.TOOL_CALL_START)
+    ]
+    assert names == [
+        (EventType.CUSTOM, "approval_requested"),
+        (EventType.CUSTOM, "approval_resolved"),
+        (EventType.TOOL_CALL_START, None),
+    ]
+    assert parsed[-1].outcome.type == "success"  # type: ignore[attr-defined]
+
+
+async def test_events_leave_as_they_happen_not_buffered(make_user: Any) -> None:
+    """Under ASGI the response is an async iterator: Django sends each event as its own body message
+    (a sync iterator would be read whole first)."""
+    alice = await database_sync_to_async(make_user)()
+    conv = await factories.conversation(alice)
+    token = await database_sync_to_async(access_token)(alice)
+    body = json.dumps(run_input(conv)).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/ag-ui/",
+        "raw_path": b"/api/ag-ui/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"authorization", f"Bearer {token}".encode()),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+    sent: list[dict[str, Any]] = []
+    request = [{"type": "http.request", "body": body, "more_body": False}]
+    finished = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if request:
+            return request.pop()
+        await finished.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            finished.set()
+
+    await asyncio.wait_for(application(scope, receive, send), 30)
+    chunks = [m["body"] for m in sent if m["type"] == "http.response.body" and m.get("body")]
+    events = parse_sse(b"".join(chunks).decode())
+    check_sequence(events)
+    assert len(chunks) == len(events)  # one body message per event
