@@ -36,7 +36,7 @@ from agents.models import TERMINAL_STATUSES
 from chat import selectors
 from chat.errors import NotFound, ServiceError
 from chat.realtime.broadcast_manager import get_hub
-from chat.realtime.run_stream import run_frames
+from chat.realtime.run_stream import AccessEnded, run_frames
 from chat.realtime.throttle import CommandThrottle, RateLimited
 from chat.services import messages as message_services
 from chat.tiers import limits_for
@@ -117,20 +117,23 @@ class AguiRun(APIView):
             return _error(exc.code, exc.message)
         if result.run_id is None:
             return _error("conflict", "this message was already sent and started no agent run")
-        stream = _sse(conversation_id=access.conversation_id, run_id=result.run_id, after_seq=result.seq)
+        stream = _sse(
+            user_id=_uid(request), conversation_id=access.conversation_id, run_id=result.run_id, after_seq=result.seq
+        )
         response = StreamingHttpResponse(stream, content_type=_encoder.get_content_type())
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
         return response
 
 
-async def _sse(*, conversation_id: str, run_id: str, after_seq: int) -> AsyncIterator[str]:
+async def _sse(*, user_id: int, conversation_id: str, run_id: str, after_seq: int) -> AsyncIterator[str]:
     """The run's AG-UI events as SSE `data:` lines until RUN_FINISHED or RUN_ERROR; an SSE comment
     every AGUI_KEEPALIVE_S of silence. An async iterator: under ASGI Django would buffer a sync one."""
     translator = agui.RunTranslator(thread_id=conversation_id, run_id=run_id, live=True)
     deadline = asyncio.get_running_loop().time() + settings.AGUI_STREAM_MAX_S
     frames = run_frames(
         hub=get_hub(),
+        user_id=user_id,
         conversation_id=conversation_id,
         run_id=run_id,
         after_seq=after_seq,
@@ -150,6 +153,8 @@ async def _sse(*, conversation_id: str, run_id: str, after_seq: int) -> AsyncIte
                     message = f"the stream was open {settings.AGUI_STREAM_MAX_S:g} s; the run goes on"
                     yield _encoder.encode(agui.stream_error(message=message, code="stream_timeout"))
                     return
+        except AccessEnded:  # as the socket answers a removed member: nothing more of this conversation
+            yield _encoder.encode(agui.stream_error(message="conversation not found", code="not_found"))
         except Exception:  # the buffer and the log both failed: the client must not wait on a dead stream
             message = f"the event stream broke; the run goes on: GET /api/runs/{run_id}/ag-ui/ once it ends"
             yield _encoder.encode(agui.stream_error(message=message, code="unavailable"))

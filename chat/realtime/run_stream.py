@@ -15,6 +15,10 @@ import json
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
+from channels.db import database_sync_to_async
+
+from chat import selectors
+from chat.errors import NotFound
 from chat.realtime.broadcast_manager import Hub
 from chat.realtime.reconnection_handler import load_events, log_heads
 
@@ -23,18 +27,29 @@ from chat.realtime.reconnection_handler import load_events, log_heads
 MAX_QUEUED = 1000
 
 
-class _Doorbells:
-    """The hub's sink for this reader: seqs (and the frame, when it rode along) in arrival order."""
+class AccessEnded(Exception):
+    """The reader was removed from the conversation, or logged out everywhere: it gets nothing more."""
 
-    def __init__(self) -> None:
+
+class _Doorbells:
+    """The hub's sink for this reader: seqs (and the frame, when it rode along) in arrival order, and
+    whether the reader's access ended (the same user messages that stop a socket)."""
+
+    def __init__(self, conversation_id: str) -> None:
+        self.conversation_id = conversation_id
         self.queue: asyncio.Queue[tuple[int, str | None]] = asyncio.Queue(maxsize=MAX_QUEUED)
+        self.ended = False
 
     def deliver_event(self, conversation_id: str, seq: int, text: str | None) -> None:
         if not self.queue.full():
             self.queue.put_nowait((seq, text))
 
     def deliver_user(self, message: Mapping[str, Any]) -> None:
-        return None  # joined on a conversation only
+        action = message.get("action")
+        if action == "close" or (action == "revoke" and message.get("conversation") == self.conversation_id):
+            self.ended = True
+            if not self.queue.full():
+                self.queue.put_nowait((0, None))  # wake the reader now
 
     def send_frame(self, text: str) -> None:
         return None  # ephemeral frames (typing, presence) are no part of a run
@@ -45,20 +60,30 @@ async def _head(conversation_id: str) -> int:
 
 
 async def run_frames(
-    *, hub: Hub, conversation_id: str, run_id: str, after_seq: int, idle_s: float
+    *, hub: Hub, user_id: int, conversation_id: str, run_id: str, after_seq: int, idle_s: float
 ) -> AsyncGenerator[dict[str, Any] | None, None]:
     """The frames of run `run_id` with seq > after_seq, oldest first, as they are committed; None
     after every `idle_s` without any event of the conversation (the caller's keep-alive tick).
-    Endless: the caller stops reading at the run's end (and must close the iterator)."""
-    doorbells = _Doorbells()
+    Endless: the caller stops reading at the run's end (and must close the iterator). Raises
+    AccessEnded once `user_id` is removed from the conversation or logged out everywhere."""
+    doorbells = _Doorbells(conversation_id)
+    await hub.join_user(user_id, doorbells)
     await hub.join(conversation_id, doorbells)
     try:
+        try:  # removed before the join: no revoke reached this reader (as a socket's subscribe checks again)
+            await database_sync_to_async(selectors.conversation_for_member)(
+                user_id=user_id, conversation_id=conversation_id
+            )
+        except NotFound as exc:
+            raise AccessEnded() from exc
         last = after_seq
         head = await _head(conversation_id)
         hub.observe_head(conversation_id, head)  # the hub's resync then catches a lost first doorbell
         rows = await load_events(conversation_id, last, head) if head > last else []
         while True:
             for seq, text in rows:
+                if doorbells.ended:
+                    raise AccessEnded()
                 if seq <= last:
                     continue
                 last = seq
@@ -68,6 +93,10 @@ async def run_frames(
             try:
                 rung, rung_text = await asyncio.wait_for(doorbells.queue.get(), idle_s)
             except TimeoutError:
+                rung, rung_text = -1, None
+            if doorbells.ended:
+                raise AccessEnded()
+            if rung < 0:
                 head = await _head(conversation_id)
                 rows = await load_events(conversation_id, last, head) if head > last else []
                 if not rows:
@@ -81,3 +110,4 @@ async def run_frames(
                 rows = await load_events(conversation_id, last, rung)
     finally:
         await hub.leave(conversation_id, doorbells)
+        await hub.leave_user(user_id, doorbells)

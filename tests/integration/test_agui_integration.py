@@ -24,8 +24,11 @@ from pydantic import TypeAdapter
 
 from agents import agui
 from chat.models import Message
+from chat.realtime.broadcast_manager import get_hub
+from chat.services.conversations import conversation_member_remove
 from chatsite.asgi import application
 from tests.support import factories
+from tests.support.waiting import eventually
 from tests.support.ws import access_token, subscribed_client
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_password_hashing")]
@@ -342,3 +345,22 @@ async def test_events_leave_as_they_happen_not_buffered(make_user: Any) -> None:
     events = parse_sse(b"".join(chunks).decode())
     check_sequence(events)
     assert len(chunks) == len(events)  # one body message per event
+
+
+async def test_a_member_removed_while_streaming_gets_nothing_more(make_user: Any, settings: Any) -> None:
+    """Like a socket (§6.3): the removal's revoke ends the stream at once with RUN_ERROR not_found, and no
+    event of the run reaches the removed member afterwards."""
+    settings.AGENT_RUNNER = "worker"  # no runner here: the run stays queued while the stream waits for it
+    alice = await database_sync_to_async(make_user)()
+    bob = await database_sync_to_async(make_user)()
+    conv = await factories.conversation(alice, members=((bob, "member"),), agent_mode="always")
+    hub = get_hub()
+    async with await client(bob) as http:
+        streaming = asyncio.create_task(http.post("/api/ag-ui/", json=run_input(conv)))
+        await eventually(lambda: bool(hub.conversations.get(conv)), what="the stream joined the conversation")
+        remove = database_sync_to_async(conversation_member_remove)
+        await remove(conversation_id=conv, actor_id=alice.id, user_id=bob.id)
+        response = await asyncio.wait_for(streaming, 10)
+    events = parse_sse(response.text)
+    assert [(e.type, e.code) for e in events] == [(EventType.RUN_ERROR, "not_found")]  # type: ignore[attr-defined]
+    assert hub.conversations.get(conv) is None  # the stream left the hub
