@@ -32,7 +32,7 @@ from rest_framework.views import APIView
 
 from agents import agui
 from agents import selectors as run_selectors
-from agents.models import TERMINAL_STATUSES
+from agents.models import TERMINAL_STATUSES, RunStatus
 from chat import selectors
 from chat.errors import NotFound, ServiceError
 from chat.realtime.broadcast_manager import get_hub
@@ -117,8 +117,15 @@ class AguiRun(APIView):
             return _error(exc.code, exc.message)
         if result.run_id is None:
             return _error("conflict", "this message was already sent and started no agent run")
+        # A retry of a message whose run already got past an approval replays that approval as history:
+        # only a run that is waiting now ends its stream with the interrupt.
+        interrupts = not result.duplicate or _waiting(request, result.run_id)
         stream = _sse(
-            user_id=_uid(request), conversation_id=access.conversation_id, run_id=result.run_id, after_seq=result.seq
+            user_id=_uid(request),
+            conversation_id=access.conversation_id,
+            run_id=result.run_id,
+            after_seq=result.seq,
+            interrupts=interrupts,
         )
         response = StreamingHttpResponse(stream, content_type=_encoder.get_content_type())
         response["Cache-Control"] = "no-cache"
@@ -126,10 +133,17 @@ class AguiRun(APIView):
         return response
 
 
-async def _sse(*, user_id: int, conversation_id: str, run_id: str, after_seq: int) -> AsyncIterator[str]:
+def _waiting(request: Request, run_id: str) -> bool:
+    run, _ = run_selectors.run_for_member(user_id=_uid(request), run_id=run_id)
+    return run.status == RunStatus.WAITING_APPROVAL
+
+
+async def _sse(
+    *, user_id: int, conversation_id: str, run_id: str, after_seq: int, interrupts: bool
+) -> AsyncIterator[str]:
     """The run's AG-UI events as SSE `data:` lines until RUN_FINISHED or RUN_ERROR; an SSE comment
     every AGUI_KEEPALIVE_S of silence. An async iterator: under ASGI Django would buffer a sync one."""
-    translator = agui.RunTranslator(thread_id=conversation_id, run_id=run_id, live=True)
+    translator = agui.RunTranslator(thread_id=conversation_id, run_id=run_id, live=interrupts)
     deadline = asyncio.get_running_loop().time() + settings.AGUI_STREAM_MAX_S
     frames = run_frames(
         hub=get_hub(),

@@ -20,6 +20,8 @@ import pytest
 from ag_ui.core import BaseEvent, Event, EventType, RunAgentInput, UserMessage
 from channels.db import database_sync_to_async
 from django.conf import settings as django_settings
+from django.test import Client
+from django.utils.crypto import get_random_string
 from pydantic import TypeAdapter
 
 from agents import agui
@@ -265,7 +267,8 @@ async def test_a_run_waiting_for_approval_ends_the_stream_with_an_interrupt(make
     conv = await factories.conversation(alice)
     async with subscribed_client(alice, conv) as owner:
         async with await client(alice) as http:
-            response = await http.post("/api/ag-ui/", json=run_input(conv, f"@assistant invite @{carol.username}"))
+            asked = run_input(conv, f"@assistant invite @{carol.username}")
+            response = await http.post("/api/ag-ui/", json=asked)
         events = parse_sse(response.text)
         check_sequence(events)
         run_id, finished = events[0].run_id, events[-1]  # type: ignore[attr-defined]
@@ -297,6 +300,10 @@ async def test_a_run_waiting_for_approval_ends_the_stream_with_an_interrupt(make
         (EventType.TOOL_CALL_START, None),
     ]
     assert parsed[-1].outcome.type == "success"  # type: ignore[attr-defined]
+    # A retry of the request once the approval was decided replays the whole run as history, no interrupt.
+    async with await client(alice) as http:
+        retried = parse_sse((await http.post("/api/ag-ui/", json=asked)).text)
+    assert retried == parsed
 
 
 async def test_events_leave_as_they_happen_not_buffered(make_user: Any) -> None:
@@ -364,3 +371,22 @@ async def test_a_member_removed_while_streaming_gets_nothing_more(make_user: Any
     events = parse_sse(response.text)
     assert [(e.type, e.code) for e in events] == [(EventType.RUN_ERROR, "not_found")]  # type: ignore[attr-defined]
     assert hub.conversations.get(conv) is None  # the stream left the hub
+
+
+async def test_a_browser_session_drives_it_too(make_user: Any) -> None:
+    """The session (the chat page's own login, with its CSRF token) authenticates like a Bearer token."""
+    alice = await database_sync_to_async(make_user)()
+    conv = await factories.conversation(alice)
+    browser = Client()
+    await database_sync_to_async(browser.force_login)(alice)
+    csrf = get_random_string(32)
+    cookies = {"sessionid": browser.cookies["sessionid"].value, "csrftoken": csrf}
+    async with await client(None) as http:
+        http.cookies.update(cookies)
+        refused = await http.post("/api/ag-ui/", json=run_input(conv))  # no CSRF token: a forged request
+        response = await http.post("/api/ag-ui/", json=run_input(conv), headers={"X-CSRFToken": csrf})
+    assert refused.status_code == 403
+    assert response.status_code == 200, response.text
+    events = parse_sse(response.text)
+    check_sequence(events)
+    assert events[-1].outcome.type == "success"  # type: ignore[attr-defined]
