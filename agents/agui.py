@@ -13,8 +13,9 @@ tool calls. Timestamps are the stored events' times in milliseconds since the ep
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from ag_ui.core import (
     PROTOCOL_VERSION,
@@ -70,6 +71,38 @@ def user_prompt(body: RunAgentInput) -> tuple[str, str]:
     if not 1 <= len(last.id) <= 64:
         raise InputProblem("messages: the last message's id must be 1-64 characters (it is the idempotency key)")
     return last.id, text
+
+
+@dataclass(frozen=True)
+class ResumeAnswer:
+    """A person's answer to an approval interrupt, as the socket's `approve` command takes it."""
+
+    run_id: str
+    call_id: str
+    decision: Literal["approve", "reject"]
+    arguments: dict[str, Any] | None
+
+
+def resume_answer(body: RunAgentInput) -> ResumeAnswer:
+    """The input's one `resume` entry as an approval decision: `status` "cancelled" rejects; "resolved"
+    decides by `payload.decision` ("approve", the default, or "reject"), with optional edited
+    `payload.arguments` (approve only). The interrupt id is the one the stream gave: <run id>.<call id>."""
+    entries = body.resume or []
+    if len(entries) != 1:
+        raise InputProblem("resume: answer exactly one interrupt per request (a run waits on one call at a time)")
+    entry = entries[0]
+    run_id, _, call_id = entry.interrupt_id.partition(".")
+    payload = entry.payload if entry.payload is not None else {}
+    if not isinstance(payload, dict):
+        raise InputProblem("resume: payload must be an object {decision, arguments}")
+    asked = "reject" if entry.status == "cancelled" else payload.get("decision", "approve")
+    if asked not in ("approve", "reject"):
+        raise InputProblem("resume: payload.decision must be 'approve' or 'reject'")
+    decision: Literal["approve", "reject"] = "approve" if asked == "approve" else "reject"
+    arguments = payload.get("arguments")
+    if arguments is not None and (not isinstance(arguments, dict) or decision != "approve"):
+        raise InputProblem("resume: payload.arguments must be an object, and only go with decision 'approve'")
+    return ResumeAnswer(run_id, call_id, decision, arguments)
 
 
 def _json(value: Any) -> str:

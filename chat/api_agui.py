@@ -31,8 +31,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents import agui
+from agents import approvals as run_approvals
 from agents import selectors as run_selectors
 from agents.models import TERMINAL_STATUSES, RunStatus
+from agents.tools import shared_registry as tool_registry
 from chat import selectors
 from chat.errors import NotFound, ServiceError
 from chat.realtime.broadcast_manager import get_hub
@@ -78,6 +80,8 @@ class AguiRun(APIView):
         body = _input(request)
         if isinstance(body, Response):
             return body
+        if body.resume:
+            return _resume(request, body)
         try:
             client_msg_id, text = agui.user_prompt(body)
         except agui.InputProblem as exc:
@@ -111,8 +115,7 @@ class AguiRun(APIView):
             else:
                 result = checked
         except RateLimited as exc:
-            wait_s = max(1, -(-(exc.retry_after_ms or 0) // 1000))
-            return Response({"error": exc.as_dict()}, status=429, headers={"Retry-After": str(wait_s)})
+            return _rate_limited(exc)
         except ServiceError as exc:
             return _error(exc.code, exc.message)
         if result.run_id is None:
@@ -120,17 +123,69 @@ class AguiRun(APIView):
         # A retry of a message whose run already got past an approval replays that approval as history:
         # only a run that is waiting now ends its stream with the interrupt.
         interrupts = not result.duplicate or _waiting(request, result.run_id)
-        stream = _sse(
-            user_id=_uid(request),
-            conversation_id=access.conversation_id,
-            run_id=result.run_id,
-            after_seq=result.seq,
-            interrupts=interrupts,
+        return _streamed(request, access.conversation_id, result.run_id, after_seq=result.seq, interrupts=interrupts)
+
+
+def _rate_limited(exc: RateLimited) -> Response:
+    wait_s = max(1, -(-(exc.retry_after_ms or 0) // 1000))
+    return Response({"error": exc.as_dict()}, status=429, headers={"Retry-After": str(wait_s)})
+
+
+def _resume(request: Request, body: RunAgentInput) -> HttpResponseBase:
+    """A `resume` answering the interrupt a stream ended with: the socket's `approve` (docs/protocol.md §11)
+    with the same checks and window, then the run's stream from its approval_resolved on."""
+    try:
+        answer = agui.resume_answer(body)
+    except agui.InputProblem as exc:
+        return _error("bad_request", str(exc))
+    try:
+        approval, access = run_selectors.approval_for_member(
+            user_id=_uid(request), run_id=answer.run_id, call_id=answer.call_id
         )
-        response = StreamingHttpResponse(stream, content_type=_encoder.get_content_type())
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
-        return response
+    except NotFound:
+        return _error("not_found", "interrupt not found")
+    if access.conversation_id != body.thread_id:  # an interrupt of another thread is no interrupt of this one
+        return _error("not_found", "interrupt not found")
+    if not approval.allows(access.role):
+        return _error("forbidden", f"only a conversation {approval.approver_role} may decide on this call")
+    if answer.arguments is not None:
+        problem = tool_registry().problem(approval.tool, answer.arguments)
+        if problem is not None:
+            return _error("bad_request", f"arguments: {problem.removeprefix('invalid arguments: ')}")
+    limits = limits_for(request.user.tier)  # type: ignore[union-attr]
+    try:
+        async_to_sync(CommandThrottle(_uid(request), limits).admit)("approve")
+        decided = run_approvals.approval_decide(
+            run_id=approval.run_id,
+            call_id=approval.call_id,
+            user_id=_uid(request),
+            username=request.user.get_username(),
+            decision=answer.decision,
+            arguments=answer.arguments,
+        )
+    except RateLimited as exc:
+        return _rate_limited(exc)
+    except ServiceError as exc:
+        return _error(exc.code, exc.message)
+    except NotFound:  # removed from the conversation meanwhile
+        return _error("not_found", "interrupt not found")
+    return _streamed(request, access.conversation_id, approval.run_id, after_seq=decided.event.seq - 1, interrupts=True)
+
+
+def _streamed(
+    request: Request, conversation_id: str, run_id: str, *, after_seq: int, interrupts: bool
+) -> StreamingHttpResponse:
+    stream = _sse(
+        user_id=_uid(request),
+        conversation_id=conversation_id,
+        run_id=run_id,
+        after_seq=after_seq,
+        interrupts=interrupts,
+    )
+    response = StreamingHttpResponse(stream, content_type=_encoder.get_content_type())
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    return response
 
 
 def _waiting(request: Request, run_id: str) -> bool:

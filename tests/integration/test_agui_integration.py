@@ -390,3 +390,45 @@ async def test_a_browser_session_drives_it_too(make_user: Any) -> None:
     events = parse_sse(response.text)
     check_sequence(events)
     assert events[-1].outcome.type == "success"  # type: ignore[attr-defined]
+
+
+async def test_an_interrupt_is_answered_with_resume(make_user: Any) -> None:
+    """AG-UI's own answer to an interrupt, RunAgentInput.resume, is the socket's `approve`: the same role rule,
+    one decision only; the run goes on under its run id, streamed from the decision on."""
+    alice = await database_sync_to_async(make_user)()
+    bob = await database_sync_to_async(make_user)()
+    carol = await database_sync_to_async(make_user)()
+    conv = await factories.conversation(alice, members=((bob, "member"),), agent_mode="always")
+    other = await factories.conversation(alice)
+    async with await client(alice) as http:
+        asked = parse_sse((await http.post("/api/ag-ui/", json=run_input(conv, f"invite @{carol.username}"))).text)
+    run_id, (interrupt,) = asked[0].run_id, asked[-1].outcome.interrupts  # type: ignore[attr-defined]
+
+    def answer(thread: str, interrupt_id: str, payload: Any = None, status: str = "resolved") -> dict[str, Any]:
+        body = run_input(thread)
+        body["messages"] = []
+        body["resume"] = [{"interruptId": interrupt_id, "status": status, "payload": payload}]
+        return body
+
+    async with await client(bob) as http:  # a member, below the owner the invitation needs
+        assert (await http.post("/api/ag-ui/", json=answer(conv, interrupt.id))).status_code == 403
+    async with await client(alice) as http:
+        assert (await http.post("/api/ag-ui/", json=answer(other, interrupt.id))).status_code == 404
+        assert (await http.post("/api/ag-ui/", json=answer(conv, f"{run_id}.call_9"))).status_code == 404
+        bad = await http.post("/api/ag-ui/", json=answer(conv, interrupt.id, {"decision": "maybe"}))
+        assert bad.status_code == 400
+        resumed = await http.post("/api/ag-ui/", json=answer(conv, interrupt.id, {"decision": "approve"}))
+        again = await http.post("/api/ag-ui/", json=answer(conv, interrupt.id, {"decision": "reject"}))
+    assert again.status_code == 409
+    events = parse_sse(resumed.text)
+    check_sequence(events)
+    assert events[0].run_id == run_id  # type: ignore[attr-defined]
+    assert (events[1].type, events[1].name) == (EventType.CUSTOM, "approval_resolved")  # type: ignore[attr-defined]
+    assert events[1].value["decision"] == "approved"  # type: ignore[attr-defined]
+    assert [e.type for e in events if e.type.startswith("TOOL_CALL")][0] == EventType.TOOL_CALL_START
+    assert events[-1].outcome.type == "success"  # type: ignore[attr-defined]
+    # The approved call ran with the arguments the interrupt showed (carol is in no workspace of alice's: the
+    # tool says so in its result, which is the agent's business, not the protocol's).
+    args = next(e for e in events if e.type == EventType.TOOL_CALL_ARGS)
+    assert json.loads(args.delta) == interrupt.metadata["arguments"]  # type: ignore[attr-defined]
+    assert any(e.type == EventType.TOOL_CALL_RESULT for e in events)
