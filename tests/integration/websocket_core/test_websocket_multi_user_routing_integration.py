@@ -676,6 +676,23 @@ def rest_agui_run(r: Rest) -> None:
         else:
             assert answer(target)[0] == 400, name
 
+    def resume(thread_id: str, interrupt_id: str) -> tuple[int, str]:
+        body = {
+            "threadId": thread_id,
+            "runId": "r1",
+            "messages": [],
+            "resume": [{"interruptId": interrupt_id, "status": "resolved"}],
+        }
+        status, content, _ = r.call("POST", "/api/ag-ui/", body)
+        assert_nothing_of_theirs(w, content.decode(), allowed=interrupt_id)
+        return status, content.decode()
+
+    # Answering an interrupt of their run (as AG-UI's resume) answers like one that does not exist.
+    no_such = resume(w.own_conv, f"{uuid.uuid4()}.call_1")
+    assert no_such[0] == 404, no_such
+    for thread in (w.own_conv, w.conv):
+        assert resume(thread, f"{w.run_id}.call_1") == no_such
+
 
 def rest_run_agui_export(r: Rest) -> None:
     same_as_missing(r, "GET", "/api/runs/{id}/ag-ui/")
