@@ -10,8 +10,9 @@ from django.utils import timezone
 
 from agents.models import AgentRun, Approval, ApprovalStatus, RunStatus, ToolCall, ToolCallStatus
 from chat.errors import NotFound
+from chat.models import Event
 from chat.selectors import Access, conversation_for_member, parse_uuid
-from chat.wire.frames import rfc3339
+from chat.wire.frames import StoredEvent, rfc3339
 
 
 def run_for_member(*, user_id: int, run_id: object) -> tuple[AgentRun, Access]:
@@ -119,3 +120,10 @@ def tool_call_result(
         "result": call["result"],
         "duration_ms": call["duration_ms"],
     }
+
+
+def run_events(*, conversation_id: str, run_id: str) -> list[StoredEvent]:
+    """Every stored event of one run, oldest first (compacted agent_delta rows are absent; the
+    terminal event carries the whole text). The caller has checked access (`run_for_member`)."""
+    rows = Event.objects.filter(conversation_id=conversation_id, run_id=run_id).order_by("seq")
+    return [StoredEvent.from_row(row) for row in rows]

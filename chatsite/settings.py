@@ -181,6 +181,11 @@ AGENT_DELTA_COALESCE_MS = env_int("AGENT_DELTA_COALESCE_MS", 40)
 AGENT_OFFLINE_TOKEN_DELAY_MS = env_int("AGENT_OFFLINE_TOKEN_DELAY_MS", 30)
 # A tool call waiting for a person's approval (docs/protocol.md §11) expires after this many seconds.
 AGENT_APPROVAL_TTL_S = float(os.environ.get("AGENT_APPROVAL_TTL_S", "600"))
+# The AG-UI stream (POST /api/ag-ui/, docs/protocol.md "AG-UI"): an SSE comment after this many seconds
+# without an event keeps proxies from closing the connection; a stream open longer than the max ends
+# with RUN_ERROR `stream_timeout` (the run goes on; its export is GET /api/runs/{id}/ag-ui/).
+AGUI_KEEPALIVE_S = float(os.environ.get("AGUI_KEEPALIVE_S", "15"))
+AGUI_STREAM_MAX_S = float(os.environ.get("AGUI_STREAM_MAX_S", "900"))
 
 # --- Agent tools: the calculator's sandbox and the search's time limit (docs/operations.md "Agent tools") ---
 # The calculator evaluates in AGENT_TOOL_SANDBOX_WORKERS worker processes (agents/sandbox.py), each

@@ -678,6 +678,47 @@ def rest_workspace_export(r: Rest) -> None:
     assert_nothing_of_theirs(r.world, async_to_sync(_drain)(response).decode())
 
 
+def rest_agui_run(r: Rest) -> None:
+    """An AG-UI run (POST /api/ag-ui/) whose threadId is theirs, in any spelling, answers exactly like a
+    random id and sends nothing; a threadId that is not a string is a 400 that names nothing of theirs."""
+    w = r.world
+
+    def answer(thread_id: Any) -> tuple[int, str]:
+        body = {"threadId": thread_id, "runId": "r1", "messages": [{"id": "m1", "role": "user", "content": "hi"}]}
+        status, content, _ = r.call("POST", "/api/ag-ui/", body)
+        assert_nothing_of_theirs(w, content.decode(), allowed=thread_id if isinstance(thread_id, str) else "")
+        return status, content.decode().replace(str(thread_id), "<id>") if thread_id else content.decode()
+
+    missing = answer(str(uuid.uuid4()))
+    assert missing[0] == 404, missing
+    for name, target in w.ids().items():
+        if isinstance(target, str):
+            assert answer(target) == missing, name
+        else:
+            assert answer(target)[0] == 400, name
+
+    def resume(thread_id: str, interrupt_id: str) -> tuple[int, str]:
+        body = {
+            "threadId": thread_id,
+            "runId": "r1",
+            "messages": [],
+            "resume": [{"interruptId": interrupt_id, "status": "resolved"}],
+        }
+        status, content, _ = r.call("POST", "/api/ag-ui/", body)
+        assert_nothing_of_theirs(w, content.decode(), allowed=interrupt_id)
+        return status, content.decode()
+
+    # Answering an interrupt of their run (as AG-UI's resume) answers like one that does not exist.
+    no_such = resume(w.own_conv, f"{uuid.uuid4()}.call_1")
+    assert no_such[0] == 404, no_such
+    for thread in (w.own_conv, w.conv):
+        assert resume(thread, f"{w.run_id}.call_1") == no_such
+
+
+def rest_run_agui_export(r: Rest) -> None:
+    same_as_missing(r, "GET", "/api/runs/{id}/ag-ui/")
+
+
 def rest_conversation_page(r: Rest) -> None:
     same_as_missing(r, "GET", "/c/{id}/")
 
@@ -1035,6 +1076,8 @@ REST_CASES: dict[tuple[str, str], Callable[[Rest], None]] = {
     ("api/conversations/<str:conversation_id>/messages/<str:message_id>/", "PATCH"): rest_message_patch,
     ("api/conversations/<str:conversation_id>/messages/<str:message_id>/", "DELETE"): rest_message_delete,
     ("api/conversations/<str:conversation_id>/messages/<str:message_id>/feedback/", "PUT"): rest_message_feedback_put,
+    ("api/ag-ui/", "POST"): rest_agui_run,
+    ("api/runs/<str:run_id>/ag-ui/", "GET"): rest_run_agui_export,
     ("api/workspaces/", "GET"): rest_workspace_list,
     ("api/workspaces/", "POST"): rest_workspace_create,
     ("api/workspaces/<str:workspace_id>/members/", "GET"): rest_workspace_members_get,
