@@ -35,7 +35,7 @@ from agents import approvals as run_approvals
 from agents import selectors as run_selectors
 from agents.models import TERMINAL_STATUSES, RunStatus
 from agents.tools import shared_registry as tool_registry
-from chat import selectors
+from chat import api_agui_schema, selectors
 from chat.errors import NotFound, ServiceError
 from chat.realtime.broadcast_manager import get_hub
 from chat.realtime.run_stream import AccessEnded, run_frames
@@ -71,6 +71,7 @@ def _input(request: Request) -> RunAgentInput | Response:
         return _error("bad_request", f"not a RunAgentInput: {where}: {first['msg']} ({exc.error_count()} problem(s))")
 
 
+@api_agui_schema.agui_run
 class AguiRun(APIView):
     """`POST /api/ag-ui/`: send the input's last (user) message to the conversation `threadId` and
     stream the run it starts. A retried request with the same last message id starts nothing new: it
@@ -229,6 +230,7 @@ async def _sse(
             yield _encoder.encode(agui.stream_error(message=message, code="unavailable"))
 
 
+@api_agui_schema.run_agui_export
 class RunAguiExport(APIView):
     """`GET /api/runs/{id}/ag-ui/`: a finished run of a conversation the caller is a member of, as the
     AG-UI events its stream carried, `{"thread_id", "run_id", "events": [...]}`; a run still going

@@ -69,8 +69,8 @@ def operations() -> list[tuple[str, str]]:
 
 # Streamed bodies are read on the database's own threads, which cannot see (or open a connection inside) the
 # test's uncommitted transaction: their own integration tests exercise them over committed data instead
-# (tests/integration/test_workspace_export_integration.py).
-STREAMED = {"/api/workspaces/{workspace_id}/export/"}
+# (tests/integration/test_workspace_export_integration.py, tests/integration/test_agui_integration.py).
+STREAMED = {"/api/workspaces/{workspace_id}/export/", "/api/ag-ui/"}
 
 
 @pytest.fixture
