@@ -17,7 +17,6 @@ import json
 import time
 import tracemalloc
 import weakref
-from datetime import datetime
 from typing import Any
 
 import psutil
@@ -34,16 +33,11 @@ from chat.realtime import ephemeral
 from chat.realtime.broadcast_manager import RESYNC_INTERVAL_S, Hub, get_hub
 from chatsite.asgi import application
 from tests.support import factories
+from tests.support.load import Tap, bounded, close_all, people, percentile, since_stored, subscribed
 from tests.support.waiting import eventually
-from tests.support.ws import OPEN_CLIENTS, Client, access_token, connected
+from tests.support.ws import OPEN_CLIENTS, Client, connected
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_password_hashing")]
-
-# How many sockets connect or subscribe at once: every handshake takes the process's one database
-# thread, and a few hundred at once would queue past the communicator's connect timeout.
-CONCURRENT_SETUP = 25
-# A tap reads for at most this long without a frame (asgiref then cancels the app); tests end sooner.
-TAP_IDLE_S = 60.0
 
 
 @pytest.fixture
@@ -54,87 +48,6 @@ def rates_lifted(settings: Any) -> None:
     for row in tiers.values():
         row["rates"] = {name: [10_000_000, window] for name, (_, window) in row["rates"].items()}
     settings.CHAT_TIERS = tiers
-
-
-class Tap:
-    """Reads one socket continuously, the way a client that keeps up does, stamping each frame with
-    when it was read (wall clock, to compare with the time the server stored an event); commands go
-    out without waiting and their replies are looked up afterwards."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self.arrivals: list[tuple[float, dict[str, Any]]] = []
-        self.replies: dict[str, dict[str, Any]] = {}
-        self._ids = 0
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        while True:
-            frame = await self.client.recv(timeout=TAP_IDLE_S)
-            self.arrivals.append((time.time(), frame))
-            if frame["type"] == "reply":
-                self.replies[frame["id"]] = frame
-            if frame["type"] == "__close__":
-                return
-
-    async def send(self, type: str, **fields: Any) -> str:
-        self._ids += 1
-        cid = f"t{self._ids}"
-        await self.client.send_raw(json.dumps({"type": type, "id": cid, **fields}))
-        return cid
-
-    def events(self, conversation: str) -> list[tuple[float, dict[str, Any]]]:
-        return [(t, f) for t, f in self.arrivals if f.get("conversation") == conversation and "seq" in f]
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-
-async def bounded(coros: list[Any]) -> list[Any]:
-    gate = asyncio.Semaphore(CONCURRENT_SETUP)
-
-    async def one(coro: Any) -> Any:
-        async with gate:
-            return await coro
-
-    return await asyncio.gather(*(one(c) for c in coros))
-
-
-def people(make_user: Any, n: int) -> tuple[list[Any], list[str]]:
-    """n users and an access token for each, minted here rather than by each socket: the setup then
-    takes the process's one database thread once, not once per socket."""
-    users = [make_user() for _ in range(n)]
-    return users, [access_token(u) for u in users]
-
-
-async def subscribed(token: str, conversations: list[str]) -> tuple[Client, dict[str, int]]:
-    """A socket authenticated with `token`, subscribed to `conversations`, and the head_seq each
-    subscribe answered."""
-    client = await connected(headers=[(b"authorization", f"Bearer {token}".encode())])
-    heads = {}
-    for conv in conversations:
-        reply = await client.command("subscribe", conversation=conv)
-        assert reply["ok"] is True, reply
-        heads[conv] = reply["head_seq"]
-    return client, heads
-
-
-async def close_all(clients: list[Client]) -> None:
-    """Disconnect these clients together (the suite's teardown would close them one by one)."""
-    await bounded([client.close() for client in clients])
-    for client in clients:
-        OPEN_CLIENTS.remove(client)
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
-
-
-def since_stored(arrived: float, frame: dict[str, Any]) -> float:
-    """Seconds from the event's storing (its `ts`, taken inside the writing transaction) to its arrival."""
-    return arrived - datetime.fromisoformat(frame["ts"]).timestamp()
 
 
 def stored_frames(conversation: str, after_seq: int) -> list[dict[str, Any]]:
