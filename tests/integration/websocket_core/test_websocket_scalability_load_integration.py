@@ -109,7 +109,9 @@ async def test_every_subscriber_of_twenty_busy_conversations_gets_every_event_on
         for k in range(MESSAGES_PER_SENDER):
             text = f"{conv[:8]} from {sender} #{k}"
             sent_at[text] = time.time()
-            cid = await taps[sender].send("send", conversation=conv, client_msg_id=f"{sender}-{k}", text=text)
+            cid = await taps[sender].send(
+                "send", conversation=conv, client_msg_id=f"{conv[:8]}-{sender}-{k}", text=text
+            )
             commands.append((taps[sender], cid, conv))
 
     started = time.time()
