@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 import uuid
@@ -27,7 +26,7 @@ from agents.runner import get_supervisor
 from chat.errors import AuthFailed, CircuitOpen, CommandError, ProtocolError
 from chat.infra import handshake_guard, rate_limiter
 from chat.infra.breakers import CircuitBreaker, breaker
-from chat.realtime import compression_handler, ephemeral, telemetry
+from chat.realtime import compression_handler, ephemeral, telemetry, user_messages
 from chat.realtime.auth import Identity, identity_from_token, revoked_close_code
 from chat.realtime.broadcast_manager import Hub, get_hub
 from chat.realtime.degraded import (
@@ -197,28 +196,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self._expiry_task = asyncio.create_task(expire())
 
     def _on_user_message(self, message: Mapping[str, Any]) -> None:
-        action = message.get("action")
-        if action == "close":
-            self._spawn(self._close(int(message.get("code", 4401))))
-        elif action == "notification":
-            self.outbox.send_frame(message["frame"])
-        elif action == "frame":  # e.g. a draft saved on another device: for this user's sockets on it
-            if message.get("conversation") in self.subscriptions and message.get("exclude_session") != self.session_id:
-                self.outbox.send_frame(message["frame"])
-        elif action == "role":
-            conversation_id = str(message.get("conversation"))
-            held = self.subscription_access.get(conversation_id)
-            if held is not None:
-                self.subscription_access[conversation_id] = dataclasses.replace(held, role=str(message.get("role")))
-        elif action == "revoke":
-            conversation_id = str(message.get("conversation"))
-            if conversation_id in self.subscriptions:
-                # Stop now: the hub may dispatch the next event before the spawned clean-up runs.
-                self.outbox.stop_stream(conversation_id)
-                self._spawn(self.drop_subscription(conversation_id))
-                self.outbox.send_frame(
-                    reply_error(None, ProtocolError("not_found", f"conversation {conversation_id} not found"))
-                )
+        user_messages.handle(self, message, spawn=self._spawn, close=self._close)
 
     def _spawn(self, coro: Any) -> None:
         self._tasks.append(asyncio.create_task(coro))

@@ -38,6 +38,10 @@ class UserMessage(TypedDict):
 
     action: UserAction
     code: NotRequired[int]
+    # A close for a revocation (password change, log out everywhere, deactivation, deletion): each socket
+    # closes only if its own identity no longer stands. Delivery is not ordered with new logins, so the
+    # close can reach a socket opened after the change with a token of the new state.
+    recheck: NotRequired[bool]
     conversation: NotRequired[str]
     role: NotRequired[str]
     frame: NotRequired[str]

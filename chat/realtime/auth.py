@@ -61,16 +61,17 @@ def identity_from_token(raw: str) -> Identity:
     return Identity(user.id, user.username, user.tier, "jwt", int(token["exp"]), dict(token.payload))
 
 
-def revoked_close_code(identity: Identity) -> int | None:
+def revoked_close_code(identity: Identity, *, unknown: int | None = None) -> int | None:
     """The close code for an open socket's identity that no longer stands (4403 deactivated, 4401 its
-    token revoked: password changed, logged out everywhere), or None while it does. Sync."""
+    token revoked: password changed, logged out everywhere), or None while it does. `unknown` when the
+    database cannot say (None: the handshake's check stands). Sync."""
     try:
         if not selectors.user_is_active(user_id=identity.user_id):
             return 4403
         if identity.claims is not None and selectors.token_holder(identity.claims) is None:
             return 4401
     except (OperationalError, InterfaceError):
-        return None  # cannot look now; the handshake's check stands
+        return unknown
     return None
 
 

@@ -40,8 +40,10 @@ def _after_commit(user_id: int, message: UserMessage) -> None:
     after_commit(UserTold(user_id, message))
 
 
-def user_sockets_close(*, user_id: int, code: int) -> None:
-    _after_commit(user_id, {"action": "close", "code": code})
+def user_sockets_close(*, user_id: int, code: int, recheck: bool = True) -> None:
+    """Close the user's sockets: with `recheck`, those whose identity the change revoked (each asks the
+    database); without it (a Django session's logout, which revokes no token), all of them."""
+    _after_commit(user_id, {"action": "close", "code": code, "recheck": recheck})
 
 
 def membership_revoked(*, user_id: int, conversation_id: str) -> None:
@@ -101,7 +103,7 @@ def user_deactivate(*, user_id: int) -> None:
 def _close_sockets_on_logout(sender: object, request: HttpRequest, user: User | None, **kwargs: object) -> None:
     # Django's own logout hook (not domain logic of ours): the session is gone, so are its sockets.
     if user is not None:
-        user_sockets_close(user_id=user.id, code=CLOSE_LOGGED_OUT)
+        user_sockets_close(user_id=user.id, code=CLOSE_LOGGED_OUT, recheck=False)
 
 
 @receiver(post_save, sender=User)

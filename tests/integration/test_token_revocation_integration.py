@@ -15,10 +15,12 @@ import uuid
 import pytest
 from channels.db import database_sync_to_async
 from django.conf import settings as django_settings
+from django.contrib.auth.hashers import make_password
 from django.test import Client as HttpClient
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
+from chat.infra.bus import publish_to_user
 from chat.models import User
 from chat.services.accounts import tokens_revoke, user_deactivate
 from chat.services.conversations import user_create
@@ -201,3 +203,31 @@ async def test_a_token_revoked_while_its_socket_joins_still_closes_the_socket(mo
     monkeypatch.setattr(Hub, "join_user", revoke_then_join)
     client, _, _ = await Client.connect(headers=bearer(pair["access"]))
     assert await client.expect_close() == 4401
+
+
+async def test_a_revocations_close_that_arrives_late_spares_a_socket_of_the_new_password() -> None:
+    """A revocation's close is published after its commit and travels on its own: it can reach this
+    process after the person has already logged in again with the new password (seen: the close of a
+    password change landing on the socket opened with the new one). Sockets ask the database whether
+    their own identity still stands: the new one does and stays, one of an old token does not."""
+    user, password = await database_sync_to_async(person)()
+    old = await database_sync_to_async(token_pair)(user.username, password)
+    old_socket = await ws.connected(None, headers=bearer(old["access"]))
+    assert (await old_socket.command("ping"))["ok"] is True  # connected whole, before the change
+
+    def change_password_without_telling() -> None:
+        # The close this save publishes is the one that arrives "late": replayed by hand below.
+        User.objects.filter(id=user.id).update(password=make_password("a-new-password-123"))
+
+    await database_sync_to_async(change_password_without_telling)()
+    new = await database_sync_to_async(token_pair)(user.username, "a-new-password-123")
+    new_socket = await ws.connected(None, headers=bearer(new["access"]))
+    # Answered only once the connect is handled whole: the socket listens for its user's messages.
+    assert (await new_socket.command("ping"))["ok"] is True
+
+    await publish_to_user(user.id, {"action": "close", "code": 4401, "recheck": True})
+
+    assert await old_socket.expect_close() == 4401
+    assert (await new_socket.command("ping"))["ok"] is True
+    assert not [f for f in new_socket.frames if f.get("type") == "__close__"]
+    await new_socket.close()
