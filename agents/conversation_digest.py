@@ -46,6 +46,8 @@ STOP_WORDS = frozenset(
     " will your just also into only been were does some more".split()
 )
 
+TOPIC_STOP_WORDS = frozenset("the and for our any all you are was what how about with that this".split())
+
 
 def _words(text: str) -> set[str]:
     return {w.lower() for w in WORD.findall(text)} - STOP_WORDS
@@ -117,7 +119,8 @@ async def conversation_summary(ctx: ToolContext, args: dict[str, Any], *, clock:
 def _said(ctx: ToolContext, username: str, topic: str) -> dict[str, Any]:
     assert ctx.user_id is not None
     _require_summaries(ctx.user_id)
-    terms = [t for t in re.findall(r"\w+", topic) if len(t) > 1][:8]
+    # Words that would match nearly every message ("the budget" is about "budget") are left out.
+    terms = [t for t in re.findall(r"\w+", topic) if len(t) > 2 and t.lower() not in TOPIC_STOP_WORDS][:8]
     try:
         rows = said_by(
             user_id=ctx.user_id,

@@ -157,6 +157,14 @@ METRIC_WORDS: dict[str, tuple[str, Callable[[Any], str]]] = {
 }
 
 
+def _times(anomaly: dict[str, Any]) -> str:
+    return f"{anomaly['ratio']}×" if anomaly["ratio"] is not None else "far above"
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _fmt(metric: str, value: Any) -> str:
     return "no data" if value is None else METRIC_WORDS[metric][1](value)
 
@@ -187,13 +195,13 @@ def trends_answer(plan: Plan, result: dict[str, Any]) -> str:
         finding = f"{wanted.replace('_', ' ')} is not part of the {result['tier']} tier's figures. " + finding
     evidence += [
         f"spike: {METRIC_WORDS[a['metric']][0]} in the week of {a['week']} was {_fmt(a['metric'], a['value'])},"
-        f" {a['ratio']}× the median week ({_fmt(a['metric'], a['baseline_median'])})"
+        f" {_times(a)} the median week ({_fmt(a['metric'], a['baseline_median'])})"
         for a in anomalies
     ]
     if anomalies:
         a = anomalies[0]
         action = f"Look at what ran in the week of {a['week']}: its {METRIC_WORDS[a['metric']][0]} spiked."
-        impact = f"That week's {METRIC_WORDS[a['metric']][0]} was {a['ratio']}× a usual week's."
+        impact = f"That week's {METRIC_WORDS[a['metric']][0]} was {_times(a)} a usual week's."
     else:
         action, impact = "Nothing stands out; no week spiked.", "None."
     return structured(finding, evidence, action, impact)
@@ -256,7 +264,7 @@ def summary_answer(result: dict[str, Any]) -> str:
         f"Finding: {result['messages']} messages from {len(people)} authors between {result['first_at']}"
         f" and {result['last_at']} (UTC).",
         "Who said what:",
-    ] + [f"- {p['author']} ({p['messages']} messages), latest: “{p['latest']}”" for p in people]
+    ] + [f"- {p['author']} ({_n(p['messages'], 'message')}), latest: “{p['latest']}”" for p in people]
     lines.append("Decisions:" if result["decisions"] else "Decisions: none stated.")
     lines += [f"- {d['author']}: “{d['text']}”" for d in result["decisions"]]
     lines.append("Open questions:" if result["open_questions"] else "Open questions: none.")
