@@ -164,6 +164,43 @@ WORST: dict[str, list[Case]] = {
         ({}, "invalid arguments"),
         ([], "invalid arguments"),
     ],
+    # The analyst's tools: an enum or a bounded integer, nothing else; the searchable conversation is the
+    # member's personal one, so the figures are read (and must come back as quickly).
+    "workspace_report": [
+        ({}, None),
+        ({"period": "last_90_days"}, None),
+        ({"period": "last_10000_days"}, "invalid arguments"),
+        ({"period": "x" * 100_000}, "invalid arguments"),
+        ({"period": "today", "workspace": "00000000-0000-0000-0000-000000000000"}, "invalid arguments"),
+        ([], "invalid arguments"),
+    ],
+    "workspace_trends": [
+        ({"weeks": 12}, None),
+        ({"weeks": 13}, "invalid arguments"),
+        ({"weeks": 10**100}, "invalid arguments"),
+        ({"weeks": 1}, "invalid arguments"),
+        ({"weeks": "6"}, "invalid arguments"),
+    ],
+    "spend_recommendations": [
+        ({"period": "last_90_days"}, None),
+        ({"period": None}, "invalid arguments"),
+        ({"period": "today", "model": "gpt-4o"}, "invalid arguments"),
+    ],
+    "conversation_summary": [
+        ({}, None),
+        ({"hours": 720}, None),
+        ({"hours": 721}, "invalid arguments"),
+        ({"hours": -1}, "invalid arguments"),
+    ],
+    "member_said": [
+        ({"username": "nobody-here", "topic": "needle"}, None),
+        ({"username": "a" * 150, "topic": "x" * 200}, None),
+        ({"username": "bob", "topic": "x" * 201}, "invalid arguments"),
+        ({"username": "bob", "topic": "\x00"}, "control characters"),
+        ({"username": "' OR 1=1 --"}, "invalid arguments"),
+        ({"username": "bob", "topic": "% _ \\ needle"}, None),
+        ({}, "invalid arguments"),
+    ],
 }
 
 
@@ -202,7 +239,15 @@ async def watched_loop() -> AsyncIterator[LoopWatch]:
 
 
 # Tools that read the database (their cases get a database and a conversation to search).
-READS_THE_DATABASE = {"search_history", "invite_member"}
+READS_THE_DATABASE = {
+    "search_history",
+    "invite_member",
+    "workspace_report",
+    "workspace_trends",
+    "spend_recommendations",
+    "conversation_summary",
+    "member_said",
+}
 
 
 def _cases(*, database: bool) -> list[Any]:
