@@ -198,8 +198,16 @@ def trends_answer(plan: Plan, result: dict[str, Any]) -> str:
         f" {_times(a)} the median week ({_fmt(a['metric'], a['baseline_median'])})"
         for a in anomalies
     ]
+    # The question's own metric first: "any cost spikes?" is answered by the cost spike.
+    ours = [a for a in anomalies if a["metric"] == metric]
+    if ours:
+        a = ours[0]
+        finding += (
+            f" The week of {a['week']} stands out: {name} {_fmt(metric, a['value'])}, {_times(a)} the median week"
+            f" ({_fmt(metric, a['baseline_median'])})."
+        )
     if anomalies:
-        a = anomalies[0]
+        a = (ours or anomalies)[0]
         action = f"Look at what ran in the week of {a['week']}: its {METRIC_WORDS[a['metric']][0]} spiked."
         impact = f"That week's {METRIC_WORDS[a['metric']][0]} was {_times(a)} a usual week's."
     else:
@@ -223,8 +231,8 @@ def recommendations_answer(result: dict[str, Any]) -> str:
         )
     r = recs[0]
     finding = (
-        f"{pct(r['share_of_runs_pct'])} of the {period}'s completed runs ({r['runs']} of {r['completed_runs']}) called"
-        f" no tool and averaged {r['avg_tokens']} tokens; answering them with {r['model_to']} instead of"
+        f"In the {period}, {pct(r['share_of_runs_pct'])} of completed runs ({r['runs']} of {r['completed_runs']})"
+        f" called no tool and averaged {r['avg_tokens']:,} tokens; answering them with {r['model_to']} instead of"
         f" {r['model_from']} would have cost {money(r['saving'])} less (−{pct(r['saving_pct_of_total_cost'])} of all"
         " AI spend)."
     )

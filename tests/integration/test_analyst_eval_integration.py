@@ -14,6 +14,7 @@ calls (the week of 2026-11-02), a slow week (2026-11-09: every first token 3-4x 
 
 from __future__ import annotations
 
+import io
 import math
 import uuid
 from collections.abc import Callable
@@ -23,12 +24,14 @@ from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
+from django.core.management import call_command
 
 from agents.backends.base import AgentInput, AnswerChunk, CallTool
 from agents.backends.offline import OfflineBackend
 from agents.models import AgentRun, RunStatus, ToolCall, ToolCallStatus
 from agents.tools import ToolContext, default_registry
-from chat.models import AuthorKind, ConversationMember, Message, Role
+from chat.management.commands.seed_demo import TEAM_TITLE
+from chat.models import AuthorKind, Conversation, ConversationMember, Message, Role, User
 from chat.services.conversations import workspace_create, workspace_member_add
 from tests.support import factories
 
@@ -187,7 +190,7 @@ def saving(period: str) -> list[str]:
     return [
         f"{share:g} %",
         f"({len(plain)} of {len(done(period))})",
-        f"averaged {round((prompt + completion) / len(plain))} tokens",
+        f"averaged {round((prompt + completion) / len(plain)):,} tokens",
         f"with gpt-4o-mini instead of gpt-4o would have cost {money(round(now - alt, 2))} less",
         f"−{round((now - alt) / total * 100, 1):g} % of all AI spend",
     ]
@@ -445,3 +448,31 @@ async def test_the_evaluation_set_passes(make_user: Any, settings: Any) -> None:
     for failure in failures:
         print("FAILED", failure)
     assert rate >= PASS_RATE, "\n\n".join(failures)
+
+
+async def test_the_demo_seed_gives_the_analyst_a_real_answer_and_runs_once(settings: Any) -> None:
+    """`seed_demo` writes the team's history once (a second run adds nothing), and carol (enterprise) asking in
+    the team room how to cut the AI spend gets a saving whose figures equal what the tool computed."""
+    settings.AGENT_OFFLINE_TOKEN_DELAY_MS = 0
+
+    def seed() -> tuple[int, str, Any]:
+        call_command("seed_demo", stdout=io.StringIO())
+        count = AgentRun.objects.count()
+        call_command("seed_demo", stdout=io.StringIO())
+        assert AgentRun.objects.count() == count
+        room = Conversation.objects.get(title=TEAM_TITLE)
+        return count, str(room.id), User.objects.get(username="carol")
+
+    count, room, carol = await database_sync_to_async(seed)()
+    assert count > 500
+    registry = default_registry()
+    tools, answer = await ask(registry, carol, room, "how can we cut our AI spend?")
+    assert tools == ["spend_recommendations"]
+    outcome = await registry.call("spend_recommendations", {}, ToolContext(carol.id, room))
+    best = outcome.result["recommendations"][0]
+    assert best["model_from"] == "gpt-4o"
+    assert best["model_to"] == "gpt-4o-mini"
+    # The saving is rounded once from the exact costs; the two costs shown are rounded each on their own.
+    assert abs(best["saving"] - (best["cost_now"] - best["cost_alternative"])) <= 0.01
+    assert f"would have cost {money(best['saving'])} less" in answer, answer
+    assert "Action: Route questions that need no tool to gpt-4o-mini" in answer
