@@ -29,9 +29,11 @@ from django.core.management import call_command
 from agents.backends.base import AgentInput, AnswerChunk, CallTool
 from agents.backends.offline import OfflineBackend
 from agents.models import AgentRun, RunStatus, ToolCall, ToolCallStatus
+from agents.runtime import execute_run
+from agents.services import run_claim_next
 from agents.tools import ToolContext, default_registry
 from chat.management.commands.seed_demo import TEAM_TITLE
-from chat.models import AuthorKind, Conversation, ConversationMember, Message, Role, User
+from chat.models import AuthorKind, Conversation, ConversationMember, Event, Message, Role, User
 from chat.services.conversations import workspace_create, workspace_member_add
 from tests.support import factories
 
@@ -452,8 +454,10 @@ async def test_the_evaluation_set_passes(make_user: Any, settings: Any) -> None:
 
 async def test_the_demo_seed_gives_the_analyst_a_real_answer_and_runs_once(settings: Any) -> None:
     """`seed_demo` writes the team's history once (a second run adds nothing), and carol (enterprise) asking in
-    the team room how to cut the AI spend gets a saving whose figures equal what the tool computed."""
+    the team room how to cut the AI spend, through the real runtime, gets every critical event and an answer whose
+    saving is the one in the tool_completed result, which carries its query (workspace, days, functions)."""
     settings.AGENT_OFFLINE_TOKEN_DELAY_MS = 0
+    settings.AGENT_RUNNER = "worker"  # the run stays queued until the test runs it
 
     def seed() -> tuple[int, str, Any]:
         call_command("seed_demo", stdout=io.StringIO())
@@ -465,14 +469,28 @@ async def test_the_demo_seed_gives_the_analyst_a_real_answer_and_runs_once(setti
 
     count, room, carol = await database_sync_to_async(seed)()
     assert count > 500
-    registry = default_registry()
-    tools, answer = await ask(registry, carol, room, "how can we cut our AI spend?")
-    assert tools == ["spend_recommendations"]
-    outcome = await registry.call("spend_recommendations", {}, ToolContext(carol.id, room))
-    best = outcome.result["recommendations"][0]
+    sent = await factories.message(room, carol, "@assistant how can we cut our AI spend?")
+    claimed = await database_sync_to_async(run_claim_next)(worker_id="analyst-test")
+    assert claimed is not None
+    assert claimed.run_id == sent.run_id
+    await execute_run(claimed, backend=OfflineBackend(), tools=default_registry())
+
+    def events() -> dict[str, Any]:
+        return {e.type: e.data for e in Event.objects.filter(conversation_id=room, run_id=sent.run_id)}
+
+    seen = await database_sync_to_async(events)()
+    assert {"agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed"} <= set(seen)
+    result = seen["tool_completed"]["result"]
+    assert seen["tool_completed"]["tool"] == "spend_recommendations"
+    assert result["query"]["functions"] == ["workspace_analytics", "usage_without_tools", "token_cost"]
+    assert result["query"]["period"] == "last_30_days"
+    best = result["recommendations"][0]
     assert best["model_from"] == "gpt-4o"
     assert best["model_to"] == "gpt-4o-mini"
     # The saving is rounded once from the exact costs; the two costs shown are rounded each on their own.
     assert abs(best["saving"] - (best["cost_now"] - best["cost_alternative"])) <= 0.01
+    answer = seen["agent_completed"]["text"]
     assert f"would have cost {money(best['saving'])} less" in answer, answer
+    assert f"({best['runs']} of {best['completed_runs']})" in answer
     assert "Action: Route questions that need no tool to gpt-4o-mini" in answer
+    assert "Tools used: spend_recommendations" in answer
