@@ -31,7 +31,7 @@ from typing import Any
 from django.conf import settings
 
 from agents.backends.base import AgentInput, AnswerChunk, CallTool, Step, Think, ToolOutcome, Usage
-from agents.backends.offline_answers import analyst_answer
+from agents.backends.offline_answers import analyst_answer, beyond_tier
 from agents.backends.offline_rules import plan
 from monitoring import tracing
 
@@ -201,7 +201,7 @@ class OfflineBackend:
             yield Think(analyst.thought)
             outcome = yield CallTool("call_1", analyst.tool, analyst.arguments)
             calls = [(analyst.tool, outcome)]
-            if outcome is not None and outcome.ok and outcome.result.get("allowed") is False:
+            if beyond_tier(outcome):
                 # Beyond the asker's tier: say so, and show what the tier does include instead.
                 yield Think("That is beyond the asker's tier; I will read the figures the tier does show.")
                 period = analyst.arguments.get("period", "last_30_days")

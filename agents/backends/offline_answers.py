@@ -50,6 +50,16 @@ def failure(outcome: ToolOutcome | None) -> str | None:
     return None
 
 
+def beyond_tier(outcome: ToolOutcome | None) -> bool:
+    """Whether the tool answered that what was asked is not part of the asker's tier."""
+    return (
+        outcome is not None
+        and outcome.ok
+        and isinstance(outcome.result, dict)
+        and outcome.result.get("allowed") is False
+    )
+
+
 def structured(finding: str, evidence: list[str], action: str, impact: str) -> str:
     lines = [f"Finding: {finding}", "Evidence:"] + [f"- {e}" for e in evidence]
     return "\n".join(lines + [f"Action: {action}", f"Impact: {impact}"])
