@@ -350,13 +350,28 @@ CASES = [
     c("hello", "alice", [], "I am the offline assistant"),
     # who may read what
     c("how much did we spend this month?", "eve", [R], "not a member of this conversation's workspace"),
+    c("how can we cut our AI spend?", "frank", [S], "this conversation was not found", absent=("$",)),
+    c(
+        "summarize this conversation",
+        "frank",
+        ["conversation_summary"],
+        "this conversation was not found",
+        absent=("pricing",),
+    ),
     c("how much did we spend this month?", "carol", [R], "your personal workspace", "spent $0.00", room="personal"),
 ]
 
 
 # --- the data --------------------------------------------------------------------------------------------------
 def build(make_user: Callable[..., Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    tiers = {"alice": "pro", "bob": "free", "carol": "enterprise", "dave": "pro", "eve": "enterprise"}
+    tiers = {
+        "alice": "pro",
+        "bob": "free",
+        "carol": "enterprise",
+        "dave": "pro",
+        "eve": "enterprise",
+        "frank": "enterprise",
+    }
     users = {name: make_user(tier=tier) for name, tier in tiers.items()}
     workspace = workspace_create(owner=users["carol"], name="Acme")
     for name in ("alice", "bob", "dave"):
