@@ -86,6 +86,11 @@ def _hidden(result: dict[str, Any], section: str, what: str) -> str:
     return f"{what.capitalize()} are not part of the {result['tier']} tier's figures; {higher}."
 
 
+def _upgrade(result: dict[str, Any], section: str) -> str:
+    tier = result["hidden_sections"].get(section)
+    return f"A {tier} account sees these figures: ask an owner about upgrading." if tier else "None."
+
+
 def report_answer(plan: Plan, result: dict[str, Any]) -> str:
     totals, query, focus = result["totals"], result["query"], plan.focus
     period, where = _period(query), _where(result)
@@ -119,7 +124,7 @@ def report_answer(plan: Plan, result: dict[str, Any]) -> str:
         finding = f"In the {period}, {where} spent {money(totals['cost'])} on AI{share}."
         action = "Ask “how can we cut our AI spend?” to see which runs a cheaper model could answer."
     elif focus == "cost":
-        finding = _hidden(result, "usage", "tokens and cost by model")
+        finding, action = _hidden(result, "usage", "tokens and cost by model"), _upgrade(result, "usage")
     elif focus == "users":
         top_users = result["top_users"]
         runs = sum(c["runs"] for c in top_users)
@@ -140,7 +145,7 @@ def report_answer(plan: Plan, result: dict[str, Any]) -> str:
         )
         action = "Ask “is the assistant getting slower?” for the week-over-week trend."
     elif focus == "latency":
-        finding = _hidden(result, "latency", "time to first token (p50, p95)")
+        finding, action = _hidden(result, "latency", "time to first token (p50, p95)"), _upgrade(result, "latency")
     elif focus == "errors" and "tool_errors" in sections:
         errors = totals["tool_errors"]
         worst = max(errors.items(), key=lambda kv: kv[1]) if errors else None
@@ -152,6 +157,7 @@ def report_answer(plan: Plan, result: dict[str, Any]) -> str:
         action = f"Look at {worst[0]}'s failed calls in the admin (Tool calls, status error)." if worst else action
     elif focus == "errors":
         finding = _hidden(result, "tool_errors", "failed tool calls by tool")
+        action = _upgrade(result, "tool_errors")
     else:
         finding = f"In the {period}, {where} had {_counts_line(totals)}."
     return structured(finding, evidence, action, impact)
