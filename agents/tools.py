@@ -35,9 +35,11 @@ from typing import Any, Literal
 import jsonschema
 from django.conf import settings
 
+from agents.analyst import analyst_tools
 from agents.approvals import member_invite
 from agents.backends.base import ToolOutcome
 from agents.calculator import MAX_EXPRESSION_CHARS, calculate
+from agents.conversation_digest import digest_tools
 from agents.sandbox import Sandbox, SandboxLimits, ToolError
 from agents.tool_context import ToolContext, ToolFn
 from agents.tools_conversation import (
@@ -305,6 +307,9 @@ def default_registry(*, clock: Clock = utc_now) -> ToolRegistry:
             approval=NeedsApproval("owner", _invite_reason),
         )
     )
+    # The analyst's tools (agents/analyst.py, agents/conversation_digest.py; their limits are in their docstrings).
+    for name, description, schema, fn, timeout_s in analyst_tools(clock) + digest_tools(clock):
+        registry.register(Tool(name, description, schema, fn, timeout_s=timeout_s))
     return registry
 
 

@@ -39,6 +39,11 @@ RATE_CLASSES = ("messages", "agent_runs", "typing", "commands")
 # counts (messages, active users, runs by status), usage (tokens and cost by model), latency (time to first
 # token p50/p95), tool_errors (failed tool calls by tool), csv (the same as CSV, ?format=csv).
 ANALYTICS_SECTIONS = ("counts", "usage", "latency", "tool_errors", "csv")
+# What the built-in analyst (agents/analyst.py) may do for a user of the tier, beyond the analytics sections above
+# (which bound the figures it quotes): summaries (of a conversation, what a member said), trends (week over week,
+# spikes), recommendations (with their monetary impact). A request beyond the tier is answered with what a higher
+# tier would show.
+ANALYST_CAPABILITIES = ("summaries", "trends", "recommendations")
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class TierLimits:
     # A workspace's tier is its best owner's (enterprise/analytics.py `workspace_tier`).
     analytics: frozenset[str] = frozenset()
     sla_reports: bool = False
+    # analyst: the ANALYST_CAPABILITIES the built-in analyst uses for this tier's users (the asker's own tier).
+    analyst: frozenset[str] = frozenset({"summaries"})
 
     def rate(self, rate_class: str) -> Rate:
         return self.rates[rate_class]
@@ -102,6 +109,7 @@ def _parse(name: str, raw: dict[str, Any]) -> TierLimits:
         export=bool(raw.get("export", False)),
         analytics=frozenset(str(section) for section in raw.get("analytics", ())),
         sla_reports=bool(raw.get("sla_reports", False)),
+        analyst=frozenset(str(c) for c in raw.get("analyst", ("summaries",))),
     )
 
 
@@ -138,6 +146,11 @@ def validate_table(table: dict[str, Any]) -> None:
         if unknown:
             raise ValueError(
                 f"CHAT_TIERS[{name!r}].analytics: unknown section(s) {unknown}; known: {ANALYTICS_SECTIONS}"
+            )
+        unknown = sorted(limits.analyst - set(ANALYST_CAPABILITIES))
+        if unknown:
+            raise ValueError(
+                f"CHAT_TIERS[{name!r}].analyst: unknown capabilities {unknown}; known: {ANALYST_CAPABILITIES}"
             )
         if limits.max_frame_bytes > settings.CHAT_MAX_FRAME_BYTES:
             raise ValueError(

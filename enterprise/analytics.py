@@ -183,7 +183,8 @@ def _empty_runs() -> dict[str, int]:
     return dict.fromkeys(RunStatus.values, 0)
 
 
-def _cost(model: str, prompt: int, completion: int) -> float | None:
+def token_cost(model: str, prompt: int, completion: int) -> float | None:
+    """US dollars for these tokens at `model`'s price (settings.AGENT_PRICES); None for a model without one."""
     price = settings.AGENT_PRICES.get(model)
     if price is None:
         return None
@@ -251,7 +252,7 @@ def _usage(runs: QuerySet[AgentRun], span: Range, series: Any, totals: Any) -> N
     for row in rows.order_by("bucket", "model"):
         cell = series[_key(row["bucket"])]
         model = row["model"] or "unknown"
-        cost = _cost(model, row["prompt"], row["completion"])
+        cost = token_cost(model, row["prompt"], row["completion"])
         if cost is None:
             unpriced.add(model)
         for target in (cell["by_model"].setdefault(model, _model_cell()), by_model_total[model]):

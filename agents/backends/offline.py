@@ -5,9 +5,12 @@ Rules, first match wins:
 2. it asks to invite / add someone ("invite @bob", "add bob to this conversation [as viewer]")
                                                  -> invite_member, which waits for an owner's approval
 3. it asks to search / find / what was said      -> search_history
-4. it asks for the time or date                  -> current_time, in the place it names ("in Tokyo",
+4. it asks for the workspace's figures, trends, savings, a summary or what someone said
+                                                 -> the analyst's tools (agents/backends/offline_rules.py), whose
+                                                    answers (offline_answers.py) say which tools they used
+5. it asks for the time or date                  -> current_time, in the place it names ("in Tokyo",
                                                     "in America/Chicago"), else in the asker's zone
-5. otherwise                                     -> a short answer saying what it can do
+6. otherwise                                     -> a short answer saying what it can do
 (Search before time: "did anyone mention the meeting time?" is a search.)
 The answer is built from what the tools returned, in words a person would use (times on a 12-hour
 clock with the weekday and the zone), and streamed word by word. After an approval the run resumes
@@ -28,6 +31,8 @@ from typing import Any
 from django.conf import settings
 
 from agents.backends.base import AgentInput, AnswerChunk, CallTool, Step, Think, ToolOutcome, Usage
+from agents.backends.offline_answers import analyst_answer, beyond_tier
+from agents.backends.offline_rules import plan
 from monitoring import tracing
 
 # The model name the offline agent's round spans carry.
@@ -174,6 +179,7 @@ class OfflineBackend:
         prompt = request.prompt.strip()
         expression = find_expression(prompt)
         invite = find_invite(prompt)
+        analyst = plan(prompt) if not (expression or invite) else None
         search = SEARCH.search(prompt)
         place = find_place(prompt) if TIME_WORDS.search(prompt) else None
         if request.resume is not None:  # the invitation was decided; the run goes on from here
@@ -191,6 +197,17 @@ class OfflineBackend:
             yield Think(f"The message asks to add {who} to this conversation; an owner has to approve that.")
             outcome = yield CallTool("call_1", "invite_member", invite, state={"arguments": invite})
             answer = _invite_answer(invite, outcome)
+        elif analyst is not None:
+            yield Think(analyst.thought)
+            outcome = yield CallTool("call_1", analyst.tool, analyst.arguments)
+            calls = [(analyst.tool, outcome)]
+            if beyond_tier(outcome):
+                # Beyond the asker's tier: say so, and show what the tier does include instead.
+                yield Think("That is beyond the asker's tier; I will read the figures the tier does show.")
+                period = analyst.arguments.get("period", "last_30_days")
+                shown = yield CallTool("call_2", "workspace_report", {"period": period})
+                calls.append(("workspace_report", shown))
+            answer = analyst_answer(analyst, calls)
         elif search:
             query = search.group("q").strip(" ?.!\"'")[:200] or prompt[:200]
             yield Think(f"The message asks about earlier messages; I will search the history for {query!r}.")
@@ -210,8 +227,11 @@ class OfflineBackend:
             yield Think("No tool applies to this message; answering with what I can do.")
             answer = (
                 'I am the offline assistant. I can calculate ("what is 17 * 23?"), tell the time '
-                '("what time is it?"), search this conversation ("search for invoices") and, once an '
-                'owner approves, add someone to it ("invite @bob").'
+                '("what time is it?"), search this conversation ("search for invoices"), summarise it '
+                '("summarize this conversation", "what did @bob say about the launch?"), read the workspace\'s '
+                'figures ("how much did we spend on AI this month?", "who uses the assistant most?", "is the '
+                'assistant getting slower?", "how can we cut our AI spend?") and, once an owner approves, add '
+                'someone to it ("invite @bob").'
             )
         delay = settings.AGENT_OFFLINE_TOKEN_DELAY_MS / 1000
         words = re.findall(r"\S+\s*", answer) or [answer]

@@ -61,6 +61,7 @@ CHAT_TIERS: dict[str, dict[str, object]] = {
         "buffer_max_age_s": 15 * 60,
         "history_retention_days": 30,
         "analytics": ["counts"],  # capability: workspace analytics, these sections (chat/tiers.py ANALYTICS_SECTIONS)
+        "analyst": ["summaries"],  # the built-in analyst's capabilities (chat/tiers.py ANALYST_CAPABILITIES)
     },
     "pro": {
         "connections": 20,
@@ -74,6 +75,7 @@ CHAT_TIERS: dict[str, dict[str, object]] = {
         "history_retention_days": 365,
         "export": True,
         "analytics": ["counts", "usage", "latency"],
+        "analyst": ["summaries", "trends"],
     },
     "enterprise": {
         "connections": 100,
@@ -89,6 +91,7 @@ CHAT_TIERS: dict[str, dict[str, object]] = {
         "export": True,  # capability: a streamed JSON archive of the workspaces this user owns
         "analytics": ["counts", "usage", "latency", "tool_errors", "csv"],
         "sla_reports": True,  # capability: monthly SLA reports (enterprise/sla.py) for the workspaces it owns
+        "analyst": ["summaries", "trends", "recommendations"],
     },
 }
 # A deployment (or a load test) overrides parts of the table without a code change, e.g.

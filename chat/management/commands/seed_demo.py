@@ -6,7 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from chat.models import AgentMode, Conversation, Role, Tier, User
+from chat.management.demo_history import seed_history
+from chat.models import AgentMode, Conversation, Role, Tier, User, Workspace
 from chat.services.conversations import (
     conversation_create,
     conversation_member_add,
@@ -65,6 +66,11 @@ class Command(BaseCommand):
                     username=username,
                     role="member",
                 )
+        # Six weeks of the team's past assistant use: figures for the analytics page and the analyst
+        # ("@assistant how can we cut our AI spend?" in the team room).
+        team_workspace = Workspace.objects.filter(name=TEAM_WORKSPACE, memberships__user=users["alice"]).first()
+        if team_workspace is not None:
+            seed_history(workspace=team_workspace, users=users)
         self.stdout.write(
             "Demo users: alice (pro), bob (free), carol (enterprise, viewer in the demo conversation), dave (free), "
             f"admin (staff) — password for all: {DEMO_PASSWORD}"
