@@ -1405,7 +1405,11 @@ def test_user_deactivate_makes_the_user_inactive_and_closes_their_sockets(make_u
         conversation_for_member(user_id=user.id, conversation_id=conv)
     assert ConversationMember.objects.filter(user=user).count() == 1
     assert tap.heard(1) == [
-        (user_group(user.id), {"type": "user.event", "user": user.id, "action": "close", "code": CLOSE_DISABLED})
+        (
+            user_group(user.id),
+            # recheck: each token socket asks whether its identity stands (a late close spares new logins)
+            {"type": "user.event", "user": user.id, "action": "close", "code": CLOSE_DISABLED, "recheck": True},
+        )
     ]
     assert CLOSE_DISABLED == 4403
 
@@ -1419,7 +1423,11 @@ def test_user_deactivate_inside_a_transaction_closes_the_sockets_only_once_it_co
         assert tap.pubsub.get_message(timeout=SILENCE_S) is None
 
     assert tap.heard(1) == [
-        (user_group(user.id), {"type": "user.event", "user": user.id, "action": "close", "code": CLOSE_DISABLED})
+        (
+            user_group(user.id),
+            # recheck: each token socket asks whether its identity stands (a late close spares new logins)
+            {"type": "user.event", "user": user.id, "action": "close", "code": CLOSE_DISABLED, "recheck": True},
+        )
     ]
 
 
@@ -1436,7 +1444,11 @@ def test_logging_out_closes_the_users_sockets(make_user: Any, tap: Tap) -> None:
     client.logout()
 
     assert tap.heard(1) == [
-        (user_group(user.id), {"type": "user.event", "user": user.id, "action": "close", "code": CLOSE_LOGGED_OUT})
+        (
+            user_group(user.id),
+            # A Django logout revokes no token: every socket closes, without a recheck.
+            {"type": "user.event", "user": user.id, "action": "close", "code": CLOSE_LOGGED_OUT, "recheck": False},
+        )
     ]
     assert CLOSE_LOGGED_OUT == 4401
     assert user_is_active(user_id=user.id) is True
