@@ -36,6 +36,11 @@ TEST_WORKERS ?= 2
 test: install browser promtool
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not chaos" -p tests.support.worker_env -n $(TEST_WORKERS) --dist loadfile
 
+# The socket fuzz test at full length (3,000 hypothesis examples; `make test` runs 1,200). FUZZ_SEED=N replays.
+.PHONY: fuzz
+fuzz: install
+	$(TEST_ENV) FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-3000} $(BIN)/python -m pytest -q tests/integration/test_websocket_fuzz_integration.py
+
 # The short chaos run (tests/e2e/test_chaos_e2e.py, ~80 s, so not in `make test`): faults against the
 # stack's own private redis-server, never the machine's Redis. CHAOS_SEED=N replays a fault plan. The
 # full-length run: $(BIN)/python tests/benchmarks/chaos.py (see tests/benchmarks/README.md).

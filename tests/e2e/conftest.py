@@ -109,7 +109,9 @@ def new_page(browser: Any, stack: Stack, page_errors: PageErrors) -> Iterator[Ca
 
     def make(label: str = "page") -> Any:
         context = browser.new_context(base_url=stack.base_url, viewport={"width": 1280, "height": 900})
-        context.set_default_timeout(15_000)
+        # Generous: the suite's last minutes run two stacks and browsers on two cores, where a page
+        # load has taken over 15 s; a wait for something that never comes still fails.
+        context.set_default_timeout(30_000)
         contexts.append(context)
         page = context.new_page()
         page_errors.attach(page, label)
