@@ -141,14 +141,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             on_overflow=lambda: self._spawn(self._close(4408)),
             on_user_message=self._on_user_message,
         )
-        writer = self.outbox.serve(closed=lambda: self._closing, on_failure=lambda: self._close(1011))
-        self._tasks.append(asyncio.create_task(writer))
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
         self._schedule_expiry(identity.expires_at)
         if settings.AGENT_RUNNER == "inprocess":
             get_supervisor()  # embedded mode: runs queued before a restart start without a new prompt
         self.outbox.send_frame(encode({"type": "welcome", "data": self._welcome()}))  # before any user event
         await self.hub.join_user(identity.user_id, self.outbox)
+        # The writer starts once the user's group is joined: a client that has read welcome can count
+        # on a logout or notification published after it reaching this socket.
+        writer = self.outbox.serve(closed=lambda: self._closing, on_failure=lambda: self._close(1011))
+        self._tasks.append(asyncio.create_task(writer))
         # A logout, revocation or deactivation published between the handshake's check and the join
         # above missed this socket: look once more now that it would be heard.
         code = await database_sync_to_async(revoked_close_code)(identity)

@@ -15,7 +15,8 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 
-from tests.e2e.websocket_core.test_complete_websocket_agent_flow_e2e import Peer, create_conversation
+from tests.e2e.websocket_core.test_complete_websocket_agent_flow_e2e import create_conversation
+from tests.support.peer import Peer
 from tests.support.servers import Stack, login, running_stack, shared_conversation
 from tests.support.waiting import eventually
 

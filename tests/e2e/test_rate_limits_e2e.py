@@ -18,7 +18,8 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from tests.e2e.websocket_core.test_complete_websocket_agent_flow_e2e import Peer, create_conversation
+from tests.e2e.websocket_core.test_complete_websocket_agent_flow_e2e import create_conversation
+from tests.support.peer import Peer
 from tests.support.servers import Stack, login, running_stack
 
 pytestmark = [pytest.mark.e2e]

@@ -5,8 +5,6 @@ seq, and a non-member answered `not_found` on every command. Runs against the re
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import signal
 import time
@@ -16,8 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-import websockets
 
+from tests.support.peer import Peer
 from tests.support.servers import Stack, login, running_stack
 
 pytestmark = [pytest.mark.e2e]
@@ -43,47 +41,6 @@ def create_conversation(stack: Stack, access: str, **body: Any) -> str:
     )
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
-
-
-class Peer:
-    """A protocol client that knows only the protocol document (docs/protocol.md)."""
-
-    def __init__(self, ws: Any) -> None:
-        self.ws = ws
-        self.frames: list[dict[str, Any]] = []
-        self.n = 0
-
-    @classmethod
-    async def open(cls, stack: Stack, access: str, index: int = 0) -> Peer:
-        ws = await websockets.connect(
-            stack.ws_url(index), subprotocols=["chat.v1"], additional_headers={"Authorization": f"Bearer {access}"}
-        )
-        assert ws.subprotocol == "chat.v1"
-        peer = cls(ws)
-        welcome = await peer.next()
-        assert welcome["type"] == "welcome"
-        return peer
-
-    async def next(self, timeout: float = 15) -> dict[str, Any]:
-        frame = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
-        self.frames.append(frame)
-        return frame
-
-    async def until(self, predicate: Any, timeout: float = 20) -> dict[str, Any]:
-        for frame in self.frames:
-            if predicate(frame):
-                return frame
-        deadline = time.monotonic() + timeout
-        while True:
-            frame = await self.next(timeout=max(0.01, deadline - time.monotonic()))
-            if predicate(frame):
-                return frame
-
-    async def command(self, type: str, **fields: Any) -> dict[str, Any]:
-        self.n += 1
-        cid = f"q{self.n}"
-        await self.ws.send(json.dumps({"type": type, "id": cid, **fields}))
-        return await self.until(lambda f: f.get("type") == "reply" and f.get("id") == cid)
 
 
 def durable(frames: list[dict[str, Any]], conv: str) -> list[dict[str, Any]]:

@@ -15,9 +15,7 @@ and the webhooks worker; PostgreSQL, Redis), as clients see it: tokens from `POS
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -25,8 +23,8 @@ from typing import Any
 
 import httpx
 import pytest
-import websockets
 
+from tests.support.peer import Peer
 from tests.support.servers import Stack, login, running_stack
 from tests.support.waiting import eventually
 from tests.support.webhook_receiver import WebhookReceiver
@@ -34,7 +32,6 @@ from tests.support.webhook_receiver import WebhookReceiver
 pytestmark = [pytest.mark.e2e]
 
 ALL_EVENTS = ["message.created", "run.completed", "run.failed", "approval.requested", "member.added"]
-TERMINAL = ("agent_completed", "agent_failed", "agent_cancelled")
 
 
 @pytest.fixture(scope="module")
@@ -59,53 +56,6 @@ def receiver() -> Iterator[WebhookReceiver]:
     server = WebhookReceiver.start()
     yield server
     server.stop()
-
-
-class Peer:
-    """A socket client that knows only docs/protocol.md."""
-
-    def __init__(self, ws: Any, welcome: dict[str, Any]) -> None:
-        self.ws, self.welcome = ws, welcome
-        self.frames: list[dict[str, Any]] = []
-        self.n = 0
-
-    @classmethod
-    async def open(cls, stack: Stack, access: str) -> Peer:
-        ws = await websockets.connect(
-            stack.ws_url(), subprotocols=["chat.v1"], additional_headers={"Authorization": f"Bearer {access}"}
-        )
-        welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        assert welcome["type"] == "welcome"
-        return cls(ws, welcome["data"])
-
-    async def until(self, predicate: Any, timeout: float = 20) -> dict[str, Any]:
-        for frame in self.frames:
-            if predicate(frame):
-                return frame
-        deadline = time.monotonic() + timeout
-        while True:
-            raw = await asyncio.wait_for(self.ws.recv(), max(0.01, deadline - time.monotonic()))
-            frame = json.loads(raw)
-            self.frames.append(frame)
-            if predicate(frame):
-                return frame
-
-    async def command(self, type: str, **fields: Any) -> dict[str, Any]:
-        self.n += 1
-        cid = f"q{self.n}"
-        await self.ws.send(json.dumps({"type": type, "id": cid, **fields}))
-        reply = await self.until(lambda f: f.get("type") == "reply" and f.get("id") == cid)
-        assert reply["ok"] is True, reply
-        return reply
-
-    async def send(self, conversation: str, text: str) -> dict[str, Any]:
-        return await self.command("send", conversation=conversation, client_msg_id=uuid.uuid4().hex, text=text)
-
-    async def event(self, type: str, run_id: str) -> dict[str, Any]:
-        return await self.until(lambda f: f.get("type") == type and f.get("data", {}).get("run_id") == run_id)
-
-    async def ended(self, run_id: str) -> dict[str, Any]:
-        return await self.until(lambda f: f.get("type") in TERMINAL and f["data"].get("run_id") == run_id)
 
 
 def api(stack: Stack, username: str) -> httpx.Client:
@@ -142,8 +92,8 @@ async def test_an_enterprise_run_overtakes_the_queued_free_runs(stack: Stack) ->
     busy, first, second = (conversation(bob_api) for _ in range(3))
     mine = conversation(carol_api)
     for conv in (busy, first, second):
-        await bob.command("subscribe", conversation=conv)
-    await carol.command("subscribe", conversation=mine)
+        await bob.ok("subscribe", conversation=conv)
+    await carol.ok("subscribe", conversation=mine)
 
     # bob's first run takes the only slot (the help answer streams for seconds); his next two and then
     # carol's queue behind it, in that order.
@@ -151,7 +101,7 @@ async def test_an_enterprise_run_overtakes_the_queued_free_runs(stack: Stack) ->
     await bob.event("agent_started", blocker)
     free_runs = [(await bob.send(conv, f"what is {n} * 3?"))["run_id"] for n, conv in ((2, first), (4, second))]
     enterprise_run = (await carol.send(mine, "what is 6 * 7?"))["run_id"]
-    cancelled = await bob.command("cancel", run_id=blocker)
+    cancelled = await bob.ok("cancel", run_id=blocker)
     assert cancelled["status"] in ("cancelling", "cancelled"), cancelled
     assert (await bob.ended(blocker))["type"] == "agent_cancelled"
 
@@ -215,7 +165,7 @@ async def test_webhooks_analytics_sla_and_audit_of_an_enterprise_workspace(
     carol = await socket(stack, carol_api)
     dave = await socket(stack, dave_api)
     for peer in (carol, dave):
-        await peer.command("subscribe", conversation=room)
+        await peer.ok("subscribe", conversation=room)
 
     # Two people: the assistant answers only when addressed (agent_mode auto).
     assert "run_id" not in await dave.send(room, "@carol morning")
@@ -225,7 +175,7 @@ async def test_webhooks_analytics_sla_and_audit_of_an_enterprise_workspace(
     assert (await carol.ended(broken))["type"] == "agent_completed"
     stopped = (await carol.send(room, "@assistant hello"))["run_id"]
     await carol.event("agent_started", stopped)
-    await carol.command("cancel", run_id=stopped)
+    await carol.ok("cancel", run_id=stopped)
     assert (await carol.ended(stopped))["type"] == "agent_cancelled"
     texts = ["@carol morning", "@assistant what is 6 * 7?", "@assistant what is 1 / 0?", "@assistant hello"]
     expected = sorted(

@@ -3,6 +3,7 @@ refusals with their close codes, welcome first, token expiry and refresh, logout
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import timedelta
@@ -14,6 +15,7 @@ from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_K
 from django.contrib.sessions.backends.db import SessionStore
 from rest_framework_simplejwt.tokens import AccessToken
 
+from chat.realtime.groups import GroupMembership
 from chat.services.accounts import user_deactivate, user_sockets_close
 from tests.support.waiting import consistently
 from tests.support.ws import Client, access_token
@@ -159,6 +161,26 @@ async def test_handshake_without_chat_v1_subprotocol_is_rejected(make_user: Any)
     user = await database_sync_to_async(make_user)()
     _, connected, _ = await Client.connect(user, subprotocols=["other"])
     assert connected is False
+
+
+async def test_a_logout_right_after_welcome_closes_the_socket_even_when_joining_is_slow(
+    make_user: Any, monkeypatch: Any
+) -> None:
+    """Welcome promises the socket is live: a logout the client sees after it must reach the
+    socket, even when joining the user's channel-layer group is slow (Redis under load)."""
+    user = await database_sync_to_async(make_user)()
+    real_add = GroupMembership._group_add
+
+    async def slow_add(self: Any, group: str) -> None:
+        if group.startswith("user."):
+            await asyncio.sleep(0.3)  # a slow Redis, injected: the close below must not overtake it
+        await real_add(self, group)
+
+    monkeypatch.setattr(GroupMembership, "_group_add", slow_add)
+    tab, _, _ = await Client.connect(user)
+    assert (await tab.recv())["type"] == "welcome"
+    await database_sync_to_async(user_sockets_close)(user_id=user.id, code=4401, recheck=False)
+    assert await tab.expect_close() == 4401
 
 
 async def test_logout_and_deactivation_close_every_socket_of_the_user(make_user: Any) -> None:
