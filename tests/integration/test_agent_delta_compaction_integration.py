@@ -6,6 +6,8 @@ answered with the whole answer and no error."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 from datetime import timedelta
 from typing import Any
@@ -22,12 +24,14 @@ from rest_framework.test import APIClient
 
 from agents.models import AgentRun, RunStatus
 from agents.services import run_claim_next, run_complete, run_emit, run_fail, run_finish_cancelled, run_request_cancel
+from agents.worker import monitoring_loop
 from chat.infra import message_buffer
 from chat.models import Conversation, Event
 from chat.services import compaction
 from chat.services.events import append_event
 from chatsite.config.env import env_float, env_int
 from tests.support import factories
+from tests.support.waiting import eventually
 from tests.support.ws import Client, access_token
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -305,3 +309,21 @@ def test_the_worker_hook_runs_a_pass_at_most_once_a_minute(make_user: Any, setti
     monkeypatch.setattr(compaction, "_next_pass_at", 0.0)
     assert compaction.compact_when_due().events == 3
     assert deltas(first) == deltas(second) == 0
+
+
+async def test_the_agent_workers_sweep_compacts(make_user: Any, settings: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(compaction, "_next_pass_at", 0.0)
+    settings.MONITORING = {"sweep_interval_s": 0.05}
+    settings.AGENT_DELTA_COMPACT_AFTER_S = 0
+    owner = await database_sync_to_async(make_user)()
+    conv = await factories.conversation(owner, agent_mode="always")
+    run_id, _ = await database_sync_to_async(ask)(conv, owner, 12)
+    loop = asyncio.create_task(monitoring_loop())
+    try:
+        await eventually(
+            lambda: database_sync_to_async(lambda: deltas(run_id) == 0)(), what="the worker's sweep to compact the run"
+        )
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
