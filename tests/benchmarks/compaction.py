@@ -55,7 +55,7 @@ def words(rng: random.Random, lo: int, hi: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
 
 
-def build(questions: int, rng: random.Random) -> tuple[str, dict[str, int]]:
+def build(questions: int, rng: random.Random) -> tuple[str, dict[str, Any]]:
     """One conversation with `questions` answered questions; returns its id and what was written."""
     from django.db import transaction
     from django.utils import timezone
