@@ -92,9 +92,10 @@ class AgentWorker(Worker):
 
 async def monitoring_loop() -> None:
     """The monitoring sweep (stuck and incomplete runs, slow first events, SLO burn, this process's
-    performance, alert delivery) every `sweep_interval_s`, and the event loop's lag sampled
-    meanwhile. Off the shared database thread: a sweep must not queue behind the runs' writes, nor
-    they behind it (it may send mail). A failed sweep is logged and the next one tries again."""
+    performance, alert delivery; then the purges and the compaction of ended runs' deltas) every
+    `sweep_interval_s`, and the event loop's lag sampled meanwhile. Off the shared database thread: a
+    sweep must not queue behind the runs' writes, nor they behind it (it may send mail). A failed sweep
+    is logged and the next one tries again."""
     lag = asyncio.create_task(watch_event_loop(performance_monitor), name="monitoring-loop-lag")
     try:
         while True:
