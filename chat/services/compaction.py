@@ -16,7 +16,9 @@ The readers already skip holes below the head (outbox fill, replay, history, AG-
 Runs are taken oldest end first through a partial index of the ones still due; their deltas go
 AGENT_DELTA_COMPACT_BATCH rows per transaction, and each run is marked (`deltas_compacted_at`) once none of its
 deltas is left, so a pass cut short (a crash, a deploy, the worker's time slice) leaves it due and the next
-pass finishes it. Running it twice deletes nothing the second time.
+pass finishes it. Running it twice deletes nothing the second time. Several workers may compact at once: each
+batch deletes its rows in id order (no deadlock between two passes), and a row another pass deleted first is
+simply not counted.
 """
 
 from __future__ import annotations
