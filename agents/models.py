@@ -59,6 +59,10 @@ class AgentRun(models.Model):
     traceparent = models.CharField(max_length=55, blank=True, default="")
     trace_id = models.CharField(max_length=32, blank=True, default="")
     trace_context = models.CharField(max_length=55, blank=True, default="")
+    # When its agent_delta events were deleted (chat/services/compaction.py): its terminal event carries the
+    # whole answer. Null: not yet, or never (a run still going, or one that failed, whose deltas are its only
+    # record of the text it streamed).
+    deltas_compacted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [
@@ -66,6 +70,12 @@ class AgentRun(models.Model):
             models.Index(fields=["conversation", "status"]),
             # Workspace analytics read a workspace's conversations' runs by creation time.
             models.Index(fields=["conversation", "created_at"], name="agents_run_conv_created"),
+            # The compaction's queue: ended runs whose deltas are still in the log, oldest end first.
+            models.Index(
+                fields=["finished_at"],
+                condition=models.Q(status__in=["completed", "cancelled"], deltas_compacted_at__isnull=True),
+                name="agents_run_compact_due",
+            ),
         ]
         ordering = ["-created_at"]
 

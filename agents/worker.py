@@ -27,6 +27,7 @@ from agents.runner import get_supervisor
 from chat.errors import ErrorClass
 from chat.infra.doorbells import AGENT_RUNS_CHANNEL
 from chat.infra.error_recovery import backoff_delay, classify
+from chat.services.compaction import compact_when_due
 from chat.services.conversation_admin import purge_deleted_when_due
 from chat.services.retention import purge_expired_when_due
 from enterprise.sla import sample_availability
@@ -91,9 +92,10 @@ class AgentWorker(Worker):
 
 async def monitoring_loop() -> None:
     """The monitoring sweep (stuck and incomplete runs, slow first events, SLO burn, this process's
-    performance, alert delivery) every `sweep_interval_s`, and the event loop's lag sampled
-    meanwhile. Off the shared database thread: a sweep must not queue behind the runs' writes, nor
-    they behind it (it may send mail). A failed sweep is logged and the next one tries again."""
+    performance, alert delivery; then the purges and the compaction of ended runs' deltas) every
+    `sweep_interval_s`, and the event loop's lag sampled meanwhile. Off the shared database thread: a
+    sweep must not queue behind the runs' writes, nor they behind it (it may send mail). A failed sweep
+    is logged and the next one tries again."""
     lag = asyncio.create_task(watch_event_loop(performance_monitor), name="monitoring-loop-lag")
     try:
         while True:
@@ -107,6 +109,8 @@ async def monitoring_loop() -> None:
                 await database_sync_to_async(purge_deleted_when_due, thread_sensitive=False)()
                 # History past its tier's retention: a pass at most once an hour, 20 s of work per sweep.
                 await database_sync_to_async(purge_expired_when_due, thread_sensitive=False)()
+                # Ended runs' answer chunks, a few minutes after the end: a pass at most once a minute, 5 s of work.
+                await database_sync_to_async(compact_when_due, thread_sensitive=False)()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -17,7 +17,7 @@ import dj_database_url
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
-from chatsite.config.env import env_bool, env_int, env_list  # noqa: E402
+from chatsite.config.env import env_bool, env_float, env_int, env_list  # noqa: E402
 
 DEBUG = env_bool("DEBUG", False)
 # The fallback key is only for the embedded mode; a deployment sets SECRET_KEY.
@@ -177,6 +177,12 @@ AGENT_HEARTBEAT_S = float(os.environ.get("AGENT_HEARTBEAT_S", "5"))
 AGENT_LOST_AFTER_S = float(os.environ.get("AGENT_LOST_AFTER_S", "20"))
 # Answer chunks are coalesced into one agent_delta per window (LibreChat/Centrifugo batch 25-50 ms).
 AGENT_DELTA_COALESCE_MS = env_int("AGENT_DELTA_COALESCE_MS", 40)
+# Compaction (chat/services/compaction.py, docs/operations.md "Compaction"): a run that completed or was
+# cancelled more than AGENT_DELTA_COMPACT_AFTER_S ago loses its agent_delta events (its terminal event carries
+# the whole answer), AGENT_DELTA_COMPACT_BATCH rows per transaction. The wait lets a socket that resumes right
+# after the end, or an AG-UI stream catching up, still replay the answer as it streamed.
+AGENT_DELTA_COMPACT_AFTER_S = env_float("AGENT_DELTA_COMPACT_AFTER_S", 300.0)
+AGENT_DELTA_COMPACT_BATCH = env_int("AGENT_DELTA_COMPACT_BATCH", 1000)
 # Pace of the offline agent's answer stream, so streaming is visible to a person (0 in tests).
 AGENT_OFFLINE_TOKEN_DELAY_MS = env_int("AGENT_OFFLINE_TOKEN_DELAY_MS", 30)
 # A tool call waiting for a person's approval (docs/protocol.md §11) expires after this many seconds.

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 
-__all__ = ["env_bool", "env_int", "env_list"]
+from django.core.exceptions import ImproperlyConfigured
+
+__all__ = ["env_bool", "env_float", "env_int", "env_list"]
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -16,7 +19,25 @@ def env_bool(name: str, default: bool) -> bool:
 
 def env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
-    return int(raw) if raw else default
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a whole number") from None
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a finite number")
+    return value
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
