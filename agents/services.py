@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from agents import priority
 from agents.models import TERMINAL_STATUSES, AgentRun, ApprovalStatus, RunStatus, ToolCall, ToolCallStatus
-from agents.tool_results import MAX_STORED_RESULT_CHARS, bound_result, result_href
+from agents.tool_results import MAX_STORED_RESULT_CHARS, bound_result, encode_result, result_href
 from chat.errors import ServiceError
 from chat.models import AuthorKind, Conversation, Message, Role
 from chat.publishing import RunnerRung, after_commit
@@ -177,7 +177,8 @@ def tool_call_finish(*, run_id: str, conversation_id: str, call_id: str, ok: boo
     call.finished_at = now
     call.duration_ms = int((now - call.started_at).total_seconds() * 1000)
     call.status = ToolCallStatus.OK if ok else ToolCallStatus.ERROR
-    call.result = bound_result(result, limit=MAX_STORED_RESULT_CHARS)
+    encoded = encode_result(result)
+    call.result = bound_result(result, limit=MAX_STORED_RESULT_CHARS, encoded=encoded)
     call.save(update_fields=["finished_at", "duration_ms", "status", "result"])
     href = result_href(conversation_id=conversation_id, run_id=run_id, call_id=call_id)
     return append_event(
@@ -189,7 +190,7 @@ def tool_call_finish(*, run_id: str, conversation_id: str, call_id: str, ok: boo
             "call_id": call_id,
             "tool": call.tool,
             "ok": ok,
-            "result": bound_result(result, href=href),
+            "result": bound_result(result, href=href, encoded=encoded),
             "duration_ms": call.duration_ms,
         },
     )

@@ -22,11 +22,20 @@ def result_href(*, conversation_id: str, run_id: str, call_id: str) -> str:
     return f"/api/conversations/{conversation_id}/runs/{run_id}/tool-calls/{quote(call_id, safe='')}/result/"
 
 
-def bound_result(result: Any, *, limit: int = MAX_TOOL_RESULT_CHARS, href: str | None = None) -> Any:
-    """`result` itself if its JSON encoding (non-JSON values by their text) is at most `limit`
-    characters, else the truncated form, whose own encoding is at most `limit`: `preview` is the start
-    of the result's encoding, `size` that encoding's full length, `href` where to read it whole."""
-    encoded = json.dumps(result, default=str)
+def encode_result(result: Any) -> str:
+    """A result's JSON encoding (non-JSON values by their text), as its bounds are measured."""
+    return json.dumps(result, default=str)
+
+
+def bound_result(
+    result: Any, *, limit: int = MAX_TOOL_RESULT_CHARS, href: str | None = None, encoded: str | None = None
+) -> Any:
+    """`result` itself if its JSON encoding is at most `limit` characters, else the truncated form, whose
+    own encoding is at most `limit`: `preview` is the start of the result's encoding, `size` that
+    encoding's full length, `href` where to read it whole. `encoded`: `encode_result(result)`, when the
+    caller bounds one result twice (stored and broadcast) and a large result should be encoded once."""
+    if encoded is None:
+        encoded = encode_result(result)
     if len(encoded) <= limit:
         return result
     cut: dict[str, Any] = {"truncated": True, "preview": "", "size": len(encoded)}

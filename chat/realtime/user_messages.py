@@ -5,7 +5,7 @@ other devices, a changed role, a revoked membership."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -15,7 +15,7 @@ from chat.realtime.auth import revoked_close_code
 from chat.realtime.protocol import reply_error
 from chat.realtime.session import Session
 
-Close = Callable[[int], Awaitable[None]]
+Close = Callable[[int], Coroutine[Any, Any, None]]
 
 
 def handle(
@@ -24,7 +24,7 @@ def handle(
     action = message.get("action")
     if action == "close":
         code = int(message.get("code", 4401))
-        spawn(close_if_revoked(session, code, close) if message.get("recheck") else close(code))  # type: ignore[arg-type]
+        spawn(close_if_revoked(session, code, close) if message.get("recheck") else close(code))
     elif action == "notification":
         session.outbox.send_frame(message["frame"])
     elif action == "frame":  # e.g. a draft saved on another device: for this user's sockets on it

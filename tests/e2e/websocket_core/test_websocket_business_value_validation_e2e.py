@@ -40,9 +40,7 @@ def stack() -> Iterator[Stack]:
 def team_room(stack: Stack, token: str) -> dict[str, Any]:
     listed = httpx.get(f"{stack.base_url}/api/conversations/", headers={"Authorization": f"Bearer {token}"})
     listed.raise_for_status()
-    body = listed.json()
-    items = body["conversations"] if isinstance(body, dict) else body
-    return next(c for c in items if c["title"] == TEAM_TITLE)
+    return next(c for c in listed.json() if c["title"] == TEAM_TITLE)
 
 
 async def ask(stack: Stack, username: str, conversation: str) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
