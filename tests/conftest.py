@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import pytest
 from django.conf import settings
 
+from tests.support import fast_flush
+
 # Opt-in fixtures for direct service tests (runner doorbells recorded, cheap password hashing).
 pytest_plugins = ["tests.support.effects", "tests.support.tracing"]
 
@@ -50,6 +52,7 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     if not settings.REDIS_URL:
         raise pytest.UsageError("REDIS_URL is not set: the test suite needs the real Redis (run `make test`).")
+    fast_flush.install()
     # Checked here, before any fixture: otherwise the first fixture to touch a missing service (the
     # test database setup, a Redis cleanup) buries the one line that matters under its traceback.
     db = settings.DATABASES["default"]
