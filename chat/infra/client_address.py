@@ -84,8 +84,8 @@ def scope_client_ip(scope: dict[str, Any]) -> str:
     return forwarded_client(peer, values) or "unknown"
 
 
-def uvicorn_proxy_args() -> list[str]:
-    """uvicorn's command-line flags for the same trust (its default trusts 127.0.0.1)."""
+def uvicorn_proxy_options() -> dict[str, Any]:
+    """uvicorn's Config options for the same trust (its default trusts 127.0.0.1)."""
     if not settings.TRUSTED_PROXIES:
-        return ["--no-proxy-headers"]
-    return ["--proxy-headers", "--forwarded-allow-ips", ",".join(settings.TRUSTED_PROXIES)]
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": ",".join(settings.TRUSTED_PROXIES)}

@@ -374,3 +374,8 @@ _hubs: PerLoop[Hub] = PerLoop(lambda: Hub())
 def get_hub() -> Hub:
     """The hub of the running event loop (one per server process in production)."""
     return _hubs.get()
+
+
+def current_hub() -> Hub | None:
+    """The running event loop's hub if one was made (None: no socket ever subscribed here)."""
+    return _hubs.current()

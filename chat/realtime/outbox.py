@@ -75,6 +75,8 @@ class Outbox:
         self._retry_timer: asyncio.TimerHandle | None = None
         self.overflowed = False
         self.sent_frames = 0
+        # Set once a close_after_queued() has written what was queued and closed the socket.
+        self.drained = asyncio.Event()
 
     # --- producers (never block: a full queue means the client is too slow) ------------------
     def _put(self, item: tuple[Any, ...]) -> None:
@@ -103,6 +105,12 @@ class Outbox:
 
     def stop_stream(self, conversation_id: str) -> None:
         self._put(("stop", conversation_id))
+
+    def close_after_queued(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Write what is queued, then `close` and stop: a server going down closes its sockets without
+        losing what they were about to receive. What is queued after this is not written (the client
+        resumes from the last seq it holds)."""
+        self._put(("close", close))
 
     # --- the writer ------------------------------------------------------------------------------
     async def serve(self, *, closed: Callable[[], bool], on_failure: Callable[[], Awaitable[None]]) -> None:
@@ -149,6 +157,12 @@ class Outbox:
                     self.stalled.pop(item[1], None)
                 elif kind == "retry":
                     await self._retry_stalled()
+                elif kind == "close":
+                    try:
+                        await item[1]()
+                    finally:
+                        self.drained.set()
+                    return
         finally:
             if self._retry_timer is not None:
                 self._retry_timer.cancel()

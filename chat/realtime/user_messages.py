@@ -24,7 +24,10 @@ def handle(
     action = message.get("action")
     if action == "close":
         code = int(message.get("code", 4401))
-        spawn(close_if_revoked(session, code, close) if message.get("recheck") else close(code))
+        if message.get("drain"):  # this server is going down: what is queued first (chat/realtime/shutdown.py)
+            session.outbox.close_after_queued(lambda: close(code))
+        else:
+            spawn(close_if_revoked(session, code, close) if message.get("recheck") else close(code))
     elif action == "notification":
         session.outbox.send_frame(message["frame"])
     elif action == "frame":  # e.g. a draft saved on another device: for this user's sockets on it

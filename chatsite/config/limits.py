@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 
+from django.core.exceptions import ImproperlyConfigured
+
 from chatsite.config.env import env_bool, env_int, env_list
 
 # --- Realtime limits (docs/protocol.md §2/§3): server-wide caps; per-tier values are in CHAT_TIERS below ------
@@ -137,6 +139,14 @@ TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
 # address may be waiting for their head at once; the next one is closed at once.
 CHAT_HANDSHAKE_TIMEOUT_S = float(os.environ.get("CHAT_HANDSHAKE_TIMEOUT_S", "10"))
 CHAT_INCOMPLETE_HANDSHAKES_PER_IP = env_int("CHAT_INCOMPLETE_HANDSHAKES_PER_IP", 20)
+# On SIGTERM a server process gives its sockets this long to write what they have queued and close with
+# 1012 (chatsite/uvicorn_server.py); what is still open then is closed by uvicorn. Below serve's 10 s
+# before it kills a child that has not exited.
+CHAT_SHUTDOWN_DRAIN_S = float(os.environ.get("CHAT_SHUTDOWN_DRAIN_S", "3"))
+if not 0 < CHAT_SHUTDOWN_DRAIN_S <= 8:
+    raise ImproperlyConfigured(
+        f"CHAT_SHUTDOWN_DRAIN_S must be more than 0 and at most 8 seconds, not {CHAT_SHUTDOWN_DRAIN_S}"
+    )
 # Sockets on /ws/chat/ still waiting for their `auth` frame, per client address and server process; the
 # next one is closed 4429.
 CHAT_UNAUTH_SOCKETS_PER_IP = env_int("CHAT_UNAUTH_SOCKETS_PER_IP", 20)

@@ -182,20 +182,27 @@ def start_stack(
     log_dir: Path | None = None,
     ready_timeout: float = 60,
     database_address: str = "127.0.0.1:5432",
+    ports: str = "separate",
 ) -> Stack:
     """`database_address` ("host:port") is where the stack reaches PostgreSQL: another address than
-    the server's own lets a test put a fault-injecting proxy (tests/support/faults.py) in between."""
+    the server's own lets a test put a fault-injecting proxy (tests/support/faults.py) in between.
+    `ports`: "separate" (each server process on its own port, so a test can reach one in particular:
+    `stack.ws_url(index)`) or "shared" (every process on one port, as `make run` serves)."""
     database = prepared_database(seed=seed)
     env = stack_env(f"postgres://postgres@{database_address}/{database}")
     env.update({"AGENT_RUNNER": "worker", "PYTHONUNBUFFERED": "1"})
     env.update(env_overrides or {})
-    port = free_port_block(processes)
-    stack = Stack("127.0.0.1", [port + i for i in range(processes)], env, database)
+    shared = ports == "shared"
+    port = free_port_block(1 if shared else processes)
+    stack = Stack("127.0.0.1", [port + (0 if shared else i) for i in range(processes)], env, database)
     log_dir = log_dir or Path(os.environ.get("E2E_LOG_DIR", "/tmp"))
     stack.log_path = log_dir / f"{database}.log"
     log = stack.log_path.open("wb")
     stack.proc = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--port", str(port), "--processes", str(processes), "--server", server],
+        [
+            *(sys.executable, "manage.py", "serve", "--port", str(port), "--processes", str(processes)),
+            *("--server", server, "--ports", ports),
+        ],
         cwd=ROOT,
         env=env,
         stdout=log,

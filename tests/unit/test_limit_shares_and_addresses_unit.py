@@ -53,7 +53,7 @@ def test_no_proxy_is_trusted_by_default(settings: Any) -> None:
     scope = {"client": ("127.0.0.1", 5000), "headers": [(b"x-forwarded-for", b"6.6.6.6")]}
     assert client_address.scope_client_ip(scope) == "127.0.0.1"
     assert client_address.scope_client_ip({"headers": []}) == "unknown"
-    assert client_address.uvicorn_proxy_args() == ["--no-proxy-headers"]
+    assert client_address.uvicorn_proxy_options() == {"proxy_headers": False}
 
 
 @pytest.mark.parametrize(
@@ -77,7 +77,10 @@ def test_behind_trusted_proxies_the_rightmost_untrusted_hop_is_the_client(
     assert client_address.scope_client_ip({"client": ("10.0.0.5", 1), "headers": headers}) == client
     # A peer that is not a proxy of ours is the client, whatever it sends.
     assert client_address.meta_client_ip({"REMOTE_ADDR": "192.0.2.9", "HTTP_X_FORWARDED_FOR": header}) == "192.0.2.9"
-    assert client_address.uvicorn_proxy_args() == ["--proxy-headers", "--forwarded-allow-ips", "10.0.0.0/24,127.0.0.1"]
+    assert client_address.uvicorn_proxy_options() == {
+        "proxy_headers": True,
+        "forwarded_allow_ips": "10.0.0.0/24,127.0.0.1",
+    }
 
 
 def test_a_malformed_proxy_entry_is_refused(settings: Any) -> None:

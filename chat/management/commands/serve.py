@@ -6,12 +6,14 @@ The ASGI server is uvicorn with the sans-I/O websockets implementation by defaul
 this 2-core machine with tests/benchmarks/fanout.py it costs about half of daphne's CPU per
 delivered frame (tests/benchmarks/README.md). `--server daphne` runs daphne instead.
 
-uvicorn runs with our protocol classes (chat/infra/uvicorn_protocols.py: a bounded request head,
-one log line for a bad frame) and trusts X-Forwarded-For only from settings.TRUSTED_PROXIES, the
-list the app itself uses (chat/infra/client_address.py); uvicorn's own default would trust
-127.0.0.1. Each server process is told how many there are and which one it is
-(CHAT_SERVER_PROCESSES, CHAT_SERVER_INDEX), so that while Redis cannot be asked each allows only its
-share of a limit (chat/infra/rate_limiter.py).
+One URL, every core: by default every server process listens on --port itself (SO_REUSEPORT) and
+the kernel spreads connections over them; `--processes` defaults to one per CPU when the agents run in
+their own worker and events travel through Redis. `--ports separate` puts them on consecutive ports
+instead (the tests use it to reach one process in particular). Each uvicorn process is configured by
+chatsite/uvicorn_server.py (our protocol classes, trusted proxies, and a SIGTERM that lets sockets
+write what they have queued before closing with 1012). Each server process is told how many there
+are and which one it is (CHAT_SERVER_PROCESSES, CHAT_SERVER_INDEX), so that while Redis cannot be
+asked each allows only its share of a limit (chat/infra/rate_limiter.py).
 
 Metrics: every child records into one PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess
 mode), so /metrics on any server process sums all of them and the worker. The operator's directory
@@ -38,35 +40,19 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from chat.infra import client_address
 
-UVICORN_HTTP = "chat.infra.uvicorn_protocols:GuardedHttpToolsProtocol"
-UVICORN_WS = "chat.infra.uvicorn_protocols:QuietWebSocketsSansIOProtocol"
 
-
-def server_argv(server: str, host: str, port: int) -> list[str]:
+def server_argv(server: str, host: str, port: int, *, reuse_port: bool = False) -> list[str]:
     if server == "uvicorn":
+        # Configured in chatsite/uvicorn_server.py (its command line cannot share a port or drain on SIGTERM).
         return [
             sys.executable,
             "-m",
-            "uvicorn",
-            "chatsite.asgi:application",
+            "chatsite.uvicorn_server",
             "--host",
             host,
             "--port",
             str(port),
-            "--http",
-            UVICORN_HTTP,
-            "--ws",
-            UVICORN_WS,
-            *client_address.uvicorn_proxy_args(),
-            "--no-access-log",
-            "--lifespan",
-            "off",
-            "--ws-max-size",
-            str(settings.CHAT_MAX_FRAME_BYTES + 1024),
-            # No permessage-deflate: it keeps zlib state per socket and compresses every frame once per
-            # receiver; chat.v1.deflate compresses once per broadcast (chat/realtime/compression_handler.py).
-            "--ws-per-message-deflate",
-            "false",
+            *(["--reuse-port"] if reuse_port else []),
         ]
     if server == "daphne":
         return [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "chatsite.asgi:application"]
@@ -86,6 +72,16 @@ def metrics_directory() -> tuple[str, bool]:
     return str(path), False
 
 
+def default_processes() -> int:
+    """One server process per CPU when the processes can share the work (the agents run in their own
+    worker and the sockets' events travel through Redis); otherwise one (the embedded layout's in-memory
+    channel layer and in-process agents are per process)."""
+    layer = str(settings.CHANNEL_LAYERS.get("default", {}).get("BACKEND", ""))
+    if settings.AGENT_RUNNER == "worker" and "redis" in layer.lower():
+        return max(1, os.cpu_count() or 1)
+    return 1
+
+
 class Command(BaseCommand):
     help = "Run the ASGI server process(es), the agent worker and the notifications worker together."
 
@@ -93,7 +89,16 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument(
-            "--processes", type=int, default=1, help="server processes, on consecutive ports from --port"
+            "--processes",
+            type=int,
+            default=None,
+            help="server processes (default: one per CPU with the agent worker and Redis, else 1)",
+        )
+        parser.add_argument(
+            "--ports",
+            choices=["shared", "separate"],
+            default="shared",
+            help="shared: every process on --port (SO_REUSEPORT); separate: consecutive ports from --port",
         )
         parser.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn")
         parser.add_argument("--no-worker", action="store_true", help="do not start the agent worker")
@@ -107,12 +112,18 @@ class Command(BaseCommand):
             client_address.trusted_networks()
         except ValueError as exc:
             raise CommandError(f"TRUSTED_PROXIES: {exc}") from None
-        processes = options["processes"]
-        argvs: list[list[str]] = [
-            server_argv(options["server"], options["host"], options["port"] + i) for i in range(processes)
-        ]
+        processes = options["processes"] if options["processes"] is not None else default_processes()
+        if processes < 1:
+            raise CommandError("--processes must be at least 1")
         if settings.AGENT_RUNNER == "inprocess" and processes > 1:
             raise CommandError("AGENT_RUNNER=inprocess with several processes would run agents in each")
+        shared = options["ports"] == "shared"
+        if shared and processes > 1 and options["server"] != "uvicorn":
+            raise CommandError("only uvicorn processes share one port: use --ports separate with daphne")
+        ports = [options["port"] + (0 if shared else i) for i in range(processes)]
+        argvs: list[list[str]] = [
+            server_argv(options["server"], options["host"], port, reuse_port=shared) for port in ports
+        ]
         metrics_dir, own_metrics_dir = metrics_directory()
         common = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=metrics_dir)
         # Per child: how many server processes share the limits, and which one this is.
@@ -150,9 +161,9 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        ports = ", ".join(str(options["port"] + i) for i in range(options["processes"]))
         self.stdout.write(
-            f"serving on {options['host']} port(s) {ports} with {options['server']}"
+            f"serving on {options['host']} port(s) {', '.join(str(p) for p in sorted(set(ports)))} with "
+            f"{processes} {options['server']} process(es)"
             f"; agent runner: {settings.AGENT_RUNNER}"
         )
         self.stdout.flush()

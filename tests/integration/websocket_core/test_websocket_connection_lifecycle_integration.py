@@ -15,7 +15,9 @@ from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_K
 from django.contrib.sessions.backends.db import SessionStore
 from rest_framework_simplejwt.tokens import AccessToken
 
+from chat.realtime.broadcast_manager import current_hub
 from chat.realtime.groups import GroupMembership
+from chat.realtime.shutdown import drain_sockets
 from chat.services.accounts import user_deactivate, user_sockets_close
 from tests.support.waiting import consistently
 from tests.support.ws import Client, access_token
@@ -205,3 +207,24 @@ async def test_logout_and_deactivation_close_every_socket_of_the_user(make_user:
     retry, _, _ = await Client.connect(user)
     assert await retry.expect_close() == 4401
     await bystander.close()
+
+
+async def test_a_server_going_down_writes_what_each_socket_has_queued_then_closes_1012(make_user: Any) -> None:
+    """SIGTERM's drain (chat/realtime/shutdown.py): the frames a socket's outbox holds are written before
+    its 1012, where uvicorn alone would close at once and drop them; sockets of other users too."""
+    user, other = await database_sync_to_async(make_user)(), await database_sync_to_async(make_user)()
+    tab, _, _ = await Client.connect(user)
+    bystander, _, _ = await Client.connect(other)
+    for client in (tab, bystander):
+        assert (await client.recv())["type"] == "welcome"
+    hub = current_hub()
+    assert hub is not None
+    (outbox,) = hub.users[user.id]
+    queued = [json.dumps({"type": "notification", "data": {"n": n}}) for n in range(50)]
+    for text in queued:  # queued at once, before the writer gets a turn
+        outbox.send_frame(text)
+    assert await drain_sockets(code=1012, timeout_s=5) == 0
+    frames = [await tab.recv() for _ in range(len(queued) + 1)]
+    assert [f.get("data", {}).get("n") for f in frames[:-1]] == list(range(50))
+    assert frames[-1] == {"type": "__close__", "code": 1012}
+    assert await bystander.expect_close() == 1012
