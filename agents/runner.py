@@ -1,5 +1,7 @@
 """The run supervisor: claims queued runs, executes them as tasks, heart-beats them, stops them on
-cancel, and fails runs whose runner died (worker_lost).
+cancel, and fails runs whose runner died (worker_lost). On SIGTERM (`shutdown`) it stops claiming
+and hands the runs it holds back to the queue or ends them (agents/liveness.py), within
+SHUTDOWN_BOUND_S.
 
 It lives in the agent worker process (`manage.py runworker agent-runs`) or, in embedded mode and
 tests, in the server process itself (AGENT_RUNNER=inprocess). Either way the database is the
@@ -21,7 +23,7 @@ import uuid
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from agents import approvals, priority, services
+from agents import approvals, liveness, priority, services
 from agents.backends import get_backend
 from agents.runtime import execute_run
 from agents.tools import default_registry
@@ -42,6 +44,11 @@ logger = logging.getLogger(__name__)
 POLL_INTERVAL_S = 1.0
 # Approvals past their expiry are resolved this often (one indexed query when none are due).
 APPROVAL_SWEEP_S = 1.0
+# shutdown(): the runs' tasks get this long to stop, then the hand-offs this long (one transaction
+# each); with withdrawing the breakers (1 s) it stays well under serve's 10 s before SIGKILL.
+SHUTDOWN_TASKS_S = 2.0
+SHUTDOWN_HAND_OFF_S = 3.0
+SHUTDOWN_BOUND_S = SHUTDOWN_TASKS_S + SHUTDOWN_HAND_OFF_S + 1.0
 
 
 class RunSupervisor:
@@ -54,13 +61,15 @@ class RunSupervisor:
         self.tools = default_registry()
         self._breakers_changed = asyncio.Event()
         self._published: dict[str, str] = {}
+        # Set by shutdown(): the runs' tasks, cancelled, then write nothing (the hand-off does).
+        self.stopping = asyncio.Event()
 
     @property
     def started(self) -> bool:
         return bool(self._loops)
 
     def start(self) -> None:
-        if self._loops:
+        if self._loops or self.stopping.is_set():  # a doorbell must not restart a stopping runner
             return
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="runs-claim"),
@@ -75,7 +84,8 @@ class RunSupervisor:
         logger.info("run supervisor %s started", self.worker_id)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
-        """Cancel the loops and the runs (each run writes agent_cancelled). Bounded in time."""
+        """Cancel the loops and the runs (each run writes agent_cancelled, unless `shutdown` stops
+        them). Bounded in time."""
         tasks = [*self._loops, *self.tasks.values()]
         for task in tasks:
             task.cancel()
@@ -87,6 +97,34 @@ class RunSupervisor:
                 async with asyncio.timeout(1.0):
                     await withdraw_breakers(self.worker_id)
         self._loops = []
+
+    async def shutdown(self) -> dict[str, str]:
+        """SIGTERM: stop claiming now, stop the runs' tasks without a terminal event of theirs, then
+        hand each run back to the queue or end it (agents/liveness.py); never agent_cancelled unless
+        a member asked. Within SHUTDOWN_BOUND_S; a run whose hand-off did not fit in it is left to
+        the reaper (worker_lost). Returns each run's outcome."""
+        self.stopping.set()
+        held = set(self.tasks)
+        await self.stop(timeout_s=SHUTDOWN_TASKS_S)
+        outcomes: dict[str, str] = {}
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_HAND_OFF_S):
+                # Also a claim that committed as its loop was cancelled: its run has no task here.
+                with contextlib.suppress(Exception):
+                    held |= set(await run_service(liveness.runs_held, worker_id=self.worker_id))
+                for run_id in sorted(held):
+                    try:
+                        outcome = await run_service(
+                            liveness.run_stop_for_shutdown, run_id=run_id, worker_id=self.worker_id
+                        )
+                    except Exception:
+                        _log_loop_failure(f"handing off run {run_id} failed; the reaper ends it")
+                        continue
+                    outcomes[run_id] = outcome.how
+                    if outcome.how == "failed":
+                        run_ended("worker_shutdown", OTHER)
+        logger.info("run supervisor %s stopped: %s", self.worker_id, outcomes or "no runs held")
+        return outcomes
 
     def wake(self) -> None:
         self._wake.set()
@@ -129,7 +167,8 @@ class RunSupervisor:
                 break
             claimed_count += 1
             task = asyncio.create_task(
-                execute_run(claimed, backend=self.backend, tools=self.tools), name=f"run-{claimed.run_id}"
+                execute_run(claimed, backend=self.backend, tools=self.tools, stopping=self.stopping),
+                name=f"run-{claimed.run_id}",
             )
             self.tasks[claimed.run_id] = task
             task.add_done_callback(functools.partial(self._finished, claimed.run_id))
@@ -147,7 +186,7 @@ class RunSupervisor:
             try:
                 # Not on the shared DB thread: queued behind many delta writes, a heartbeat could
                 # arrive too late and the reaper would fail live runs.
-                to_cancel = await database_sync_to_async(services.runs_heartbeat, thread_sensitive=False)(
+                to_cancel = await database_sync_to_async(liveness.runs_heartbeat, thread_sensitive=False)(
                     run_ids=list(self.tasks)
                 )
             except asyncio.CancelledError:
@@ -180,7 +219,7 @@ class RunSupervisor:
         while True:
             await asyncio.sleep(min(5.0, settings.AGENT_LOST_AFTER_S / 2))
             try:
-                events = await run_service(services.runs_reap_lost, lost_after_s=settings.AGENT_LOST_AFTER_S)
+                events = await run_service(liveness.runs_reap_lost, lost_after_s=settings.AGENT_LOST_AFTER_S)
             except asyncio.CancelledError:
                 raise
             except Exception:

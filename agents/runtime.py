@@ -104,6 +104,13 @@ class Emitter:
             self._timer = None
         await self._flush_pending()
 
+    def discard(self) -> None:
+        """Drop the answer text not flushed yet, and its pending flush."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._pending = ""
+
     async def _flush_pending(self) -> None:
         async with self._lock:
             if not self._pending:
@@ -184,8 +191,11 @@ def _load_history(conversation_id: str, before_seq: int, limit: int = 20) -> lis
     return [{"role": "assistant" if kind == AuthorKind.AGENT else "user", "content": text} for kind, text in rows]
 
 
-async def execute_run(run: ClaimedRun, *, backend: Backend, tools: ToolRegistry) -> None:
-    """Run to its terminal event. Cancellation (task.cancel()) ends it with agent_cancelled.
+async def execute_run(
+    run: ClaimedRun, *, backend: Backend, tools: ToolRegistry, stopping: asyncio.Event | None = None
+) -> None:
+    """Run to its terminal event. Cancellation (task.cancel()) ends it with agent_cancelled, unless
+    `stopping` is set: the runner is shutting down and its hand-off ends the run (agents/liveness.py).
     The leg is one span (monitoring/tracing.py), current while it runs: tool calls and model
     rounds are its children."""
     emitter = Emitter(run)
@@ -200,10 +210,12 @@ async def execute_run(run: ClaimedRun, *, backend: Backend, tools: ToolRegistry)
         emitter.trace = trace
         if run.resume is not None:
             trace.set("agent.approval.decision", run.resume.decision)
-        await _execute(run, emitter, backend, tools)
+        await _execute(run, emitter, backend, tools, stopping)
 
 
-async def _execute(run: ClaimedRun, emitter: Emitter, backend: Backend, tools: ToolRegistry) -> None:
+async def _execute(
+    run: ClaimedRun, emitter: Emitter, backend: Backend, tools: ToolRegistry, stopping: asyncio.Event | None
+) -> None:
     usage: dict[str, Any] = {}
     try:
         queued_at, tier = await database_sync_to_async(_run_facts)(run.run_id, emitter.trace.to_store())
@@ -269,7 +281,11 @@ async def _execute(run: ClaimedRun, emitter: Emitter, backend: Backend, tools: T
         await asyncio.shield(complete())
         emitter.ended("completed")
     except asyncio.CancelledError:
-        await _end(emitter, "cancelled")
+        if stopping is not None and stopping.is_set():
+            emitter.discard()  # unsent answer text: nobody saw it, and a handed-back run starts over
+            emitter.trace.outcome("worker_shutdown")
+        else:
+            await _end(emitter, "cancelled")
         raise
     except CircuitOpen as exc:
         if exc.name == "llm":

@@ -1,4 +1,5 @@
-"""Every write of a run's life: enqueue, claim, emit events, finish, cancel, heartbeat, reap.
+"""Every write of a run's life: enqueue, claim, emit events, finish, cancel (heartbeats, the reaper and
+a stopping worker's hand-off: agents/liveness.py).
 
 Runs are a durable queue in the database. The channel layer only wakes the runner; a runner that
 missed the doorbell finds queued runs on its next poll. One run at a time per conversation, checked
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
@@ -105,19 +106,21 @@ def _claim_in_conversation(
     if run is None or not priority.may_take(run.requested_by_id, tiers):  # the head, re-read under the lock
         return None
     now = timezone.now()
+    # A run handed back by a stopping worker (agents/liveness.py) showed its agent_started already.
+    handed_back = run.started_at is not None
     run.status = RunStatus.RUNNING
-    run.started_at = now
+    run.started_at = run.started_at or now
     run.heartbeat_at = now
     run.worker_id = worker_id
     run.save(update_fields=["status", "started_at", "heartbeat_at", "worker_id"])
-    event = _append_started(run, now)
+    events = [] if handed_back else [_append_started(run, now)]
     return ClaimedRun(
         run_id=str(run.id),
         conversation_id=str(conversation_id),
         agent=run.agent,
         requested_by_id=run.requested_by_id,
         prompt=run.trigger_message.text if run.trigger_message else "",
-        events=[event],
+        events=events,
         trigger_seq=(run.trigger_message.seq or 0) if run.trigger_message else 0,
         traceparent=run.traceparent,
     )
@@ -247,9 +250,8 @@ def run_fail(
         return None
     if only_if_stale_before is not None and (run.heartbeat_at is None or run.heartbeat_at >= only_if_stale_before):
         return None
-    events_needed_start = run.status == RunStatus.QUEUED
     now = timezone.now()
-    if events_needed_start:
+    if run.status == RunStatus.QUEUED and run.started_at is None:  # not a handed-back one: it has its own
         run.started_at = now
         _append_started(run, now)
     run.status = RunStatus.FAILED
@@ -314,9 +316,9 @@ def run_request_cancel(*, run_id: str, by_user_id: int, by_username: str, role: 
         raise ServiceError("conflict", f"run already {run.status}")
     if run.status == RunStatus.QUEUED:
         now = timezone.now()
-        started = _append_started(run, now)
+        started = [] if run.started_at else [_append_started(run, now)]  # a handed-back run has its own
         run.status = RunStatus.CANCELLED
-        run.started_at = now
+        run.started_at = run.started_at or now
         run.finished_at = now
         run.cancelled_by_id = by_user_id
         run.cancel_requested = True
@@ -328,7 +330,7 @@ def run_request_cancel(*, run_id: str, by_user_id: int, by_username: str, role: 
             data={"run_id": str(run.id), "by": {"id": by_user_id, "username": by_username}, "partial_text": ""},
         )
         after_commit(RunnerRung())  # the conversation's next queued run may start now
-        return CancelResult(str(run.id), RunStatus.CANCELLED, [started, cancelled], str(run.conversation_id))
+        return CancelResult(str(run.id), RunStatus.CANCELLED, [*started, cancelled], str(run.conversation_id))
     if run.status == RunStatus.WAITING_APPROVAL:
         # No runner holds a parked run: it ends here, and its open approval with it.
         run.cancel_requested = True
@@ -368,33 +370,3 @@ def _append_cancelled(run: AgentRun, by: dict[str, Any]) -> StoredEvent:
         run_id=run.id,
         data={"run_id": str(run.id), "by": by, "partial_text": run.partial_text},
     )
-
-
-def runs_heartbeat(*, run_ids: list[str]) -> list[str]:
-    """Refresh the heartbeat of the runs this runner holds; return those asked to cancel."""
-    if not run_ids:
-        return []
-    AgentRun.objects.filter(id__in=run_ids, status=RunStatus.RUNNING).update(heartbeat_at=timezone.now())
-    return [str(i) for i in AgentRun.objects.filter(id__in=run_ids, cancel_requested=True).values_list("id", flat=True)]
-
-
-def runs_reap_lost(*, lost_after_s: float) -> list[StoredEvent]:
-    """Fail every running run whose runner stopped heart-beating: agent_failed(worker_lost)."""
-    cutoff = timezone.now() - timedelta(seconds=lost_after_s)
-    lost = list(
-        AgentRun.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=cutoff).values_list("id", "conversation_id")
-    )
-    events = []
-    for run_id, conversation_id in lost:
-        event = run_fail(
-            run_id=str(run_id),
-            conversation_id=str(conversation_id),
-            code="worker_lost",
-            message="the worker running this agent stopped responding",
-            only_if_stale_before=cutoff,
-        )
-        if event is not None:
-            events.append(event)
-    if events:
-        after_commit(RunnerRung())  # the failed runs' conversations may start their next run
-    return events

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import signal
 import time
 from typing import Any
 
@@ -23,7 +24,7 @@ from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
 from channels.worker import Worker
 
-from agents.runner import get_supervisor
+from agents.runner import get_supervisor, supervisors
 from chat.errors import ErrorClass
 from chat.infra.doorbells import AGENT_RUNS_CHANNEL
 from chat.infra.error_recovery import backoff_delay, classify
@@ -59,6 +60,29 @@ class RunWorkerConsumer(AsyncConsumer):
 
 
 class AgentWorker(Worker):
+    async def arun(self) -> None:
+        """channels' worker until SIGTERM or SIGINT; then the run supervisor stops claiming and hands
+        off the runs it holds (`RunSupervisor.shutdown`, bounded by SHUTDOWN_BOUND_S) and `run()`
+        returns: the process exits 0 (a deploy, or `serve` stopping or restarting it)."""
+        loop = asyncio.get_running_loop()
+        signalled = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, signalled.set)
+        serving = asyncio.create_task(super().arun(), name="worker")
+        waiting = asyncio.create_task(signalled.wait(), name="worker-signals")
+        await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        if serving.done():  # the worker ended by itself (a bug): as channels would, raise it
+            waiting.cancel()
+            return serving.result()
+        logger.info("agent worker stopping on a signal")
+        supervisor = supervisors.current()
+        if supervisor is not None:
+            await supervisor.shutdown()
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        return None
+
     async def handle(self) -> None:
         if AGENT_RUNS_CHANNEL in self.channels:
             get_supervisor()  # starts claiming, heart-beating and reaping now

@@ -140,7 +140,7 @@ class AgentCompletedData(ServerData):
     usage: Usage
 
 
-RunErrorCode = Literal["worker_lost", "llm_unavailable", "llm_timeout", "llm_error", "internal"]
+RunErrorCode = Literal["worker_lost", "worker_shutdown", "llm_unavailable", "llm_timeout", "llm_error", "internal"]
 
 
 class RunError(ServerData, omit_defaults=True):

@@ -33,7 +33,7 @@ DURABLE_TYPES = frozenset(DURABLE_DATA)
 ERROR_CODES = frozenset(get_args(ErrorCode))
 CRITICAL_EVENTS = ("agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed")
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
-RUN_STATUSES = ("completed", "failed", "cancelled", "worker_lost")
+RUN_STATUSES = ("completed", "failed", "cancelled", "worker_lost", "worker_shutdown")
 
 # Bucket bounds in seconds, chosen per what is measured: socket-side work is sub-millisecond to a
 # few seconds, agent work seconds to minutes.

@@ -21,6 +21,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from agents.liveness import runs_heartbeat, runs_reap_lost
 from agents.models import AgentRun, RunStatus, ToolCall, ToolCallStatus
 from agents.services import (
     CancelResult,
@@ -32,8 +33,6 @@ from agents.services import (
     run_fail,
     run_finish_cancelled,
     run_request_cancel,
-    runs_heartbeat,
-    runs_reap_lost,
     tool_call_finish,
     tool_call_start,
 )
