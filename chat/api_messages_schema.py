@@ -142,3 +142,38 @@ tool_call_result = extend_schema_view(
         responses={200: ToolCallWhole, **AUTH_ERRORS, 404: NOT_FOUND},
     )
 )
+
+
+class SearchParams(serializers.Serializer):
+    q = serializers.CharField(
+        max_length=200,
+        help_text="what a search box takes: words (all of them), \"a phrase\", `or`, `-word`; 'simple' matching:"
+        " words as written, no stemming",
+    )
+    conversation = serializers.UUIDField(required=False, help_text="only this conversation (404 if not a member)")
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=50, help_text="default 20")
+
+
+class SearchHit(serializers.Serializer):
+    conversation_id = serializers.UUIDField()
+    conversation_title = serializers.CharField()
+    message_id = serializers.UUIDField()
+    seq = serializers.IntegerField()
+    author = serializers.CharField(help_text="a username, `agent`, or `deleted user`")
+    created_at = serializers.DateTimeField()
+    snippet = serializers.CharField(help_text="the text around the matches, each matched word between « and »")
+    rank = serializers.FloatField(help_text="PostgreSQL's ts_rank (higher is better)")
+
+
+class SearchResults(serializers.Serializer):
+    results = SearchHit(many=True, help_text="best rank first, then newest")
+
+
+message_search = extend_schema_view(
+    get=extend_schema(
+        summary="Full-text search over the messages of every conversation the caller may read (or one)",
+        tags=["messages"],
+        parameters=[SearchParams],
+        responses={200: SearchResults, 400: BAD_REQUEST, **AUTH_ERRORS, 404: NOT_FOUND},
+    )
+)
