@@ -40,7 +40,8 @@ MAX_ANY_WORDS = 8  # `match="any"`: the first eight words count
 # The markers around each matched word of a snippet: plain characters no client has to unescape, and rare in
 # chat text (unlike `**`, which is Markdown people type).
 START_SEL, STOP_SEL = "«", "»"
-SNIPPET_WORDS = (12, 30)  # ts_headline's MinWords, MaxWords
+SNIPPET_WORDS = (20, 40)  # ts_headline's MinWords, MaxWords
+SNIPPET_CHARS = 300  # a snippet's bound in characters, whatever its words' length
 FALLBACK_CONTEXT_CHARS = 60  # the fallback's snippet: this much text on each side of the first hit
 FALLBACK_CANDIDATES = 500  # the fallback ranks at most the newest 500 matches
 WORDS = re.compile(r"\w+")
@@ -124,8 +125,8 @@ def search(
     _check(query, limit)
     postgres = connection.vendor == "postgresql"
     words = WORDS.findall(query)
-    if match == "any":
-        words = words[:MAX_ANY_WORDS]
+    if match == "any":  # one-letter words ("a", "I") would match nearly everything
+        words = [w for w in words if len(w) > 1][:MAX_ANY_WORDS]
         query = " or ".join(words)
     if not words:
         return []  # only punctuation: nothing any message could match
@@ -150,6 +151,14 @@ def search(
     return _fallback(qs, words, match, limit)
 
 
+def bounded_snippet(snippet: str) -> str:
+    """At most SNIPPET_CHARS characters ("…" where cut), a mark cut open closed again."""
+    if len(snippet) <= SNIPPET_CHARS:
+        return snippet
+    cut = snippet[: SNIPPET_CHARS - 2]
+    return cut + (STOP_SEL if cut.count(START_SEL) > cut.count(STOP_SEL) else "") + "…"
+
+
 def _hit(m: Message, snippet: str, rank: float) -> SearchHit:
     return SearchHit(
         conversation_id=str(m.conversation_id),
@@ -158,7 +167,7 @@ def _hit(m: Message, snippet: str, rank: float) -> SearchHit:
         seq=m.seq or 0,
         author=author_name(m),
         created_at=m.created_at,
-        snippet=snippet,
+        snippet=bounded_snippet(snippet),
         rank=rank,
         text=m.text if len(m.text) <= SEARCH_TEXT_CHARS else m.text[: SEARCH_TEXT_CHARS - 1] + "…",
     )

@@ -105,6 +105,20 @@ def test_a_long_message_gets_a_snippet_around_the_match(make_user: Any) -> None:
     assert len(fallback.snippet) < 2 * search.FALLBACK_CONTEXT_CHARS + 20
 
 
+def test_a_snippet_of_very_long_words_is_bounded(make_user: Any) -> None:
+    alice = make_user()
+    conv = conversation_sync(alice, agent="")
+    message_sync(conv, alice, "zebra " + " ".join("w" * 200 for _ in range(20)))
+    for fulltext in (True, False):
+        [hit] = search.search(user_id=alice.id, query="zebra", fulltext=fulltext)
+        assert len(hit.snippet) <= search.SNIPPET_CHARS
+        assert hit.snippet.startswith("«zebra» ")
+        assert hit.snippet.endswith("…")
+    # A mark the cut opened is closed again.
+    assert search.bounded_snippet("x" * 293 + " «zebra» y") == "x" * 293 + " «zeb»…"
+    assert search.bounded_snippet("short «one»") == "short «one»"
+
+
 def test_snippet_around_cuts_and_marks() -> None:
     assert search.snippet_around("Zebra zebra ZEBRA", ["zebra"]) == "«Zebra» «zebra» «ZEBRA»"
     assert search.snippet_around("x" * 100 + " cat " + "y" * 100, ["cat"], context=5) == "…xxxx «cat» yyyy…"
