@@ -25,7 +25,7 @@ from django.db import OperationalError, connection, transaction
 from agents.sandbox import ToolError
 from agents.tool_context import ToolContext
 from chat.errors import NotFound, ServiceError
-from chat.search import conversations_every_member_reads, search
+from chat.search import conversations_every_member_reads, room_history_since, search
 from chat.selectors import conversation_for_member, user_tier, user_time_zone
 from chat.tiers import all_tiers, limits_for
 
@@ -131,7 +131,8 @@ def _search(*, ctx: ToolContext, query: str, limit: int, scope: str) -> dict[str
     scope "all" searches only the conversations that EVERY current active member of this conversation may
     read (chat/search.py conversations_every_member_reads): the result is an event all of them read, so text
     from a conversation one of them is not in never reaches them. For a private 1:1 with the agent that is
-    every conversation of the asker's. Not in the asker's tier: this conversation, and what would be shown."""
+    every conversation of the asker's. Not in the asker's tier: this conversation, and what would be shown.
+    In either scope nothing older than the room's strictest member's tier keeps (`room_history_since`)."""
     assert ctx.user_id is not None
     timeout_ms = settings.AGENT_TOOL_SEARCH_TIMEOUT_MS
     zone = _requester_zone(ctx.user_id)
@@ -162,6 +163,7 @@ def _search(*, ctx: ToolContext, query: str, limit: int, scope: str) -> dict[str
                 exclude_run_id=ctx.run_id,
                 exclude_text_regex=request_pattern(query),
                 exclude_search_answers=True,
+                since=room_history_since(conversation_id=ctx.conversation_id),
             )
     except OperationalError as exc:
         if getattr(exc.__cause__, "sqlstate", None) == "57014":  # query_canceled: the timeout

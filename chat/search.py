@@ -21,16 +21,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.postgres.search import SearchHeadline, SearchQuery, SearchRank, SearchVectorField
 from django.db import connection
 from django.db.models import Count, Func, Q, QuerySet, Subquery
+from django.utils import timezone
 
 from chat.errors import ServiceError
 from chat.models import ConversationMember, Message
 from chat.selectors import LIVE, SEARCH_TEXT_CHARS, author_name
+from chat.tiers import limits_for
 
 SEARCH_CONFIG = "simple"  # see the module docstring
 MAX_QUERY_CHARS = 200
@@ -88,6 +90,19 @@ def conversations_every_member_reads(*, conversation_id: str) -> QuerySet[Any, A
         .filter(readers=Subquery(room_size))
         .values("conversation_id")
     )
+
+
+def room_history_since(*, conversation_id: str) -> datetime | None:
+    """The oldest moment every current active member of the conversation may still read, by the shortest
+    `history_retention_days` of their tiers (None: all of them keep history forever). A search whose result
+    all of them read starts there: no member is shown text older than their own tier lets them read."""
+    tiers = set(
+        ConversationMember.objects.filter(conversation_id=conversation_id, user__is_active=True).values_list(
+            "user__tier", flat=True
+        )
+    )
+    days = [d for d in (limits_for(t).history_retention_days for t in tiers) if d is not None]
+    return timezone.now() - timedelta(days=min(days)) if days else None
 
 
 def _check(query: str, limit: int) -> None:

@@ -6,7 +6,12 @@ step on a real SQLite connection)."""
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -183,6 +188,51 @@ def test_the_migration_does_nothing_on_sqlite() -> None:
             assert cursor.fetchone() == (0,)
     finally:
         sqlite.close()
+
+
+SQLITE_PROBE = """
+import json, uuid
+from django.db import connection
+from chat.search import conversations_every_member_reads, search
+from chat.services.conversations import conversation_create, user_create
+from chat.services.messages import message_send
+u = user_create(username="p" + uuid.uuid4().hex[:8], password="pw-" + uuid.uuid4().hex, tier="enterprise")
+c = str(conversation_create(creator=u, title="probe", agent="").conversation.id)
+for i, t in enumerate(["the launch budget is approved", "launch day is Friday", "nothing"]):
+    message_send(conversation_id=c, author_id=u.id, username=u.username, client_msg_id=str(i), text=t, can_write=True)
+with connection.cursor() as cursor:
+    cursor.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql LIKE '%tsvector%'")
+    indexes = cursor.fetchall()
+room = conversations_every_member_reads(conversation_id=c)
+print(json.dumps({
+    "vendor": connection.vendor,
+    "indexes": indexes,
+    "any": [h.snippet for h in search(user_id=u.id, query="launch or budget")],
+    "all": [h.snippet for h in search(user_id=u.id, query="launch budget")],
+    "room": [h.snippet for h in search(user_id=u.id, query="friday", match="any", conversation_ids=room,
+                                       exclude_text_regex="x", exclude_search_answers=True)],
+}))
+"""
+
+
+def test_the_embedded_sqlite_mode_migrates_and_searches_with_the_fallback(tmp_path: Any) -> None:
+    """The real thing on SQLite, in its own process: every migration runs (0006 does nothing there) and the
+    search answers with the fallback, ranked and marked like PostgreSQL's."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env["SQLITE_PATH"] = str(tmp_path / "embedded.sqlite3")
+    manage = [sys.executable, str(Path(__file__).resolve().parents[2] / "manage.py")]
+    subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, timeout=120)
+    probe = subprocess.run(
+        [*manage, "shell", "-c", SQLITE_PROBE], env=env, check=True, timeout=120, capture_output=True, text=True
+    )
+    got = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert got == {
+        "vendor": "sqlite",
+        "indexes": [],
+        "any": ["the «launch» «budget» is approved", "«launch» day is Friday"],
+        "all": ["the «launch» «budget» is approved"],
+        "room": ["launch day is «Friday»"],
+    }
 
 
 # --- who may read what ------------------------------------------------------------------------------------------

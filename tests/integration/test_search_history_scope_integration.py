@@ -7,13 +7,15 @@ An asker whose tier lacks the `search` capability gets this conversation's match
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
+from django.utils import timezone
 
 from agents.tools import ToolContext, default_registry
-from chat.models import ConversationMember, Role
+from chat.models import ConversationMember, Message, Role
 from chat.services.accounts import user_deactivate
 from chat.services.conversation_admin import conversation_delete
 from chat.services.conversations import conversation_member_remove
@@ -137,3 +139,20 @@ async def test_results_are_ranked_and_earlier_cross_requests_are_not_matches(mak
     assert all("search" not in m["snippet"] for m in result["matches"])
     ranks = [m["rank"] for m in result["matches"]]
     assert ranks == sorted(ranks, reverse=True)
+
+
+async def test_nothing_older_than_the_strictest_members_history_retention(make_user: Any) -> None:
+    """bob is on the free tier (30 days of history): a message older than that is not his to read any more, so a
+    result every member of the room reads leaves it out; in alice's private conversation it is hers to find."""
+    w = await database_sync_to_async(world)(make_user)
+
+    def age(text: str, days: int) -> None:
+        Message.objects.filter(text=text).update(created_at=timezone.now() - timedelta(days=days))
+
+    await database_sync_to_async(age)("zebra: all three", 31)
+    await database_sync_to_async(age)("zebra: the room itself", 31)
+    await database_sync_to_async(age)("zebra: all three and dave", 29)
+    assert texts(await search_as(w["alice"], w["room"], "zebra")) == {"zebra: all three and dave"}
+    assert texts(await search_as(w["alice"], w["room"], "zebra", scope=None)) == set()
+    private = await database_sync_to_async(conversation_sync)(w["alice"], title="mine")
+    assert {"zebra: all three", "zebra: the room itself"} <= texts(await search_as(w["alice"], private, "zebra"))
