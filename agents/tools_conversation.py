@@ -20,12 +20,11 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import OperationalError, connection, transaction
 
 from agents.sandbox import ToolError
 from agents.tool_context import ToolContext
 from chat.errors import NotFound, ServiceError
-from chat.search import conversations_every_member_reads, room_history_since, search
+from chat.search import conversations_every_member_reads, room_history_since, search_within
 from chat.selectors import conversation_for_member, user_tier, user_time_zone
 from chat.tiers import all_tiers, limits_for
 
@@ -134,7 +133,6 @@ def _search(*, ctx: ToolContext, query: str, limit: int, scope: str) -> dict[str
     every conversation of the asker's. Not in the asker's tier: this conversation, and what would be shown.
     In either scope nothing older than the room's strictest member's tier keeps (`room_history_since`)."""
     assert ctx.user_id is not None
-    timeout_ms = settings.AGENT_TOOL_SEARCH_TIMEOUT_MS
     zone = _requester_zone(ctx.user_id)
     out: dict[str, Any] = {"query": query, "scope": scope, "timezone": zone.key}
     if scope == "all":
@@ -151,25 +149,19 @@ def _search(*, ctx: ToolContext, query: str, limit: int, scope: str) -> dict[str
         else [ctx.conversation_id]
     )
     try:
-        with transaction.atomic(), connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(timeout_ms)])
-            hits = search(
-                user_id=ctx.user_id,
-                query=query,
-                match="any",
-                limit=limit,
-                conversation_ids=where,
-                exclude_run_id=ctx.run_id,
-                exclude_text_regex=request_pattern(query),
-                exclude_search_answers=True,
-                since=room_history_since(conversation_id=ctx.conversation_id),
-            )
-    except OperationalError as exc:
-        if getattr(exc.__cause__, "sqlstate", None) == "57014":  # query_canceled: the timeout
-            raise ToolError(f"the search took longer than {timeout_ms} ms and was stopped") from exc
-        raise
-    except ServiceError as exc:
+        hits = search_within(
+            timeout_ms=settings.AGENT_TOOL_SEARCH_TIMEOUT_MS,
+            user_id=ctx.user_id,
+            query=query,
+            match="any",
+            limit=limit,
+            conversation_ids=where,
+            exclude_run_id=ctx.run_id,
+            exclude_text_regex=request_pattern(query),
+            exclude_search_answers=True,
+            since=room_history_since(conversation_id=ctx.conversation_id),
+        )
+    except ServiceError as exc:  # the timeout, or a bound the selector refuses
         raise ToolError(exc.message) from exc
     out["matches"] = [
         {

@@ -5,7 +5,7 @@ chat/api_schema.py, whose error bodies and path parameters it shares; the shapes
 from __future__ import annotations
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import serializers
 
 from chat.api_schema import (
@@ -14,6 +14,7 @@ from chat.api_schema import (
     BODY_ERRORS,
     CONFLICT,
     CONVERSATION_ID,
+    ERROR,
     MESSAGE_ID,
     NOT_FOUND,
     TOO_LARGE,
@@ -174,6 +175,12 @@ message_search = extend_schema_view(
         summary="Full-text search over the messages of every conversation the caller may read (or one)",
         tags=["messages"],
         parameters=[SearchParams],
-        responses={200: SearchResults, 400: BAD_REQUEST, **AUTH_ERRORS, 404: NOT_FOUND},
+        responses={
+            200: SearchResults,
+            400: BAD_REQUEST,
+            **AUTH_ERRORS,
+            404: NOT_FOUND,
+            503: OpenApiResponse(ERROR, description="the search took longer than its statement timeout: stopped"),
+        },
     )
 )

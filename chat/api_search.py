@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.utils import timezone
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound as DRFNotFound
@@ -47,15 +48,17 @@ class MessageSearch(APIView):
             conversation_ids = [access.conversation_id]
         days = limits_for(request.user.tier).history_retention_days  # type: ignore[union-attr]
         try:
-            hits = search.search(
+            hits = search.search_within(
+                timeout_ms=settings.CHAT_SEARCH_TIMEOUT_MS,
                 user_id=user_id,
                 query=params.validated_data["q"],
                 limit=params.validated_data.get("limit", search.DEFAULT_RESULTS),
                 conversation_ids=conversation_ids,
                 since=timezone.now() - timedelta(days=days) if days is not None else None,
             )
-        except ServiceError as exc:
-            return Response({"error": {"code": exc.code, "message": exc.message}}, status=400)
+        except ServiceError as exc:  # a bound (400), or the statement timeout (503: try again, or narrow it)
+            status = 503 if isinstance(exc, search.SearchTimedOut) else 400
+            return Response({"error": {"code": exc.code, "message": exc.message}}, status=status)
         return Response(
             {
                 "results": [

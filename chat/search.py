@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.postgres.search import SearchHeadline, SearchQuery, SearchRank, SearchVectorField
-from django.db import connection
+from django.db import OperationalError, connection, transaction
 from django.db.models import Count, Func, Q, QuerySet, Subquery
 from django.utils import timezone
 
@@ -172,6 +172,28 @@ def bounded_snippet(snippet: str) -> str:
         return snippet
     cut = snippet[: SNIPPET_CHARS - 2]
     return cut + (STOP_SEL if cut.count(START_SEL) > cut.count(STOP_SEL) else "") + "…"
+
+
+class SearchTimedOut(ServiceError):
+    """The database stopped the search at its statement timeout."""
+
+    def __init__(self, timeout_ms: int) -> None:
+        super().__init__("unavailable", f"the search took longer than {timeout_ms} ms and was stopped")
+
+
+def search_within(*, timeout_ms: int, **kwargs: Any) -> list[SearchHit]:
+    """`search(**kwargs)` under a statement timeout shorter than the database's default (30 s): a search that
+    is slow (a very common word over millions of messages, a locked table) is cancelled by PostgreSQL instead of
+    holding a connection, and answered with SearchTimedOut. SQLite has no statement timeout."""
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(timeout_ms)])
+            return search(**kwargs)
+    except OperationalError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) == "57014":  # query_canceled: the timeout
+            raise SearchTimedOut(timeout_ms) from exc
+        raise
 
 
 def _hit(m: Message, snippet: str, rank: float) -> SearchHit:

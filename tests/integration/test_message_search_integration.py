@@ -10,12 +10,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.db.utils import ConnectionHandler
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -389,3 +391,38 @@ def test_rest_search_a_blank_query_is_a_field_error(make_user: Any) -> None:
     response = api_for(make_user()).get("/api/search/", {"q": "   "})
     assert response.status_code == 400
     assert response.json() == {"q": ["This field may not be blank."]}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rest_search_stuck_on_the_database_is_a_503_at_its_timeout(make_user: Any, settings: Any) -> None:
+    settings.CHAT_SEARCH_TIMEOUT_MS = 300
+    alice = make_user()
+    conversation_sync(alice, agent="")
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_messages_table() -> None:
+        # Another session's exclusive lock: the search waits on it, as it would on a slow scan.
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(f"LOCK TABLE {Message._meta.db_table} IN ACCESS EXCLUSIVE MODE")
+                locked.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_the_messages_table)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        started = time.monotonic()
+        response = api_for(alice).get("/api/search/", {"q": "zebra"})
+        took = time.monotonic() - started
+    finally:
+        release.set()
+        holder.join()
+    assert response.status_code == 503
+    assert response.json() == {
+        "error": {"code": "unavailable", "message": "the search took longer than 300 ms and was stopped"}
+    }
+    assert took < 5
+    assert api_for(alice).get("/api/search/", {"q": "zebra"}).status_code == 200  # the lock gone, it answers
