@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from django.contrib.postgres.search import SearchHeadline, SearchQuery, SearchRank, SearchVectorField
 from django.db import OperationalError, connection, transaction
@@ -30,7 +30,7 @@ from django.db.models import Count, Func, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from chat.errors import ServiceError
-from chat.models import ConversationMember, Message
+from chat.models import AuthorKind, ConversationMember, Message
 from chat.selectors import LIVE, SEARCH_TEXT_CHARS, author_name
 from chat.tiers import limits_for
 
@@ -47,6 +47,8 @@ SNIPPET_CHARS = 300  # a snippet's bound in characters, whatever its words' leng
 FALLBACK_CONTEXT_CHARS = 60  # the fallback's snippet: this much text on each side of the first hit
 FALLBACK_CANDIDATES = 500  # the fallback ranks at most the newest 500 matches
 WORDS = re.compile(r"\w+")
+# "websearch": what a search box takes (REST); "any": any of the words, ranked (the analyst's).
+Match = Literal["websearch", "any"]
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ def search(
     query: str,
     limit: int = DEFAULT_RESULTS,
     conversation_ids: QuerySet[Any] | list[str] | None = None,
-    match: str = "websearch",
+    match: Match = "websearch",
     author_username: str = "",
     since: datetime | None = None,
     exclude_run_id: str | None = None,
@@ -141,7 +143,7 @@ def search(
     postgres = connection.vendor == "postgresql"
     words = WORDS.findall(query)
     if match == "any":  # one-letter words ("a", "I") would match nearly everything
-        words = [w for w in words if len(w) > 1][:MAX_ANY_WORDS]
+        words = list(dict.fromkeys(w.lower() for w in words if len(w) > 1))[:MAX_ANY_WORDS]
         query = " or ".join(words)
     if not words:
         return []  # only punctuation: nothing any message could match
@@ -151,7 +153,7 @@ def search(
     if conversation_ids is not None:
         qs = qs.filter(conversation_id__in=conversation_ids)
     if author_username:
-        qs = qs.filter(author__username__iexact=author_username, author_kind="user")
+        qs = qs.filter(author__username__iexact=author_username, author_kind=AuthorKind.USER)
     if since is not None:
         qs = qs.filter(created_at__gte=since)
     if exclude_run_id is not None:
@@ -234,7 +236,7 @@ def _fulltext(qs: QuerySet[Message], query: str, limit: int) -> list[SearchHit]:
     return [_hit(m, m.snippet, round(float(m.rank), 6)) for m in rows]
 
 
-def _fallback(qs: QuerySet[Message], words: list[str], match: str, limit: int) -> list[SearchHit]:
+def _fallback(qs: QuerySet[Message], words: list[str], match: Match, limit: int) -> list[SearchHit]:
     """icontains on every word (any word with `match="any"`), the newest candidates ranked by how many of the
     words they hold, then how often; a snippet around the first hit."""
     # A search box's `or` is an operator: with one, any word will do (`-word` and quotes are read as plain words).
