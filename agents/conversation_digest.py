@@ -165,7 +165,8 @@ def digest_tools(clock: Clock) -> list[tuple[str, str, dict[str, Any], Any, floa
         ),
         (
             "member_said",
-            "What a member of this conversation said, newest first, optionally about a topic (any of its words).",
+            "What a member of this conversation said: about a topic (any of its words), best match first;"
+            " without one, newest first.",
             {
                 "type": "object",
                 "properties": {

@@ -11,8 +11,9 @@ may make one slow or block the loop (docs/operations.md, "Agent tools"):
 - current_time: a timezone must be one of the IANA names the system knows (looked up off the loop);
   without one, the asking user's own zone (agents/tools_conversation.py);
 - search_history: a query of at most 200 characters without control characters, at most 20
-  matches (each whole up to 500 characters), read on its own thread (not the shared database
-  thread) under a statement timeout.
+  matches (each a snippet of at most 300 characters), read on its own thread (not the shared
+  database thread) under a statement timeout; scope "all" reads only conversations every member of
+  this one may read (agents/tools_conversation.py).
 Whatever a tool does wrong ends as the tool's error, which the model reads; the run goes on.
 
 A tool that changes something for other people declares `NeedsApproval` (docs/protocol.md §11):
@@ -46,6 +47,7 @@ from agents.tools_conversation import (
     MAX_QUERY_CHARS,
     MAX_SEARCH_RESULTS,
     MAX_TIMEZONE_CHARS,
+    SCOPES,
     Clock,
     current_time,
     search_history,
@@ -271,12 +273,15 @@ def default_registry(*, clock: Clock = utc_now) -> ToolRegistry:
     registry.register(
         Tool(
             "search_history",
-            "Search this conversation's messages that the asking user may read, newest first, with"
-            " their authors and times (ISO, and local in the user's timezone).",
+            "Full-text search (any of the query's words) of this conversation's messages, or with scope 'all'"
+            " (enterprise tier) of every conversation all of this conversation's members can read; best match"
+            " first, each with a snippet (matched words between « and »), its author, conversation and times"
+            " (ISO, and local in the user's timezone).",
             {
                 "type": "object",
                 "properties": {
                     "query": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS},
+                    "scope": {"type": "string", "enum": list(SCOPES)},
                     "limit": {"type": "integer", "minimum": 1, "maximum": MAX_SEARCH_RESULTS},
                 },
                 "required": ["query"],

@@ -5,7 +5,7 @@ chat/api_schema.py, whose error bodies and path parameters it shares; the shapes
 from __future__ import annotations
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import serializers
 
 from chat.api_schema import (
@@ -14,6 +14,7 @@ from chat.api_schema import (
     BODY_ERRORS,
     CONFLICT,
     CONVERSATION_ID,
+    ERROR,
     MESSAGE_ID,
     NOT_FOUND,
     TOO_LARGE,
@@ -140,5 +141,46 @@ tool_call_result = extend_schema_view(
             OpenApiParameter("call_id", OpenApiTypes.STR, OpenApiParameter.PATH, description="the tool call's id"),
         ],
         responses={200: ToolCallWhole, **AUTH_ERRORS, 404: NOT_FOUND},
+    )
+)
+
+
+class SearchParams(serializers.Serializer):
+    q = serializers.CharField(
+        max_length=200,
+        help_text="what a search box takes: words (all of them), \"a phrase\", `or`, `-word`; 'simple' matching:"
+        " words as written, no stemming",
+    )
+    conversation = serializers.UUIDField(required=False, help_text="only this conversation (404 if not a member)")
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=50, help_text="default 20")
+
+
+class SearchHit(serializers.Serializer):
+    conversation_id = serializers.UUIDField()
+    conversation_title = serializers.CharField()
+    message_id = serializers.UUIDField()
+    seq = serializers.IntegerField()
+    author = serializers.CharField(help_text="a username, `agent`, or `deleted user`")
+    created_at = serializers.DateTimeField()
+    snippet = serializers.CharField(help_text="the text around the matches, each matched word between « and »")
+    rank = serializers.FloatField(help_text="PostgreSQL's ts_rank (higher is better)")
+
+
+class SearchResults(serializers.Serializer):
+    results = SearchHit(many=True, help_text="best rank first, then newest")
+
+
+message_search = extend_schema_view(
+    get=extend_schema(
+        summary="Full-text search over the messages of every conversation the caller may read (or one)",
+        tags=["messages"],
+        parameters=[SearchParams],
+        responses={
+            200: SearchResults,
+            400: BAD_REQUEST,
+            **AUTH_ERRORS,
+            404: NOT_FOUND,
+            503: OpenApiResponse(ERROR, description="the search took longer than its statement timeout: stopped"),
+        },
     )
 )

@@ -194,56 +194,9 @@ def author_name(message: Message) -> str:
 SEARCH_TEXT_CHARS = 500
 
 
-def search_messages(
-    *,
-    user_id: int,
-    query: str,
-    conversation_id: str,
-    limit: int = 5,
-    exclude_run_id: str | None = None,
-    exclude_text_regex: str = "",
-) -> list[dict[str, Any]]:
-    """Messages matching any word of `query` (two letters or more, up to eight) in one conversation,
-    newest first, each once, if the user is an active member of it (and it is not deleted).
-
-    Always one conversation: the agent's search result becomes an event every member of the
-    conversation reads, so a search over all of the requester's conversations would hand the
-    other members text from conversations they are not in (docs/protocol.md §6.3).
-
-    Never among them: the message that asked for this search (`exclude_run_id`'s trigger), messages
-    whose whole text matches `exclude_text_regex` (PostgreSQL's regex, case-insensitive: the same
-    request asked again), deleted messages, and the agent's answers built from an earlier search
-    (they quote the messages they found, so each would show twice). `created_at` is a datetime."""
-    terms = [t for t in query.split() if len(t) > 1][:8]
-    if not terms:
-        return []
-    visible = ConversationMember.objects.filter(
-        user_id=user_id, user__is_active=True, conversation__deleted_at__isnull=True
-    ).values("conversation_id")
-    cond = Q()
-    for term in terms:
-        cond |= Q(text__icontains=term)
-    qs = (
-        Message.objects.filter(conversation_id__in=visible)
-        .filter(conversation_id=conversation_id, seq__isnull=False, deleted_at__isnull=True)
-        .filter(cond)
-        .exclude(run__tool_calls__tool="search_history")
-    )
-    if exclude_run_id is not None:
-        qs = qs.exclude(triggered_runs__id=exclude_run_id)
-    if exclude_text_regex:
-        qs = qs.exclude(text__iregex=exclude_text_regex)
-    rows = qs.select_related("author").order_by("-seq")[:limit]
-    return [
-        {
-            "message_id": str(m.id),
-            "seq": m.seq,
-            "author": author_name(m),
-            "text": m.text if len(m.text) <= SEARCH_TEXT_CHARS else m.text[: SEARCH_TEXT_CHARS - 1] + "…",
-            "created_at": m.created_at,
-        }
-        for m in rows
-    ]
+def user_tier(*, user_id: int) -> str:
+    """The user's tier ("free" for a user that is gone)."""
+    return User.objects.filter(id=user_id).values_list("tier", flat=True).first() or "free"
 
 
 def user_time_zone(*, user_id: int) -> str:

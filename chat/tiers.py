@@ -41,9 +41,10 @@ RATE_CLASSES = ("messages", "agent_runs", "typing", "commands")
 ANALYTICS_SECTIONS = ("counts", "usage", "latency", "tool_errors", "csv")
 # What the built-in analyst (agents/analyst.py) may do for a user of the tier, beyond the analytics sections above
 # (which bound the figures it quotes): summaries (of a conversation, what a member said), trends (week over week,
-# spikes), recommendations (with their monetary impact). A request beyond the tier is answered with what a higher
-# tier would show.
-ANALYST_CAPABILITIES = ("summaries", "trends", "recommendations")
+# spikes), recommendations (with their monetary impact), search (search_history across every conversation all the
+# asking conversation's members can read; this conversation's search is every tier's). A request beyond the tier is
+# answered with what a higher tier would show.
+ANALYST_CAPABILITIES = ("summaries", "trends", "recommendations", "search")
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Q
-
 from chat.errors import NotFound
 from chat.models import AuthorKind, ConversationMember, Message
+from chat.search import search
 from chat.selectors import author_name, parse_uuid
 
 TRANSCRIPT_TEXT_CHARS = 300
@@ -29,13 +28,16 @@ def _visible(user_id: int, conversation_id: object) -> Any:
     return Message.objects.filter(conversation_id=conv, seq__isnull=False, deleted_at__isnull=True)
 
 
+def _cut(text: str) -> str:
+    return text if len(text) <= TRANSCRIPT_TEXT_CHARS else text[: TRANSCRIPT_TEXT_CHARS - 1] + "…"
+
+
 def _row(m: Message) -> dict[str, Any]:
-    text = m.text if len(m.text) <= TRANSCRIPT_TEXT_CHARS else m.text[: TRANSCRIPT_TEXT_CHARS - 1] + "…"
     return {
         "seq": m.seq,
         "author": author_name(m),
         "kind": m.author_kind,
-        "text": text,
+        "text": _cut(m.text),
         "created_at": m.created_at,
     }
 
@@ -61,13 +63,30 @@ def transcript(
 def said_by(
     *, user_id: int, conversation_id: object, username: str, terms: list[str], limit: int, exclude_run_id: str | None
 ) -> list[dict[str, Any]]:
-    """Messages written by `username` in the conversation, newest first, matching any of `terms` (all if none)."""
-    qs = _visible(user_id, conversation_id).filter(author__username__iexact=username, author_kind=AuthorKind.USER)
+    """Messages written by `username` in the conversation: with `terms`, those holding any of them, best match
+    first (chat/search.py's full-text ranking, then newest); without, all of them, newest first."""
+    visible = _visible(user_id, conversation_id)  # NotFound for anyone but an active member
     if terms:
-        cond = Q()
-        for term in terms:
-            cond |= Q(text__icontains=term)
-        qs = qs.filter(cond)
+        hits = search(
+            user_id=user_id,
+            query=" ".join(terms),
+            match="any",
+            limit=limit,
+            conversation_ids=[str(parse_uuid(conversation_id))],
+            author_username=username,
+            exclude_run_id=exclude_run_id,
+        )
+        return [
+            {
+                "seq": h.seq,
+                "author": h.author,
+                "kind": AuthorKind.USER,
+                "text": _cut(h.text),
+                "created_at": h.created_at,
+            }
+            for h in hits
+        ]
+    qs = visible.filter(author__username__iexact=username, author_kind=AuthorKind.USER)
     if exclude_run_id is not None:
         qs = qs.exclude(triggered_runs__id=exclude_run_id)
     return [_row(m) for m in qs.select_related("author").order_by("-seq")[:limit]]

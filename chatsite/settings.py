@@ -205,6 +205,8 @@ AGENT_TOOL_SANDBOX_CPU_S = env_int("AGENT_TOOL_SANDBOX_CPU_S", 10)
 AGENT_TOOL_SANDBOX_CALLS_PER_WORKER = env_int("AGENT_TOOL_SANDBOX_CALLS_PER_WORKER", 200)
 # search_history's statement timeout (the database's default for everything else is 30 s).
 AGENT_TOOL_SEARCH_TIMEOUT_MS = env_int("AGENT_TOOL_SEARCH_TIMEOUT_MS", 3000)
+# GET /api/search/'s statement timeout: past it the answer is a 503 (chat/search.py search_within).
+CHAT_SEARCH_TIMEOUT_MS = env_int("CHAT_SEARCH_TIMEOUT_MS", 3000)
 
 # Realtime limits, tiers, breakers, handshakes; then login guard, HTTPS and headers: one module each.
 from chatsite.config.analytics import *  # noqa: E402,F403

@@ -5,7 +5,7 @@ from django.urls import path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from chat import api, api_agui, api_conversations, api_me, api_messages, views
+from chat import api, api_agui, api_conversations, api_me, api_messages, api_search, views
 from enterprise import api as webhooks_api
 from enterprise import api_analytics, api_audit, api_export
 from enterprise import views as enterprise_views
@@ -53,6 +53,7 @@ urlpatterns = [
         api_messages.MessageFeedback.as_view(),
     ),
     # AG-UI (chat/api_agui.py, docs/protocol.md "AG-UI"): a run driven by any AG-UI frontend, and a run's export.
+    path("api/search/", api_search.MessageSearch.as_view()),
     path("api/ag-ui/", api_agui.AguiRun.as_view()),
     path("api/runs/<str:run_id>/ag-ui/", api_agui.RunAguiExport.as_view()),
     path("api/workspaces/", api.WorkspaceList.as_view()),

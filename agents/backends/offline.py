@@ -4,7 +4,10 @@ Rules, first match wins:
 1. the prompt contains an arithmetic expression  -> calculator
 2. it asks to invite / add someone ("invite @bob", "add bob to this conversation [as viewer]")
                                                  -> invite_member, which waits for an owner's approval
-3. it asks to search / find / what was said      -> search_history
+3. it asks to search / find / what was said      -> search_history; "search all my conversations for X",
+                                                    "search everywhere for X", "find X across conversations"
+                                                    -> scope "all" (enterprise; others get this conversation's
+                                                    matches and what enterprise would show)
 4. it asks for the workspace's figures, trends, savings, a summary or what someone said
                                                  -> the analyst's tools (agents/backends/offline_rules.py), whose
                                                     answers (offline_answers.py) say which tools they used
@@ -32,7 +35,7 @@ from django.conf import settings
 
 from agents.backends.base import AgentInput, AnswerChunk, CallTool, Step, Think, ToolOutcome, Usage
 from agents.backends.offline_answers import analyst_answer, beyond_tier
-from agents.backends.offline_rules import plan
+from agents.backends.offline_rules import SEARCH_EVERYWHERE, plan
 from monitoring import tracing
 
 # The model name the offline agent's round spans carry.
@@ -180,7 +183,8 @@ class OfflineBackend:
         expression = find_expression(prompt)
         invite = find_invite(prompt)
         analyst = plan(prompt) if not (expression or invite) else None
-        search = SEARCH.search(prompt)
+        cross = SEARCH_EVERYWHERE.search(prompt) is not None
+        search = SEARCH.search(" ".join(SEARCH_EVERYWHERE.sub(" ", prompt).split()) if cross else prompt)
         place = find_place(prompt) if TIME_WORDS.search(prompt) else None
         if request.resume is not None:  # the invitation was decided; the run goes on from here
             answer = _invite_answer(request.resume.state.get("arguments", {}), request.resume.outcome)
@@ -209,10 +213,12 @@ class OfflineBackend:
                 calls.append(("workspace_report", shown))
             answer = analyst_answer(analyst, calls)
         elif search:
-            query = search.group("q").strip(" ?.!\"'")[:200] or prompt[:200]
-            yield Think(f"The message asks about earlier messages; I will search the history for {query!r}.")
-            outcome = yield CallTool("call_1", "search_history", {"query": query})
-            answer = _search_answer(query, outcome)
+            query = search.group("q").strip(" ?.!,\"'")[:200] or prompt[:200]
+            where = "every conversation all members here can read" if cross else "the history"
+            yield Think(f"The message asks about earlier messages; I will search {where} for {query!r}.")
+            args = {"query": query, "scope": "all"} if cross else {"query": query}
+            outcome = yield CallTool("call_1", "search_history", args)
+            answer = search_answer(query, outcome)
         elif TIME_WORDS.search(prompt):
             zone = zone_for(place) if place else None
             if zone:
@@ -227,7 +233,8 @@ class OfflineBackend:
             yield Think("No tool applies to this message; answering with what I can do.")
             answer = (
                 'I am the offline assistant. I can calculate ("what is 17 * 23?"), tell the time '
-                '("what time is it?"), search this conversation ("search for invoices"), summarise it '
+                '("what time is it?"), search this conversation ("search for invoices"; on the enterprise tier also '
+                '"search everywhere for invoices"), summarise it '
                 '("summarize this conversation", "what did @bob say about the launch?"), read the workspace\'s '
                 'figures ("how much did we spend on AI this month?", "who uses the assistant most?", "is the '
                 'assistant getting slower?", "how can we cut our AI spend?") and, once an owner approves, add '
@@ -274,16 +281,37 @@ def _time_answer(outcome: ToolOutcome | None) -> str:
     return f"It's {spoken_time(result['local'])} ({result['timezone']})."
 
 
-def _search_answer(query: str, outcome: ToolOutcome | None) -> str:
+def search_answer(query: str, outcome: ToolOutcome | None) -> str:
+    """The matches as snippets (matched words between « and »), best first; across conversations each names
+    its conversation; a scope beyond the asker's tier says so first, then this conversation's matches."""
     if outcome is None or not outcome.ok or not isinstance(outcome.result, dict):
         return f"The search failed: {_error(outcome)}"
-    matches = outcome.result["matches"]
+    result = outcome.result
+    head = ""
+    refused = result.get("beyond_tier")
+    if refused:
+        offer = (
+            f"The {refused['available_in']} tier would show {refused['would_show']}."
+            if refused["available_in"]
+            else "No tier offers it here."
+        )
+        head = (
+            f"Searching all conversations is not part of your {refused['tier']} tier. {offer} In this conversation:\n"
+        )
+    everywhere = result.get("scope") == "all"
+    matches = result["matches"]
     if not matches:
-        return f"No messages mention '{query}' yet."
+        where = " in the conversations everyone here can read" if everywhere else ""
+        return f"{head}No messages mention '{query}'{where} yet."
     count = "1 message mentions" if len(matches) == 1 else f"{len(matches)} messages mention"
-    lines = [f"- {m['author']} ({short_time(m['local_time'])}): {m['text']}" for m in matches]
-    zone = outcome.result.get("timezone", "UTC")
-    return f"{count} '{query}', newest first (times in {zone}):\n" + "\n".join(lines)
+    lines = [
+        f"- {'“' + m['conversation_title'] + '”, ' if everywhere else ''}{m['author']}"
+        f" ({short_time(m['local_time'])}): {m['snippet']}"
+        for m in matches
+    ]
+    where = ", across the conversations everyone here can read" if everywhere else ""
+    zone = result.get("timezone", "UTC")
+    return f"{head}{count} '{query}'{where}, best match first (times in {zone}):\n" + "\n".join(lines)
 
 
 def _invite_answer(asked: dict[str, Any], outcome: ToolOutcome | None) -> str:

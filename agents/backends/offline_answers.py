@@ -303,7 +303,8 @@ def said_answer(result: dict[str, Any]) -> str:
     about = f" about '{query['topic']}'" if query["topic"] else ""
     if not matches:
         return f"{query['username']} said nothing{about} in this conversation."
-    head = f"{query['username']} said{about} ({len(matches)} message{'s' if len(matches) != 1 else ''}, newest first):"
+    order = "best match first" if query["topic"] else "newest first"
+    head = f"{query['username']} said{about} ({len(matches)} message{'s' if len(matches) != 1 else ''}, {order}):"
     return "\n".join([head] + [f"- {m['created_at']}: “{m['text']}”" for m in matches])
 
 

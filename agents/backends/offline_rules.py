@@ -3,8 +3,9 @@
 1. "what did @bob say [about X]"                        -> member_said
 2. "summarize", "recap", "tl;dr", "catch me up", "what did I miss" [in the last N hours/days, today]
                                                          -> conversation_summary
-3. a plain search request ("search for", "find", "look up", "mention", "said about") -> None here: the
-   offline agent's own search rule takes it (agents/backends/offline.py)
+3. a plain search request ("search for", "find", "look up", "mention", "said about"), or one across
+   conversations ("everywhere", "across conversations", "all my conversations") -> None here: the offline
+   agent's own search rule takes it (agents/backends/offline.py)
 4. cutting spend ("cut", "reduce", "save", "cheaper", "optimise", "recommend")
                                                          -> spend_recommendations (enterprise tier)
 5. change over time ("trend", "slower", "spike", "week over week", "anomaly", "getting worse")
@@ -35,6 +36,13 @@ SUMMARY = re.compile(
 PLAIN_SEARCH = re.compile(
     r"^\W*(?:@\w+\s+)?(?:search|find|look\s*up|lookup)\b|\b(?:mention(?:ed)?|said about)\b", re.IGNORECASE
 )
+# "across conversations, find …", "in all my chats, who mentioned …": a search, never a workspace figure.
+SEARCH_EVERYWHERE = re.compile(
+    r"\b(?:everywhere|across\s+(?:all\s+)?(?:of\s+)?(?:my\s+|our\s+|the\s+)?(?:conversations|chats|rooms)|"
+    r"(?:in\s+)?(?:all|every)\s+(?:of\s+)?(?:my\s+|our\s+|the\s+)?(?:conversations?|chats?|rooms?))\b",
+    re.IGNORECASE,
+)
+SEARCH_VERB = re.compile(r"\b(?:search|find|look\s*up|lookup|mention(?:ed)?|said about)\b", re.IGNORECASE)
 RECOMMEND = re.compile(
     r"\b(cut|cutting|reduce|reducing|lower|save|saving|savings|cheaper|optimi[sz]e\w*|recommend\w*|"
     r"spend less|wasting|waste|too expensive|economi[sz]e)\b",
@@ -130,7 +138,7 @@ def plan(prompt: str) -> Plan | None:
             f"The message asks for a summary; I will pick out {span}this conversation's speakers, decisions and"
             " open questions.",
         )
-    if PLAIN_SEARCH.search(prompt):
+    if PLAIN_SEARCH.search(prompt) or (SEARCH_EVERYWHERE.search(prompt) and SEARCH_VERB.search(prompt)):
         return None
     period = find_period(prompt)
     args = {"period": period} if period else {}

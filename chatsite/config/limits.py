@@ -93,7 +93,7 @@ CHAT_TIERS: dict[str, dict[str, object]] = {
         "export": True,  # capability: a streamed JSON archive of the workspaces this user owns
         "analytics": ["counts", "usage", "latency", "tool_errors", "csv"],
         "sla_reports": True,  # capability: monthly SLA reports (enterprise/sla.py) for the workspaces it owns
-        "analyst": ["summaries", "trends", "recommendations"],
+        "analyst": ["summaries", "trends", "recommendations", "search"],
     },
 }
 # A deployment (or a load test) overrides parts of the table without a code change, e.g.

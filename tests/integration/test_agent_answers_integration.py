@@ -4,9 +4,9 @@ and the page's report of the browser's time zone (GET/PATCH /api/me/, docs/proto
 
 - "what time is it?" is answered in the requester's zone (User.time_zone, blank = UTC), or in the
   place the question names; the tool_completed result keeps ISO times and the zone's name.
-- "search for invoices" lists each matching message once, whole (up to 500 characters), with its
-  author and its time in the asker's zone, newest first, never the question itself, and only from
-  a conversation the asker reads."""
+- "search for invoices" lists each matching message once, as a snippet with the matched words marked,
+  with its author and its time in the asker's zone, best match first (then newest), never the
+  question itself, and only from a conversation the asker reads."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ from agents.runtime import execute_run
 from agents.services import run_claim_next
 from agents.tools import ToolContext, default_registry
 from agents.tools_conversation import Clock, utc_now
-from chat import selectors
+from chat import search
 from chat.models import Event, Message, User
+from chat.search import SNIPPET_WORDS
 from chat.services.accounts import time_zone_set
 from tests.support import factories
 
@@ -145,7 +146,7 @@ async def test_search_lists_each_match_once_whole_with_author_and_local_time_nev
     await factories.message(conv, bob, "lunch at noon?")
     # Bob asked first: his question and the agent's answer to it (which quotes the matches) are not matches.
     _, first_answer = await ask(conv, bob, "@assistant search for invoices")
-    assert first_answer.startswith("3 messages mention 'invoices', newest first (times in UTC):\n")
+    assert first_answer.startswith("3 messages mention 'invoices', best match first (times in UTC):\n")
     await factories.message(conv, bob, "search for invoices")  # the same request again, unaddressed
 
     result, answer = await ask(conv, alice, "@assistant search for invoices?")
@@ -161,23 +162,23 @@ async def test_search_lists_each_match_once_whole_with_author_and_local_time_nev
         local = datetime.fromisoformat(match["local_time"])
         assert local == sent
         assert local.utcoffset() == zoneinfo.ZoneInfo("Asia/Tokyo").utcoffset(sent)
-    cut = long_text[:499] + "…"
-    assert [m["text"] for m in result["matches"]] == [
-        cut,
-        "Please pay the invoices\nbefore Friday, and keep the receipts.",
-        "The invoices for March are attached.",
+    # Each as the text around the match, the matched word marked (the long one cut to ts_headline's MinWords).
+    assert [m["snippet"] for m in result["matches"]] == [
+        "«Invoices»: " + " ".join(f"line{i}" for i in range(SNIPPET_WORDS[0] - 1)),
+        "Please pay the «invoices»\nbefore Friday, and keep the receipts.",
+        "The «invoices» for March are attached.",
     ]
-
     lines = answer.split("\n- ")
-    assert lines[0] == "3 messages mention 'invoices', newest first (times in Asia/Tokyo):"
+    # One word each, once: equal ranks, so the newest first.
+    assert lines[0] == "3 messages mention 'invoices', best match first (times in Asia/Tokyo):"
     newest, middle, oldest = (_short(m) for m in result["matches"])
     assert lines[1:] == [
-        f"{alice.username} ({newest}): {cut}",
-        f"{alice.username} ({middle}): Please pay the invoices\nbefore Friday, and keep the receipts.",
-        f"{bob.username} ({oldest}): The invoices for March are attached.",
+        f"{alice.username} ({newest}): {result['matches'][0]['snippet']}",
+        f"{alice.username} ({middle}): Please pay the «invoices»\nbefore Friday, and keep the receipts.",
+        f"{bob.username} ({oldest}): The «invoices» for March are attached.",
     ]
     assert "search for" not in answer
-    assert answer.count("The invoices for March are attached.") == 1
+    assert answer.count("for March are attached.") == 1
 
 
 def _short(match: dict[str, Any]) -> str:
@@ -205,7 +206,7 @@ async def test_search_never_shows_a_conversation_the_asker_is_not_in(make_user: 
     await factories.message(conv, alice, "invoices are late")
 
     result, answer = await ask(conv, alice, "@assistant search for invoices")
-    assert [m["text"] for m in result["matches"]] == ["invoices are late"]
+    assert [m["snippet"] for m in result["matches"]] == ["«invoices» are late"]
     assert "secret" not in answer
     # The tool and the selector, pointed at mallory's conversation as alice: nothing, as if it were empty.
     outcome = await default_registry().call(
@@ -213,9 +214,7 @@ async def test_search_never_shows_a_conversation_the_asker_is_not_in(make_user: 
     )
     assert outcome.ok
     assert outcome.result["matches"] == []
-    found = await database_sync_to_async(selectors.search_messages)(
-        user_id=alice.id, query="invoices", conversation_id=secret
-    )
+    found = await database_sync_to_async(search.search)(user_id=alice.id, query="invoices", conversation_ids=[secret])
     assert found == []
 
 

@@ -344,9 +344,62 @@ CASES = [
     ),
     c("what did dave say?", "alice", ["member_said"], "Invoices for October are in the shared drive."),
     c("what did @carol say about pricing?", "bob", ["member_said"], "carol said nothing about 'pricing'"),
+    # ranked: the message holding both words first, though the other is newer
+    c(
+        "what did alice say about the venue launch?",
+        "carol",
+        ["member_said"],
+        "(2 messages, best match first):\n- ",
+        "“Let's go with Thursday for the launch, the venue is booked.”\n- ",
+    ),
+    # search across conversations (enterprise): only conversations every member of the room can read
+    c(
+        "search all my conversations for invoices",
+        "carol",
+        ["search_history"],
+        "2 messages mention 'invoices', across the conversations everyone here can read, best match first",
+        "“finance”, alice",
+        "The «invoices» for the venue are paid.",
+        "«Invoices» for October",
+        absent=("salary",),
+    ),
+    c("search everywhere for invoices", "carol", ["search_history"], "“finance”, alice", absent=("salary",)),
+    c("find venue across all conversations", "carol", ["search_history"], "“finance”, alice", "the «venue» is booked"),
+    c(
+        "search all my conversations for salary",
+        "carol",
+        ["search_history"],
+        "No messages mention 'salary' in the conversations everyone here can read yet.",
+        absent=("private",),
+    ),
+    c(
+        "search all my conversations for salary",
+        "carol",
+        ["search_history"],
+        "1 message mentions 'salary', across the conversations everyone here can read",
+        "“notes”, carol",
+        "«salary»",
+        room="personal",
+    ),
+    c(
+        "search everywhere for invoices",
+        "bob",
+        ["search_history"],
+        "Searching all conversations is not part of your free tier. The enterprise tier would show",
+        "In this conversation:\n1 message mentions 'invoices', best match first",
+        "«Invoices» for October",
+        absent=("finance", "salary"),
+    ),
+    c(
+        "search all my conversations for invoices",
+        "frank",
+        ["search_history"],
+        "No messages mention 'invoices'",
+        absent=("October", "finance"),
+    ),
     # the earlier rules still answer
     c("what is 17 * 23?", "carol", ["calculator"], "17 * 23 = 391"),
-    c("search for invoices", "alice", ["search_history"], "Invoices for October"),
+    c("search for invoices", "alice", ["search_history"], "«Invoices» for October"),
     c("hello", "alice", [], "I am the offline assistant"),
     # who may read what
     c("how much did we spend this month?", "eve", [R], "not a member of this conversation's workspace"),
@@ -382,6 +435,15 @@ def build(make_user: Callable[..., Any]) -> tuple[dict[str, Any], dict[str, str]
     ConversationMember.objects.create(conversation_id=ops, user=users["eve"], role=Role.MEMBER)
     past = factories.conversation_sync(users["carol"], workspace_id=workspace.id, agent_mode="off", title="past")
     personal = factories.conversation_sync(users["carol"], agent_mode="off", title="mine")
+    # Another room of all the ops room's members, and carol's own notes: what a search across conversations
+    # may and may not show the ops room.
+    finance = factories.conversation_sync(
+        users["carol"], members=members, workspace_id=workspace.id, agent_mode="off", title="finance"
+    )
+    ConversationMember.objects.create(conversation_id=finance, user=users["eve"], role=Role.MEMBER)
+    factories.message_sync(finance, users["alice"], "The invoices for the venue are paid.")
+    notes = factories.conversation_sync(users["carol"], workspace_id=workspace.id, agent_mode="off", title="notes")
+    factories.message_sync(notes, users["carol"], "invoices aside: my private salary notes")
     for i, (who, text) in enumerate(CHAT):
         sent = factories.message_sync(ops, users[who], text)
         Message.objects.filter(id=sent.message_id).update(created_at=CHAT_AT + timedelta(minutes=i))

@@ -1,7 +1,7 @@
 """chat/selectors.py against the real PostgreSQL: every read, every branch, built with the real
 services (tests/support/factories.py), never with mocks.
 
-The access reads (`conversation_for_member`, `workspace_for_member`, `search_messages`) are the
+The access reads (`conversation_for_member`, `workspace_for_member`, chat/search.py's `search`) are the
 walls between users: whatever the reason a caller may not see something (not a member, only a
 member of the workspace, deactivated, removed, a malformed id, an id that names nothing), the
 answer is the same `NotFound`, byte for byte, so the refusal itself tells nothing."""
@@ -17,10 +17,10 @@ import pytest
 from django.utils import timezone
 
 from agents.services import run_claim_next, run_complete
-from chat import selectors
+from chat import search, selectors
 from chat.errors import NotFound
 from chat.models import Event, Message, Notification, Role
-from chat.selectors import DELETED_AUTHOR
+from chat.selectors import DELETED_AUTHOR, SEARCH_TEXT_CHARS
 from chat.services.accounts import user_deactivate
 from chat.services.conversations import (
     conversation_member_add,
@@ -336,43 +336,32 @@ def test_notifications_after_reads_the_store_not_a_counter(make_user: Any) -> No
     assert selectors.notification_head(user_id=user.id) == 3
 
 
-# --- search_messages ---------------------------------------------------------------------------------
+# --- search (chat/search.py), as the analyst's search_history calls it: any word, one conversation -------------
 
 
-def test_search_finds_matches_newest_first_in_the_one_conversation_asked(make_user: Any) -> None:
+def found(user: Any, query: str, conv: str, **kw: Any) -> list[search.SearchHit]:
+    return search.search(user_id=user.id, query=query, conversation_ids=[conv], match="any", **kw)
+
+
+def test_search_finds_matches_in_the_one_conversation_asked(make_user: Any) -> None:
     alice, bob = make_user(), make_user()
     conv = conversation_sync(alice, agent="", members=((bob, Role.MEMBER),))
     elsewhere = conversation_sync(alice, agent="")
     first = message_sync(conv, alice, "the Zebra report is due")
     message_sync(conv, bob, "nothing to see")
-    second = message_sync(conv, bob, "zebras everywhere")
+    second = message_sync(conv, bob, "zebra everywhere")
     message_sync(elsewhere, alice, "zebra in another conversation")
 
-    got = selectors.search_messages(user_id=bob.id, query="zebra", conversation_id=conv)
+    got = found(bob, "zebra", conv)
     sent = dict(Message.objects.filter(conversation_id=conv).values_list("id", "created_at"))
-    assert got == [
-        {
-            "message_id": second.message_id,
-            "seq": second.seq,
-            "author": bob.username,
-            "text": "zebras everywhere",
-            "created_at": sent[uuid.UUID(second.message_id)],
-        },
-        {
-            "message_id": first.message_id,
-            "seq": first.seq,
-            "author": alice.username,
-            "text": "the Zebra report is due",
-            "created_at": sent[uuid.UUID(first.message_id)],
-        },
+    # Equal ranks: newest first.
+    assert [(h.message_id, h.seq, h.author, h.text, h.created_at) for h in got] == [
+        (second.message_id, second.seq, bob.username, "zebra everywhere", sent[uuid.UUID(second.message_id)]),
+        (first.message_id, first.seq, alice.username, "the Zebra report is due", sent[uuid.UUID(first.message_id)]),
     ]
-    assert [
-        m["seq"] for m in selectors.search_messages(user_id=bob.id, query="zebra", conversation_id=conv, limit=1)
-    ] == [second.seq]
+    assert [h.seq for h in found(bob, "zebra", conv, limit=1)] == [second.seq]
     # Alice is in both: still only the conversation asked about.
-    assert [
-        m["text"] for m in selectors.search_messages(user_id=alice.id, query="zebra", conversation_id=elsewhere)
-    ] == ["zebra in another conversation"]
+    assert [h.text for h in found(alice, "zebra", elsewhere)] == ["zebra in another conversation"]
 
 
 def test_search_is_only_for_members(make_user: Any) -> None:
@@ -380,10 +369,12 @@ def test_search_is_only_for_members(make_user: Any) -> None:
     conv = conversation_sync(alice, agent="", members=((bob, Role.MEMBER),))
     conversation_sync(mallory, agent="", members=((alice, Role.MEMBER),))  # mallory shares another one with alice
     message_sync(conv, alice, "the launch code is zebra")
-    assert selectors.search_messages(user_id=mallory.id, query="zebra", conversation_id=conv) == []
+    assert found(mallory, "zebra", conv) == []
     conversation_member_remove(conversation_id=conv, actor_id=alice.id, user_id=bob.id)
-    assert selectors.search_messages(user_id=bob.id, query="zebra", conversation_id=conv) == []
-    assert len(selectors.search_messages(user_id=alice.id, query="zebra", conversation_id=conv)) == 1
+    assert found(bob, "zebra", conv) == []
+    assert len(found(alice, "zebra", conv)) == 1
+    user_deactivate(user_id=alice.id)
+    assert found(alice, "zebra", conv) == []
 
 
 def test_search_terms_any_of_up_to_eight_words_of_two_letters_or_more(make_user: Any) -> None:
@@ -393,18 +384,15 @@ def test_search_terms_any_of_up_to_eight_words_of_two_letters_or_more(make_user:
         message_sync(conv, owner, text)
 
     def texts(query: str) -> list[str]:
-        return sorted(
-            m["text"] for m in selectors.search_messages(user_id=owner.id, query=query, conversation_id=conv, limit=50)
-        )
+        return sorted(h.text for h in found(owner, query, conv, limit=50))
 
     assert texts("ALPHA bravo") == ["alpha", "bravo"]  # any term, any case
     assert texts("a b c x") == []  # one-letter terms are dropped: nothing left to search
-    assert texts("") == []
-    assert texts("   ") == []
-    assert texts("w1 w2 w3 w4 w5 w6 w7 ninth-word") == ["ninth-word"]  # the eighth term counts
-    assert texts("w1 w2 w3 w4 w5 w6 w7 w8 ninth-word") == []  # the ninth does not
-    assert texts("al%") == []  # LIKE wildcards are text, not patterns ("alpha" would match them)
+    assert texts("w1 w2 w3 w4 w5 w6 w7 ninth") == ["ninth-word"]  # the eighth term counts
+    assert texts("w1 w2 w3 w4 w5 w6 w7 w8 ninth") == []  # the ninth does not
+    assert texts("al%") == []  # LIKE wildcards and regex are text, not patterns
     assert texts("_l") == []
+    assert texts("alph.*") == []
 
 
 def test_search_results_are_bounded_and_name_the_agent(make_user: Any, settings: Any) -> None:
@@ -413,17 +401,17 @@ def test_search_results_are_bounded_and_name_the_agent(make_user: Any, settings:
     conv = conversation_sync(owner)
     long = "zebra " + "y" * 600
     message_sync(conv, owner, long)
-    whole = "zebra " + "w" * (selectors.SEARCH_TEXT_CHARS - 6)  # exactly as long as a result's text may be
+    whole = "zebra " + "w" * (SEARCH_TEXT_CHARS - 6)  # exactly as long as a result's text may be
     message_sync(conv, owner, whole)
     claimed = run_claim_next(worker_id="selector-test")
     assert claimed is not None
     assert claimed.conversation_id == conv
     event = run_complete(run_id=claimed.run_id, conversation_id=conv, text="a zebra answer", usage={})
-    got = selectors.search_messages(user_id=owner.id, query="zebra", conversation_id=conv)
-    assert [(m["author"], m["text"], m["seq"]) for m in got] == [
+    got = found(owner, "zebra", conv)
+    assert [(h.author, h.text, h.seq) for h in got] == [
         ("agent", "a zebra answer", event.seq),
         (owner.username, whole, 2),
-        (owner.username, long[: selectors.SEARCH_TEXT_CHARS - 1] + "…", 1),  # cut only past the bound
+        (owner.username, long[: SEARCH_TEXT_CHARS - 1] + "…", 1),  # cut only past the bound
     ]
 
 
@@ -486,6 +474,6 @@ def test_search_never_attributes_a_deleted_users_message_to_the_agent(make_user:
     conv = conversation_sync(alice, agent="", members=((bob, Role.MEMBER),))
     message_sync(conv, bob, "zebra: bob's own words")
     bob.delete()  # the admin's user delete: his messages stay, their author becomes NULL
-    got = selectors.search_messages(user_id=alice.id, query="zebra", conversation_id=conv)
-    assert [m["text"] for m in got] == ["zebra: bob's own words"]
-    assert got[0]["author"] == DELETED_AUTHOR
+    got = found(alice, "zebra", conv)
+    assert [h.text for h in got] == ["zebra: bob's own words"]
+    assert got[0].author == DELETED_AUTHOR

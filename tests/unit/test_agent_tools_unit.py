@@ -160,16 +160,75 @@ async def test_offline_agent_lists_each_match_whole_with_author_and_local_time(s
         "query": "invoices",
         "timezone": "Asia/Tokyo",
         "matches": [
-            {"author": "bob", "text": "invoices\nare paid", "local_time": "2026-03-02T09:05:00+09:00"},
-            {"author": "alice", "text": "the invoices", "local_time": "2026-03-01T23:59:00+09:00"},
+            {
+                "author": "bob",
+                "snippet": "«invoices»\nare paid",
+                "local_time": "2026-03-02T09:05:00+09:00",
+            },
+            {
+                "author": "alice",
+                "snippet": "the «invoices»",
+                "local_time": "2026-03-01T23:59:00+09:00",
+            },
         ],
     }
     steps = await drive("@assistant did anyone mention invoices?", {"search_history": ToolOutcome(True, found)})
     answer = "".join(s.text for s in steps if isinstance(s, AnswerChunk))
     assert answer == (
-        "2 messages mention 'invoices', newest first (times in Asia/Tokyo):\n"
-        "- bob (9:05 AM, Mon 2 Mar 2026): invoices\nare paid\n"
-        "- alice (11:59 PM, Sun 1 Mar 2026): the invoices"
+        "2 messages mention 'invoices', best match first (times in Asia/Tokyo):\n"
+        "- bob (9:05 AM, Mon 2 Mar 2026): «invoices»\nare paid\n"
+        "- alice (11:59 PM, Sun 1 Mar 2026): the «invoices»"
     )
     failed = await drive("search for invoices", {"search_history": ToolOutcome(False, {"error": "too slow"})})
     assert "".join(s.text for s in failed if isinstance(s, AnswerChunk)) == "The search failed: too slow"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "arguments"),
+    [
+        ("search for invoices", {"query": "invoices"}),
+        ("search all my conversations for invoices", {"query": "invoices", "scope": "all"}),
+        ("@assistant search everywhere for the Q3 budget?", {"query": "the Q3 budget", "scope": "all"}),
+        ("find the venue across conversations", {"query": "the venue", "scope": "all"}),
+        ("across all of my chats, find the venue", {"query": "the venue", "scope": "all"}),
+        ("search for invoices in all conversations", {"query": "invoices", "scope": "all"}),
+        ("did anyone mention pricing in every conversation?", {"query": "pricing", "scope": "all"}),
+    ],
+)
+async def test_offline_agent_picks_the_search_scope_from_the_words(
+    settings: Any, prompt: str, arguments: dict[str, str]
+) -> None:
+    settings.AGENT_OFFLINE_TOKEN_DELAY_MS = 0
+    steps = await drive(prompt, {"search_history": ToolOutcome(True, {"matches": []})})
+    assert [s for s in steps if isinstance(s, CallTool)] == [CallTool("call_1", "search_history", arguments)]
+
+
+async def test_offline_agent_answers_a_cross_search_with_titles_and_a_lower_tier_with_what_it_lacks(
+    settings: Any,
+) -> None:
+    settings.AGENT_OFFLINE_TOKEN_DELAY_MS = 0
+    match = {"author": "bob", "snippet": "the «venue» is booked", "local_time": "2026-03-02T09:05:00+09:00"}
+    everywhere = {
+        "query": "venue",
+        "scope": "all",
+        "timezone": "Asia/Tokyo",
+        "matches": [match | {"conversation_title": "Launch"}],
+    }
+    steps = await drive("search everywhere for venue", {"search_history": ToolOutcome(True, everywhere)})
+    assert "".join(s.text for s in steps if isinstance(s, AnswerChunk)) == (
+        "1 message mentions 'venue', across the conversations everyone here can read, best match first"
+        " (times in Asia/Tokyo):\n- “Launch”, bob (9:05 AM, Mon 2 Mar 2026): the «venue» is booked"
+    )
+    lower = {
+        "query": "venue",
+        "scope": "conversation",
+        "timezone": "Asia/Tokyo",
+        "beyond_tier": {"capability": "search", "tier": "pro", "available_in": "enterprise", "would_show": "more"},
+        "matches": [match | {"conversation_title": "here"}],
+    }
+    steps = await drive("search everywhere for venue", {"search_history": ToolOutcome(True, lower)})
+    assert "".join(s.text for s in steps if isinstance(s, AnswerChunk)) == (
+        "Searching all conversations is not part of your pro tier. The enterprise tier would show more."
+        " In this conversation:\n1 message mentions 'venue', best match first (times in Asia/Tokyo):\n"
+        "- bob (9:05 AM, Mon 2 Mar 2026): the «venue» is booked"
+    )

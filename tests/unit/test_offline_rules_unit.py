@@ -19,6 +19,8 @@ from agents.backends.offline_rules import find_period, plan, summary_hours
         ("summarize the last 3 hours", "conversation_summary", {"hours": 3}),
         ("what did @bob say about the Q3 budget?", "member_said", {"username": "bob", "topic": "the Q3 budget"}),
         ("what did bob.smith say?", "member_said", {"username": "bob.smith"}),
+        # "all conversations" without a search word is still a figure
+        ("how many messages in all conversations this week?", "workspace_report", {"period": "this_week"}),
     ],
 )
 def test_the_planner_picks_the_tool_and_its_arguments(prompt: str, tool: str, arguments: dict[str, object]) -> None:
@@ -31,6 +33,8 @@ def test_the_planner_picks_the_tool_and_its_arguments(prompt: str, tool: str, ar
     "prompt",
     [
         "search for the budget",  # a plain search stays a search, whatever it is about
+        "find the budget across conversations",  # so does one across conversations
+        "across all my chats, what mentioned the spend?",
         "did anyone mention the cost of the venue?",
         "find invoices",
         "what time is it in Tokyo?",

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlencode
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -532,6 +532,29 @@ def rest_conversation_members_post(r: Rest) -> None:
 
 def rest_conversation_events_get(r: Rest) -> None:
     same_as_missing(r, "GET", "/api/conversations/{id}/events/?limit=100")
+
+
+def rest_search(r: Rest) -> None:
+    """Full-text search across every conversation the caller reads finds the caller's own words and none of
+    the victim's; naming the victim's conversation answers like a missing one."""
+    w = r.world
+    message_send(
+        conversation_id=w.own_conv,
+        author_id=w.mallory.id,
+        username=w.mallory.username,
+        client_msg_id="own-search",
+        text="victim text of my own",
+        can_write=True,
+    )
+    victim_words = w.secrets[1]  # victim-text-<mark>: the victim's message holds it
+    for query in ("victim", "text", victim_words, f'"{victim_words}"', "assistant"):
+        status, content, _ = r.call("GET", "/api/search/?" + urlencode({"q": query}))
+        assert status == 200, content
+        assert all(h["conversation_id"] == w.own_conv for h in json.loads(content)["results"]), query
+        assert_nothing_of_theirs(w, content.decode())
+    status, content, _ = r.call("GET", "/api/search/?q=victim")
+    assert [h["snippet"] for h in json.loads(content)["results"]] == ["«victim» text of my own"]
+    same_as_missing(r, "GET", "/api/search/?q=victim&conversation={id}")
 
 
 def rest_conversation_feedback_get(r: Rest) -> None:
@@ -1076,6 +1099,7 @@ REST_CASES: dict[tuple[str, str], Callable[[Rest], None]] = {
     ("api/conversations/<str:conversation_id>/messages/<str:message_id>/", "PATCH"): rest_message_patch,
     ("api/conversations/<str:conversation_id>/messages/<str:message_id>/", "DELETE"): rest_message_delete,
     ("api/conversations/<str:conversation_id>/messages/<str:message_id>/feedback/", "PUT"): rest_message_feedback_put,
+    ("api/search/", "GET"): rest_search,
     ("api/ag-ui/", "POST"): rest_agui_run,
     ("api/runs/<str:run_id>/ag-ui/", "GET"): rest_run_agui_export,
     ("api/workspaces/", "GET"): rest_workspace_list,
