@@ -35,11 +35,14 @@ from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
-PEOPLE = 24
+# 96 messages a second offered: the floor asserted is the seed's 50. Each person awaits a send's reply before
+# the next, so a person's pace is bounded by the round trip, which a machine busy with the rest of the suite
+# stretches: many people at a moderate pace (not a few fast ones) keep the offered rate independent of it.
+PEOPLE = 48
 ROOM_SIZE = 4
 ASKERS = 4
 LOAD_S = 12.0
-SENDS_PER_PERSON_PER_S = 4.0  # 96 a second offered: the floor asserted is the seed's 50
+SENDS_PER_PERSON_PER_S = 2.0
 CUTS = 6
 KILL_AT_S = 4.0
 PASSWORD = "reliability-password"
