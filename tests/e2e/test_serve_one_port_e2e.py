@@ -29,16 +29,6 @@ def stack() -> Iterator[Stack]:
         yield running
 
 
-def servers_listening(stack: Stack) -> list[psutil.Process]:
-    """The uvicorn children with a listening socket on the stack's one port."""
-    port = stack.ports[0]
-    return [
-        child
-        for child in stack.children("uvicorn")
-        if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in child.net_connections("tcp"))
-    ]
-
-
 def server_of(stack: Stack, peer: Peer) -> psutil.Process:
     """The server process holding `peer`'s connection (its end of the TCP connection)."""
     client_port = peer.ws.local_address[1]
@@ -49,7 +39,7 @@ def server_of(stack: Stack, peer: Peer) -> psutil.Process:
 
 
 async def both_listening(stack: Stack) -> None:
-    await eventually(lambda: len(servers_listening(stack)) == 2, timeout=30, what="both server processes listening")
+    await eventually(lambda: len(stack.listening()) == 2, timeout=30, what="both server processes listening")
 
 
 async def close_code(peer: Peer) -> int:
@@ -73,8 +63,8 @@ async def test_both_processes_serve_the_one_url_and_it_outlives_one_of_them(stac
     peers = [await Peer.open(stack, token) for _ in range(16)]
     # The kernel hashes each connection to one of the two sockets: all 16 on one is a 1 in 32,768 chance.
     holders = {server_of(stack, peer).pid for peer in peers}
-    assert holders == {p.pid for p in servers_listening(stack)}, holders
-    victim = servers_listening(stack)[0]
+    assert holders == {p.pid for p in stack.listening()}, holders
+    victim = stack.listening()[0]
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=10)
     # While serve restarts it, the URL keeps working: the dead process's socket left the group with it.

@@ -91,6 +91,17 @@ class Stack:
                     found.append(child)
         return found
 
+    def listening(self) -> list[psutil.Process]:
+        """The server processes with a listening socket on the stack's first port (with ports="shared",
+        every server process that is up and accepting)."""
+        return [child for child in self.children("uvicorn") if self.connections(child, psutil.CONN_LISTEN)]
+
+    def connections(self, child: psutil.Process, status: str = psutil.CONN_ESTABLISHED) -> int:
+        """How many TCP sockets `child` holds on the stack's first port in `status`."""
+        with contextlib.suppress(psutil.Error):
+            return sum(1 for c in child.net_connections("tcp") if c.status == status and c.laddr.port == self.ports[0])
+        return 0
+
     def child(self, marker: str) -> psutil.Process:
         found = self.children(marker)
         if not found:
