@@ -33,8 +33,11 @@ promtool:
 # the suite waits on sockets, servers and browsers, so two workers on two cores nearly halve its time.
 # Each worker has its own test database and channel prefix (tests/support/worker_env.py).
 TEST_WORKERS ?= 2
+# Then the `solo` tests, alone on the machine: they assert the seed's throughput figures, which a browser
+# test in the other worker would take the cores from.
 test: install browser promtool
-	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not chaos" -p tests.support.worker_env -n $(TEST_WORKERS) --dist loadfile
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not chaos and not solo" -p tests.support.worker_env -n $(TEST_WORKERS) --dist loadfile
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "solo and not chaos"
 
 # The socket fuzz test at full length (3,000 hypothesis examples; `make test` runs 1,200). FUZZ_SEED=N replays.
 .PHONY: fuzz

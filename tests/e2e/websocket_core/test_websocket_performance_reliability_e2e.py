@@ -35,7 +35,9 @@ from tests.support.limits import LOAD_TEST_ENV
 from tests.support.servers import Stack, running_stack
 from tests.support.waiting import eventually
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+# solo: `make test` runs it alone, after the parallel run. Its seed figure (> 50 messages a second through a
+# kill and cuts) is the machine's throughput: with a browser test in the other worker it measured 43-49/s.
+pytestmark = [pytest.mark.e2e, pytest.mark.solo, pytest.mark.timeout(240)]
 
 # 96 messages a second offered: the floor asserted is the seed's 50. Each person awaits a send's reply before
 # the next, so a person's pace is bounded by the round trip, which a machine busy with the rest of the suite
