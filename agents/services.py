@@ -106,14 +106,11 @@ def _claim_in_conversation(
     if run is None or not priority.may_take(run.requested_by_id, tiers):  # the head, re-read under the lock
         return None
     now = timezone.now()
-    # A run handed back by a stopping worker (agents/liveness.py) showed its agent_started already.
-    handed_back = run.started_at is not None
     run.status = RunStatus.RUNNING
-    run.started_at = run.started_at or now
+    events = _show_started(run, now)
     run.heartbeat_at = now
     run.worker_id = worker_id
     run.save(update_fields=["status", "started_at", "heartbeat_at", "worker_id"])
-    events = [] if handed_back else [_append_started(run, now)]
     return ClaimedRun(
         run_id=str(run.id),
         conversation_id=str(conversation_id),
@@ -251,9 +248,8 @@ def run_fail(
     if only_if_stale_before is not None and (run.heartbeat_at is None or run.heartbeat_at >= only_if_stale_before):
         return None
     now = timezone.now()
-    if run.status == RunStatus.QUEUED and run.started_at is None:  # not a handed-back one: it has its own
-        run.started_at = now
-        _append_started(run, now)
+    if run.status == RunStatus.QUEUED:
+        _show_started(run, now)
     run.status = RunStatus.FAILED
     run.finished_at = now
     run.error_code = code
@@ -268,6 +264,15 @@ def run_fail(
         run_id=run_id,
         data={"run_id": run_id, "error": error},
     )
+
+
+def _show_started(run: AgentRun, now: datetime) -> list[StoredEvent]:
+    """The run's agent_started, once: a run a stopping worker handed back to the queue (agents/liveness.py)
+    showed it already and keeps its `started_at`. Sets `started_at`; the caller saves the run."""
+    if run.started_at is not None:
+        return []
+    run.started_at = now
+    return [_append_started(run, now)]
 
 
 def _append_started(run: AgentRun, now: Any) -> StoredEvent:
@@ -316,9 +321,8 @@ def run_request_cancel(*, run_id: str, by_user_id: int, by_username: str, role: 
         raise ServiceError("conflict", f"run already {run.status}")
     if run.status == RunStatus.QUEUED:
         now = timezone.now()
-        started = [] if run.started_at else [_append_started(run, now)]  # a handed-back run has its own
+        started = _show_started(run, now)
         run.status = RunStatus.CANCELLED
-        run.started_at = run.started_at or now
         run.finished_at = now
         run.cancelled_by_id = by_user_id
         run.cancel_requested = True
