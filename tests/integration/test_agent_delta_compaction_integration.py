@@ -25,12 +25,12 @@ from rest_framework.test import APIClient
 from agents.models import AgentRun, RunStatus
 from agents.services import run_claim_next, run_complete, run_emit, run_fail, run_finish_cancelled, run_request_cancel
 from agents.worker import monitoring_loop
-from chat.infra import message_buffer
 from chat.models import Conversation, Event
 from chat.services import compaction
 from chat.services.events import append_event
 from chatsite.config.env import env_float, env_int
 from tests.support import factories
+from tests.support.faults import lose_hot_buffer
 from tests.support.waiting import eventually
 from tests.support.ws import Client, access_token
 
@@ -157,8 +157,7 @@ async def test_a_client_resuming_below_the_compacted_range_gets_what_is_left_in_
     assert [kind for _, kind, _ in rows] == ["message", "agent_started", "agent_completed"] * 3
     left = [seq for seq, _, _ in rows]
     # The hot buffer holds the last minutes only; after the grace period a replay from this far back reads the log.
-    buffer = message_buffer.get_buffer()
-    await buffer._redis().delete(buffer.key(message_buffer.conversation_stream(conv)))  # type: ignore[attr-defined]
+    await lose_hot_buffer(conv)
 
     client, _, _ = await Client.connect(owner)
     try:

@@ -20,11 +20,11 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from agents.models import AgentRun, RunStatus
-from chat.infra import message_buffer
 from chat.models import Conversation, Event, Message, MessageFeedback
 from chat.services import retention
 from chat.services.conversations import workspace_create, workspace_member_add
 from tests.support import factories
+from tests.support.faults import lose_hot_buffer
 from tests.support.ws import Client, access_token
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -204,8 +204,7 @@ async def test_a_client_resuming_from_before_the_purge_and_paging_history_is_ans
     await database_sync_to_async(retention.purge_expired_history)()
     assert await database_sync_to_async(seqs)(conv) == [7, 8, 9, 10]
     # The hot buffer holds the last minutes only; in production an expired event is never in it.
-    buffer = message_buffer.get_buffer()
-    await buffer._redis().delete(buffer.key(message_buffer.conversation_stream(conv)))  # type: ignore[attr-defined]
+    await lose_hot_buffer(conv)
 
     client, _, _ = await Client.connect(owner)
     try:

@@ -5,6 +5,7 @@ step on a real SQLite connection)."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection
 from django.db.utils import ConnectionHandler
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -29,6 +30,7 @@ from chat.services.conversation_admin import conversation_delete
 from chat.services.conversations import conversation_member_remove
 from chat.services.message_actions import message_delete
 from tests.support.factories import conversation_sync, message_sync
+from tests.support.faults import hold_exclusive_lock
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hashing")]
 migration = importlib.import_module("chat.migrations.0006_message_text_search_index")
@@ -403,17 +405,7 @@ def test_rest_search_stuck_on_the_database_is_a_503_at_its_timeout(make_user: An
     conversation_sync(alice, agent="")
     locked, release = threading.Event(), threading.Event()
 
-    def hold_the_messages_table() -> None:
-        # Another session's exclusive lock: the search waits on it, as it would on a slow scan.
-        try:
-            with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute(f"LOCK TABLE {Message._meta.db_table} IN ACCESS EXCLUSIVE MODE")
-                locked.set()
-                release.wait(30)
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=hold_the_messages_table)
+    holder = threading.Thread(target=functools.partial(hold_exclusive_lock, Message._meta.db_table, locked, release))
     holder.start()
     try:
         assert locked.wait(10)

@@ -14,7 +14,7 @@ from channels.db import database_sync_to_async
 from agents import runner
 from agents.backends.openai import OpenAIBackend
 from tests.support import factories
-from tests.support.fake_llm import FakeLLM, answer, refusing_port, stalled, tool_call
+from tests.support.fake_llm import FakeLLM, answer, fake_backend, refusing_port, stalled, tool_call
 from tests.support.waiting import eventually
 from tests.support.ws import subscribed_client
 
@@ -25,14 +25,7 @@ API_KEY = "sk-integration-test-key"
 
 @pytest.fixture
 def fake_llm(settings: Any) -> Iterator[FakeLLM]:
-    # Set before the test's first message: the run supervisor of the test's event loop is created
-    # by that message and reads AGENT_BACKEND (through get_backend) once, when it is created.
-    with FakeLLM() as server:
-        settings.AGENT_BACKEND = "openai"
-        settings.AGENT_LLM_BASE_URL = server.base_url
-        settings.AGENT_LLM_MODEL = "fake-model"
-        settings.AGENT_LLM_API_KEY = API_KEY
-        settings.AGENT_LLM_TIMEOUT_S = 10.0
+    with fake_backend(settings, api_key=API_KEY, timeout_s=10.0) as server:
         yield server
 
 

@@ -12,6 +12,7 @@ agent-run test at the end."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 import time
@@ -22,13 +23,13 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
-from django.db import connection, transaction
 
 from agents.backends.base import ToolOutcome
 from agents.tools import ToolContext, default_registry
 from chat.models import Message
 from tests.support import factories
-from tests.support.fake_llm import FakeLLM, tool_call
+from tests.support.fake_llm import FakeLLM, fake_backend, tool_call
+from tests.support.faults import hold_exclusive_lock
 from tests.support.waiting import eventually
 from tests.support.ws import subscribed_client
 
@@ -325,17 +326,9 @@ async def test_a_search_stuck_on_the_database_ends_in_its_own_time_without_holdi
     ctx = ToolContext(user_id=user_id, conversation_id=conv)
     locked, release = threading.Event(), threading.Event()
 
-    def hold_the_messages_table() -> None:
-        # Another session's exclusive lock: the search waits on it, as it would on a slow scan.
-        try:
-            with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute(f"LOCK TABLE {Message._meta.db_table} IN ACCESS EXCLUSIVE MODE")
-                locked.set()
-                release.wait(30)
-        finally:
-            connection.close()
-
-    holder = asyncio.get_running_loop().run_in_executor(None, hold_the_messages_table)
+    holder = asyncio.get_running_loop().run_in_executor(
+        None, functools.partial(hold_exclusive_lock, Message._meta.db_table, locked, release)
+    )
     try:
         await eventually(locked.is_set, what="the lock on the messages table")
         async with watched_loop() as watch:
@@ -358,13 +351,7 @@ async def test_a_search_stuck_on_the_database_ends_in_its_own_time_without_holdi
 
 @pytest.fixture
 def fake_llm(settings: Any) -> Iterator[FakeLLM]:
-    # Set before the test's first message: the loop's run supervisor reads the backend once.
-    with FakeLLM() as server:
-        settings.AGENT_BACKEND = "openai"
-        settings.AGENT_LLM_BASE_URL = server.base_url
-        settings.AGENT_LLM_MODEL = "fake-model"
-        settings.AGENT_LLM_API_KEY = "sk-tool-limits-test"
-        settings.AGENT_LLM_TIMEOUT_S = 10.0
+    with fake_backend(settings, api_key="sk-tool-limits-test", timeout_s=10.0) as server:
         yield server
 
 

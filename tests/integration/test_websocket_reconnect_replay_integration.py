@@ -11,6 +11,7 @@ from channels.db import database_sync_to_async
 
 from monitoring.metrics import metrics
 from tests.support import factories
+from tests.support.faults import lose_hot_buffer
 from tests.support.ws import Client
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -47,7 +48,6 @@ async def test_a_storm_of_reconnects_is_served_from_the_buffer_not_the_log(make_
 
 
 async def test_replay_falls_back_to_the_log_when_the_buffer_lacks_the_range(make_user: Any, settings: Any) -> None:
-    from chat.infra import message_buffer as buffer_module
 
     owner = await database_sync_to_async(make_user)()
     conv = await factories.conversation(owner, agent="")
@@ -56,8 +56,7 @@ async def test_replay_falls_back_to_the_log_when_the_buffer_lacks_the_range(make
     for i in range(8):
         await writer.command("send", conversation=conv, client_msg_id=str(i), text=f"m{i}")
     # The buffer lost its contents (a Redis restart): the log still answers, completely.
-    redis = buffer_module.get_buffer()._redis()  # type: ignore[attr-defined]
-    await redis.delete(buffer_module.get_buffer().key(buffer_module.conversation_stream(conv)))  # type: ignore[attr-defined]
+    await lose_hot_buffer(conv)
     from_log = metrics.counter("replays", source="log")
     reader, _, _ = await Client.connect(owner)
     await reader.recv()

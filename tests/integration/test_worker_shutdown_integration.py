@@ -20,7 +20,7 @@ from chat.selectors import events_after
 from chat.services.conversations import workspace_create, workspace_member_add
 from tests.support import factories
 from tests.support.effects import RecordingRunner
-from tests.support.fake_llm import FakeLLM, answer, stalled
+from tests.support.fake_llm import FakeLLM, answer, fake_backend, stalled
 from tests.support.waiting import consistently, eventually
 from tests.support.ws import Client, connected
 
@@ -31,13 +31,7 @@ TERMINAL = ("agent_completed", "agent_failed", "agent_cancelled")
 
 @pytest.fixture
 def fake_llm(settings: Any) -> Iterator[FakeLLM]:
-    # Set before the test's first message: the loop's run supervisor reads the backend once.
-    with FakeLLM() as server:
-        settings.AGENT_BACKEND = "openai"
-        settings.AGENT_LLM_BASE_URL = server.base_url
-        settings.AGENT_LLM_MODEL = "fake-model"
-        settings.AGENT_LLM_API_KEY = "sk-shutdown-test"
-        settings.AGENT_LLM_TIMEOUT_S = 30.0
+    with fake_backend(settings, api_key="sk-shutdown-test", timeout_s=30.0) as server:
         yield server
 
 

@@ -373,3 +373,17 @@ def blackhole_port() -> Iterator[int]:
         for filler in fillers:
             filler.close()
         listener.close()
+
+
+@contextlib.contextmanager
+def fake_backend(settings: Any, *, api_key: str, timeout_s: float) -> Iterator[FakeLLM]:
+    """A FakeLLM made the agents' backend (the OpenAI-compatible one) through pytest-django's `settings`.
+    Enter it before the test's first message: the run supervisor of the test's event loop is created by
+    that message and reads AGENT_BACKEND (through get_backend) once, when it is created."""
+    with FakeLLM() as server:
+        settings.AGENT_BACKEND = "openai"
+        settings.AGENT_LLM_BASE_URL = server.base_url
+        settings.AGENT_LLM_MODEL = "fake-model"
+        settings.AGENT_LLM_API_KEY = api_key
+        settings.AGENT_LLM_TIMEOUT_S = timeout_s
+        yield server

@@ -279,3 +279,28 @@ class BusyRedisServer(RedisServer):
         finally:
             stop.set()
             thread.join(timeout=slice_s + 10)
+
+
+def hold_exclusive_lock(table: str, locked: threading.Event, release: threading.Event) -> None:
+    """Another database session's ACCESS EXCLUSIVE lock on `table`, held from `locked` until `release`
+    (at most 30 s): a query on the table waits on it as it would on a slow scan. Run it in a thread of
+    its own (its own connection), and set `release` in a `finally`."""
+    # Imported here: the benchmark scripts import this module in processes that never set Django up.
+    from django.db import connection, transaction
+
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(f"LOCK TABLE {connection.ops.quote_name(table)} IN ACCESS EXCLUSIVE MODE")
+            locked.set()
+            release.wait(30)
+    finally:
+        connection.close()
+
+
+async def lose_hot_buffer(conversation_id: str) -> None:
+    """Empty the conversation's hot buffer in Redis (as a Redis restart, or its age limit, would): a
+    replay must then come from the log."""
+    from chat.infra import message_buffer  # here, not at the top: as above
+
+    buffer: Any = message_buffer.get_buffer()
+    await buffer._redis().delete(buffer.key(message_buffer.conversation_stream(conversation_id)))
